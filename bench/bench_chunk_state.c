@@ -1,0 +1,204 @@
+/* Benchmark of gdn_chunk_state on the CUDA backend (not a test).
+ *
+ * For each shape of issue 2's table: our time (the call captured in a CUDA
+ * graph and replayed, median of many replays), the bytes it must move and
+ * the floor = bytes / the device-to-device copy bandwidth measured in the
+ * same run. FLA's time comes from bench/fla_chunk_state.py, which reads
+ * this program's CSV and prints the combined table.
+ *
+ * Inputs are random of realistic magnitude (unit-norm keys, w = beta e^G k,
+ * u ~ N(0, 1/4)): the kernels have no data-dependent paths, so timing does
+ * not depend on whether w and u come from a real WY step. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "gdn.h"
+#include "gdn_ref.h"
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+#define GK(ctx, call)                                                                              \
+    do {                                                                                           \
+        gdn_status s_ = (call);                                                                    \
+        if (s_ != GDN_SUCCESS) {                                                                   \
+            fprintf(stderr, "%s: %s: %s\n", #call, gdn_status_string(s_), gdn_last_error(ctx));    \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+typedef struct shape {
+    const char *name;
+    int64_t B, T, Hk, Hv, K;
+} shape;
+
+static const shape SHAPES[] = {
+    {"seed_bench", 1, 4096, 2, 4, 128},   {"q35_t8k", 1, 8192, 16, 32, 128},
+    {"q35_t32k", 1, 32768, 16, 32, 128},  {"q397_t8k", 1, 8192, 16, 64, 128},
+    {"q35_b4_t8k", 4, 8192, 16, 32, 128}, {"tp8_t64k", 1, 65536, 2, 8, 128},
+    {"k256_t8k", 1, 8192, 16, 32, 256},
+};
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void *dev_from(const void *host, size_t bytes) {
+    void *d;
+    CK(cudaMalloc(&d, bytes));
+    if (host) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* Median of `reps` timings of fn(arg) replayed `inner` times each. */
+static double time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, s));
+    CK(cudaStreamSynchronize(s));
+    double *t = malloc(sizeof(double) * reps);
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a, s));
+        for (int i = 0; i < inner; i++) CK(cudaGraphLaunch(exec, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t[r] = ms / inner;
+    }
+    qsort(t, reps, sizeof(double), cmp_double);
+    double med = t[reps / 2];
+    free(t);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return med;
+}
+
+/* Device-to-device copy bandwidth, bytes read + written per second. */
+static double copy_bandwidth(cudaStream_t s) {
+    const size_t bytes = (size_t)1 << 30;
+    void *x, *y;
+    CK(cudaMalloc(&x, bytes));
+    CK(cudaMalloc(&y, bytes));
+    CK(cudaMemsetAsync(x, 1, bytes, s));
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    CK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&exec, g, 0));
+    double ms = time_graph(exec, s, 20, 5);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(g);
+    cudaFree(x);
+    cudaFree(y);
+    return 2.0 * bytes / (ms * 1e-3);
+}
+
+int main(int argc, char **argv) {
+    const char *csv_path = NULL, *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--csv FILE] [--shape NAME]\n", argv[0]);
+            return 2;
+        }
+    }
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        fprintf(stderr, "bench_chunk_state: no CUDA device\n");
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    gdn_context *ctx;
+    GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
+    GK(ctx, gdn_context_set_stream(ctx, s));
+    const double bw = copy_bandwidth(s);
+    printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read+write)\n", prop.name,
+           prop.multiProcessorCount, bw / 1e9);
+    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
+    if (csv) fprintf(csv, "name,B,T,Hk,Hv,K,V,ours_ms,bytes,flops,copy_bw\n");
+    printf("%-12s %9s %9s %8s %9s %7s\n", "shape", "ours ms", "GB/s", "TFLOP/s", "floor ms",
+           "xfloor");
+
+    gdn_rng rng;
+    gdn_rng_seed(&rng, 42);
+    for (unsigned si = 0; si < sizeof SHAPES / sizeof SHAPES[0]; si++) {
+        const shape *sh = &SHAPES[si];
+        if (only && strcmp(only, sh->name)) continue;
+        const int64_t K = sh->K, V = sh->K, BT = sh->B * sh->T;
+        gdn_problem p;
+        gdn_problem_init(&p, sh->B, sh->T, sh->Hk, sh->Hv, K, V);
+        const int64_t NT = gdn_problem_num_chunks(&p), N = sh->B;
+        const size_t nk = BT * sh->Hk * K, nw = BT * sh->Hv * K, nu = BT * sh->Hv * V;
+        const size_t ng = BT * sh->Hv, nh = NT * sh->Hv * V * K, ns = N * sh->Hv * V * K;
+        gdn_bf16 *k = malloc(nk * 2), *w = malloc(nw * 2), *u = malloc(nu * 2);
+        float *g = malloc(ng * 4), *h0 = malloc(ns * 4);
+        const double inv = 1.0 / sqrt((double)K);
+        for (size_t i = 0; i < nk; i++) k[i] = gdn_f32_to_bf16((float)(gdn_rng_normal(&rng) * inv));
+        for (size_t i = 0; i < ng; i++) {
+            const int64_t t = (int64_t)(i / sh->Hv) % sh->T;
+            const double gi = -log1p(exp(-gdn_rng_uniform(&rng))) / 4; /* logsigmoid(U)/4 */
+            g[i] = (float)((t % 64 ? g[i - sh->Hv] : 0.0) + gi);
+        }
+        for (size_t i = 0; i < nw; i++)
+            w[i] = gdn_f32_to_bf16((float)(0.6 * gdn_rng_normal(&rng) * inv));
+        for (size_t i = 0; i < nu; i++) u[i] = gdn_f32_to_bf16((float)(0.5 * gdn_rng_normal(&rng)));
+        for (size_t i = 0; i < ns; i++) h0[i] = (float)(0.1 * gdn_rng_normal(&rng));
+
+        void *dk = dev_from(k, nk * 2), *dw = dev_from(w, nw * 2), *du = dev_from(u, nu * 2);
+        void *dg = dev_from(g, ng * 4), *dh0 = dev_from(h0, ns * 4);
+        void *dh = dev_from(NULL, nh * 2), *dvn = dev_from(NULL, nu * 2), *dfs = dev_from(NULL, ns * 4);
+        size_t wsb = 0;
+        GK(ctx, gdn_chunk_state_workspace_size(ctx, &p, &wsb));
+        void *ws = wsb ? dev_from(NULL, wsb) : NULL;
+
+        /* Warm up outside the graph (first-launch attribute setting), then
+         * capture one call. */
+        GK(ctx, gdn_chunk_state(ctx, &p, dk, dw, du, dg, dh0, dh, dvn, dfs, ws, wsb));
+        CK(cudaStreamSynchronize(s));
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        GK(ctx, gdn_chunk_state(ctx, &p, dk, dw, du, dg, dh0, dh, dvn, dfs, ws, wsb));
+        CK(cudaStreamEndCapture(s, &graph));
+        CK(cudaGraphInstantiate(&exec, graph, 0));
+        const double ms = time_graph(exec, s, 30, 10);
+
+        const double bytes = 2.0 * (nk + nw + nu) + 2.0 * (nh + nu) + 4.0 * 2 * ns;
+        const double flops = 4.0 * BT * sh->Hv * V * K;
+        const double floor_ms = bytes / bw * 1e3;
+        printf("%-12s %9.4f %9.0f %8.1f %9.4f %7.2f\n", sh->name, ms, bytes / (ms * 1e-3) / 1e9,
+               flops / (ms * 1e-3) / 1e12, floor_ms, ms / floor_ms);
+        fflush(stdout);
+        if (csv)
+            fprintf(csv, "%s,%lld,%lld,%lld,%lld,%lld,%lld,%.5f,%.0f,%.0f,%.0f\n", sh->name,
+                    (long long)sh->B, (long long)sh->T, (long long)sh->Hk, (long long)sh->Hv,
+                    (long long)K, (long long)V, ms, bytes, flops, bw);
+
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+        void *bufs[] = {dk, dw, du, dg, dh0, dh, dvn, dfs, ws};
+        for (unsigned i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
+        free(k), free(w), free(u), free(g), free(h0);
+    }
+    if (csv) fclose(csv);
+    gdn_context_destroy(ctx);
+    cudaStreamDestroy(s);
+    return 0;
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One GPU session's work in one command: build, GPU tests, compute-sanitizer,
+# benchmark with FLA side by side. Run from the repository root on a machine
+# with an NVIDIA GPU. Steps: any of build test sanitize bench (default: all).
+# Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
+# FLA, default .whl), FIXTURES (FLA fixtures, default ../shared/fixtures/fla
+# or .fixtures).
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+steps=${*:-build test sanitize bench}
+BUILD=build-gpu
+fail=0
+has() { [[ " $steps " == *" $1 "* ]]; }
+if [ -z "${GDN_FIXTURES:-}" ]; then
+  for d in ../shared/fixtures/fla .fixtures; do [ -d "$d" ] && export GDN_FIXTURES=$PWD/$d && break; done
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+if has build; then
+  cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release > "$OUT/build.log" 2>&1 &&
+    cmake --build $BUILD -j"$(nproc)" >> "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  grep -E "warning|spill" "$OUT/build.log" | head -20
+fi
+if has test; then
+  timeout 300 ctest --test-dir $BUILD --output-on-failure 2>&1 | tee "$OUT/ctest.log" | tail -40 || fail=1
+  grep -q "tests failed" "$OUT/ctest.log" && fail=1
+fi
+if has sanitize; then
+  for tool in memcheck racecheck; do
+    GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 $BUILD/tests/test_chunk_state_cuda \
+      > "$OUT/sanitize_$tool.log" 2>&1
+    rc=$?
+    echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
+    [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_$tool.log"; }
+  done
+fi
+if has bench; then
+  WHEELS=${WHEELS:-.whl}
+  if [ -d "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+  fi
+  timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/fla_chunk_state.py "$OUT/ours.csv" --markdown "$OUT/bench.md" \
+    2>&1 | tee "$OUT/bench_fla.txt" | tail -15
+fi
+exit $fail

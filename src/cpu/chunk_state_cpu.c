@@ -1,0 +1,226 @@
+/* gdn_chunk_state on the CPU: the inter-chunk state recurrence of SPEC
+ * section 3 step 4, f32 state and f32 accumulation, bf16 rounding exactly
+ * where FLA and the seed round:
+ *
+ *   h_out[c] = bf16(h)
+ *   v_new_t  = u_t - w_t . bf16(h)^T         f32 accumulate (stored bf16)
+ *   v_gated  = v_new_t * exp(G_last - G_t)   from the unrounded f32 v_new
+ *   h        = exp(G_last) h + sum_t bf16(v_gated_t) k_t^T
+ *
+ * One task per (sequence, value head), independent of each other, so the
+ * result does not depend on the thread count or on the other sequences of
+ * a batch. Inside a task the state is kept transposed, [K][V] (V innermost),
+ * so that both products are axpy loops over V that the compiler vectorises
+ * without reassociating any sum: every f32 sum is accumulated in a fixed
+ * order (over i for v_new, over t for the update). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "bf16.h"
+#include "gdn_internal.h"
+
+#define BT GDN_CHUNK
+
+/* Per-thread scratch, all f32:
+ *   h   [K][V]  the state
+ *   hb  [K][V]  bf16(h) as f32
+ *   upd [K][V]  sum_t bf16(v_gated_t) k_t^T of the current chunk
+ *   vn  [BT][V] v_new of the chunk (f32, unrounded), then bf16(v_gated)
+ *   kc  [BT][K] the chunk's keys, wc [BT][K] the chunk's w rows */
+typedef struct scratch {
+    float *h, *hb, *upd, *vn, *kc, *wc;
+} scratch;
+
+static size_t scratch_floats(int64_t K, int64_t V) {
+    return (size_t)(3 * K * V + BT * V + 2 * BT * K);
+}
+
+static scratch scratch_at(float *base, int64_t K, int64_t V) {
+    scratch s;
+    s.h = base;
+    s.hb = s.h + K * V;
+    s.upd = s.hb + K * V;
+    s.vn = s.upd + K * V;
+    s.kc = s.vn + BT * V;
+    s.wc = s.kc + BT * K;
+    return s;
+}
+
+/* out[r][:] = sum_{s = 0..ns-1, in order} coef[r*crs + s*ccs] * src[s][:]
+ * for r < nr, rows of length V, f32 sums started at 0. Four output rows
+ * share each src row load (the products are otherwise bound by reading
+ * src); the per-element summation order is the plain one, so the blocking
+ * does not change a bit. */
+static void rows_axpy(float *out, int64_t nr, const float *coef, int64_t crs, int64_t ccs,
+                      const float *src, int64_t ns, int64_t V) {
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        float *restrict o0 = out + r * V, *restrict o1 = o0 + V;
+        float *restrict o2 = o1 + V, *restrict o3 = o2 + V;
+        for (int64_t j = 0; j < V; j++) o0[j] = o1[j] = o2[j] = o3[j] = 0.0f;
+        for (int64_t s = 0; s < ns; s++) {
+            const float *c = coef + r * crs + s * ccs;
+            const float c0 = c[0], c1 = c[crs], c2 = c[2 * crs], c3 = c[3 * crs];
+            const float *restrict x = src + s * V;
+            for (int64_t j = 0; j < V; j++) {
+                o0[j] += c0 * x[j];
+                o1[j] += c1 * x[j];
+                o2[j] += c2 * x[j];
+                o3[j] += c3 * x[j];
+            }
+        }
+    }
+    for (; r < nr; r++) {
+        float *restrict o0 = out + r * V;
+        for (int64_t j = 0; j < V; j++) o0[j] = 0.0f;
+        for (int64_t s = 0; s < ns; s++) {
+            const float c0 = coef[r * crs + s * ccs];
+            const float *restrict x = src + s * V;
+            for (int64_t j = 0; j < V; j++) o0[j] += c0 * x[j];
+        }
+    }
+}
+
+static void run_task(const gdn_chunk_state_args *a, int64_t n, int64_t h, int64_t cfirst,
+                     const scratch *s) {
+    const gdn_problem *p = a->p;
+    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V;
+    const int kv = p->state_layout == GDN_STATE_KV;
+    const int64_t hk = gdn_key_head(p, h);
+    const int64_t soff = (n * Hv + h) * V * K;
+    float *restrict hs = s->h, *restrict hb = s->hb, *restrict upd = s->upd;
+    float *restrict vn = s->vn, *restrict kc = s->kc, *restrict wc = s->wc;
+
+    /* Initial state, transposed to [K][V]. */
+    if (a->h0) {
+        const float *h0 = a->h0 + soff;
+        if (kv)
+            for (int64_t x = 0; x < K * V; x++) hs[x] = h0[x];
+        else
+            for (int64_t j = 0; j < V; j++)
+                for (int64_t i = 0; i < K; i++) hs[i * V + j] = h0[j * K + i];
+    } else {
+        for (int64_t x = 0; x < K * V; x++) hs[x] = 0.0f;
+    }
+
+    int64_t bos, eos;
+    gdn_seq_bounds(p, n, &bos, &eos);
+    int64_t c = cfirst;
+    for (int64_t c0 = bos; c0 < eos; c0 += BT, c++) {
+        const int64_t L = c0 + BT < eos ? BT : eos - c0;
+
+        /* h_out[c] = bf16(h); keep bf16(h) as f32 for the w product. */
+        gdn_bf16 *ho = a->h_out + (c * Hv + h) * V * K;
+        for (int64_t x = 0; x < K * V; x++) hb[x] = gdn_round_bf16(hs[x]);
+        if (kv)
+            for (int64_t x = 0; x < K * V; x++) ho[x] = gdn_f32_to_bf16(hb[x]);
+        else
+            for (int64_t j = 0; j < V; j++)
+                for (int64_t i = 0; i < K; i++) ho[j * K + i] = gdn_f32_to_bf16(hb[i * V + j]);
+
+        /* The chunk's rows of k and w, as f32. */
+        for (int64_t t = 0; t < L; t++) {
+            const gdn_bf16 *kt = a->k + ((c0 + t) * Hk + hk) * K;
+            const gdn_bf16 *wt = a->w + ((c0 + t) * Hv + h) * K;
+            for (int64_t i = 0; i < K; i++) {
+                kc[t * K + i] = gdn_bf16_to_f32(kt[i]);
+                wc[t * K + i] = gdn_bf16_to_f32(wt[i]);
+            }
+        }
+
+        /* v_new_t = u_t - sum_i w_t[i] bf16(h)[i][:], the sum in f32 from 0. */
+        rows_axpy(vn, L, wc, K, 1, hb, K, V);
+        for (int64_t t = 0; t < L; t++) {
+            float *restrict acc = vn + t * V;
+            const gdn_bf16 *ut = a->u + ((c0 + t) * Hv + h) * V;
+            for (int64_t j = 0; j < V; j++) acc[j] = gdn_bf16_to_f32(ut[j]) - acc[j];
+            if (a->v_new) {
+                gdn_bf16 *vt = a->v_new + ((c0 + t) * Hv + h) * V;
+                for (int64_t j = 0; j < V; j++) vt[j] = gdn_f32_to_bf16(acc[j]);
+            }
+        }
+
+        /* v_gated_t = bf16(v_new_t * exp(G_last - G_t)), in place. */
+        const float Glast = a->g[(c0 + L - 1) * Hv + h];
+        for (int64_t t = 0; t < L; t++) {
+            const float gate = expf(Glast - a->g[(c0 + t) * Hv + h]);
+            float *restrict vt = vn + t * V;
+            for (int64_t j = 0; j < V; j++) vt[j] = gdn_round_bf16(vt[j] * gate);
+        }
+
+        /* upd[i][:] = sum_t k_t[i] v_gated_t[:] (f32, over t in order),
+         * then h = exp(G_last) h + upd. */
+        rows_axpy(upd, K, kc, 1, K, vn, L, V);
+        const float decay = expf(Glast);
+        for (int64_t x = 0; x < K * V; x++) hs[x] = decay * hs[x] + upd[x];
+    }
+
+    if (a->final_state) {
+        float *fs = a->final_state + soff;
+        if (kv)
+            for (int64_t x = 0; x < K * V; x++) fs[x] = hs[x];
+        else
+            for (int64_t j = 0; j < V; j++)
+                for (int64_t i = 0; i < K; i++) fs[j * K + i] = hs[i * V + j];
+    }
+}
+
+gdn_status gdn_cpu_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
+    const gdn_problem *p = a->p;
+    const int64_t N = a->N, Hv = p->Hv, K = p->K, V = p->V;
+    const int64_t tasks = N * Hv;
+    if (tasks <= 0) return GDN_SUCCESS;
+
+    /* First chunk of every sequence, so that tasks need no prefix sum. */
+    int64_t *cfirst = (int64_t *)malloc((size_t)N * sizeof(int64_t));
+    if (!cfirst)
+        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
+                        "gdn_chunk_state: cannot allocate %lld bytes of chunk offsets",
+                        (long long)(N * (int64_t)sizeof(int64_t)));
+    int64_t cacc = 0;
+    for (int64_t n = 0; n < N; n++) {
+        int64_t bos, eos;
+        gdn_seq_bounds(p, n, &bos, &eos);
+        cfirst[n] = cacc;
+        cacc += gdn_ceil_div(eos - bos, BT);
+    }
+
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = ctx->num_threads > 0 ? ctx->num_threads : omp_get_max_threads();
+    if (nthreads < 1) nthreads = 1;
+    if ((int64_t)nthreads > tasks) nthreads = (int)tasks;
+#endif
+    const size_t per = scratch_floats(K, V);
+    float *pool = (float *)malloc(per * (size_t)nthreads * sizeof(float));
+    if (!pool) {
+        free(cfirst);
+        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
+                        "gdn_chunk_state: cannot allocate %zu bytes of scratch for %d threads",
+                        per * (size_t)nthreads * sizeof(float), nthreads);
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+    {
+        const scratch s = scratch_at(pool + per * (size_t)omp_get_thread_num(), K, V);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; task++)
+            run_task(a, task / Hv, task % Hv, cfirst[task / Hv], &s);
+    }
+#else
+    {
+        const scratch s = scratch_at(pool, K, V);
+        for (int64_t task = 0; task < tasks; task++)
+            run_task(a, task / Hv, task % Hv, cfirst[task / Hv], &s);
+    }
+#endif
+    free(pool);
+    free(cfirst);
+    return GDN_SUCCESS;
+}

@@ -1,0 +1,636 @@
+/*
+ * gdn_chunk_state on CUDA: the inter-chunk state recurrence (SPEC 3 step 4).
+ *
+ * One block owns BV rows of one head's state [V, K] and walks that
+ * sequence's chunks in order; the state tile lives in registers as mma.sync
+ * accumulators (f32), the chunk inputs (w, k, u, g) stream through a
+ * cp.async ring of shared-memory stages. Per chunk:
+ *   Hs      = bf16(H)                          (shared; also stored as h_out)
+ *   vn^T    = u^T - Hs w^T                     (tensor cores, f32 accumulate)
+ *   vg^T    = bf16(vn^T * exp(G_last - G_t))   (rows past the end -> 0)
+ *   H       = exp(G_last) H + vg^T k           (tensor cores)
+ * Rows of the state are independent, so blocks never communicate.
+ *
+ * Few heads, long sequences (the tp8 shapes) leave most SMs idle. Then the
+ * sequence is cut into S segments and processed in three launches:
+ *   1. summary: each segment s < S-1 runs from a zero state, and from the
+ *      identity for K extra "transition" rows with u = 0, giving b_s and P_s
+ *      with state_after = state_before * P_s + b_s (the update is affine);
+ *   2. combine: h_start[s+1] = h_start[s] P_s + b_s, serially, in f32;
+ *   3. each segment reruns from its true h_start, writing h_out and v_new.
+ * This costs about 2.5x the arithmetic but S times the parallelism.
+ */
+#include "cuda_common.cuh"
+
+namespace gdn {
+namespace {
+
+constexpr int BT = GDN_CHUNK;
+constexpr int NW = 4;          /* warps per block */
+constexpr int NTHREADS = NW * 32;
+constexpr int BV = 32;         /* state rows per block */
+
+enum { MODE_STATE = 0, MODE_SUMMARY = 1 };
+
+struct Params {
+    const __nv_bfloat16 *k, *w, *u;
+    const float *g, *h0;
+    __nv_bfloat16 *h_out, *v_new;
+    float *final_state;
+    const int32_t *cu_seqlens; /* device; NULL without varlen */
+    int64_t T;
+    int N, Hk, Hv, K, V;
+    int group;        /* Hv / Hk */
+    int tiled;        /* head map */
+    int kv_layout;    /* state layout of h0, h_out, final_state */
+    int row_tiles;    /* row tiles per head in this launch */
+    int segments;     /* S: segments per sequence (1 = no split) */
+    int seg_launch;   /* segments per sequence covered by this launch */
+    int chunks_per_segment;
+    float *summary;   /* [S-1][N][Hv][V+K][K] f32 */
+    float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
+};
+
+template <int KP, int STAGES> struct Smem {
+    static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
+    static constexpr int LDU = BV + 8;
+    static constexpr int LDG = BT + 8;
+    static constexpr int W = 0;
+    static constexpr int KC = W + BT * LDK * 2;
+    static constexpr int U = KC + BT * LDK * 2;
+    static constexpr int G = U + BT * LDU * 2;
+    static constexpr int STAGE = G + BT * 4;
+    static constexpr int HS = STAGES * STAGE;
+    static constexpr int VN = HS + BV * LDK * 2;
+    static constexpr int VG = VN + BT * LDU * 2;
+    static constexpr int BYTES = VG + BV * LDG * 2;
+};
+
+__device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
+    return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
+}
+
+/* Chunks of sequences before n (the h_out offset with varlen). */
+__device__ int64_t chunks_before(const int32_t *cu, int n, int64_t *red) {
+    int64_t sum = 0;
+    for (int i = threadIdx.x; i < n; i += NTHREADS) sum += (cu[i + 1] - cu[i] + BT - 1) / BT;
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
+    __syncthreads();
+    int64_t total = 0;
+    for (int i = 0; i < NW; i++) total += red[i];
+    __syncthreads();
+    return total;
+}
+
+/* Load one chunk's w, k, u, g rows [t0, t0 + nvalid) into a stage; rows
+ * and columns past the valid range are zero. VEC: 16-byte cp.async (needs
+ * K, V multiples of 8 and aligned bases); otherwise plain element loads. */
+template <int KP, int STAGES, bool VEC>
+__device__ __forceinline__ void load_chunk(uint8_t *stage, const Params &P, int64_t t0,
+                                           int nvalid, int h, int kh, int row0, bool load_u) {
+    using L = Smem<KP, STAGES>;
+    __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
+    __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
+    __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
+    float *sg = reinterpret_cast<float *>(stage + L::G);
+    const int tid = threadIdx.x;
+    if constexpr (VEC) {
+        constexpr int CPR = KP / 8; /* 16-byte pieces a row */
+        for (int i = tid; i < BT * CPR; i += NTHREADS) {
+            const int t = i / CPR, c = (i % CPR) * 8;
+            const bool ok = t < nvalid && c < P.K;
+            const int64_t tok = t0 + (ok ? t : 0);
+            cp_async16(sw + t * L::LDK + c, P.w + (tok * P.Hv + h) * P.K + (ok ? c : 0),
+                       ok ? 16 : 0);
+            cp_async16(sk + t * L::LDK + c, P.k + (tok * P.Hk + kh) * P.K + (ok ? c : 0),
+                       ok ? 16 : 0);
+        }
+        if (load_u) {
+            for (int i = tid; i < BT * (BV / 8); i += NTHREADS) {
+                const int t = i / (BV / 8), c = (i % (BV / 8)) * 8;
+                const bool ok = t < nvalid && row0 + c < P.V;
+                const int64_t tok = t0 + (ok ? t : 0);
+                cp_async16(su + t * L::LDU + c, P.u + (tok * P.Hv + h) * P.V + (ok ? row0 + c : 0),
+                           ok ? 16 : 0);
+            }
+        }
+        if (tid < BT) {
+            const bool ok = tid < nvalid;
+            cp_async4(sg + tid, P.g + (t0 + (ok ? tid : 0)) * P.Hv + h, ok ? 4 : 0);
+        }
+    } else {
+        const __nv_bfloat16 zero = __float2bfloat16(0.f);
+        for (int i = tid; i < BT * KP; i += NTHREADS) {
+            const int t = i / KP, c = i % KP;
+            const bool ok = t < nvalid && c < P.K;
+            const int64_t tok = t0 + t;
+            sw[t * L::LDK + c] = ok ? P.w[(tok * P.Hv + h) * P.K + c] : zero;
+            sk[t * L::LDK + c] = ok ? P.k[(tok * P.Hk + kh) * P.K + c] : zero;
+        }
+        if (load_u) {
+            for (int i = tid; i < BT * BV; i += NTHREADS) {
+                const int t = i / BV, c = i % BV;
+                const bool ok = t < nvalid && row0 + c < P.V;
+                su[t * L::LDU + c] = ok ? P.u[((t0 + t) * P.Hv + h) * P.V + row0 + c] : zero;
+            }
+        }
+        if (tid < BT) sg[tid] = tid < nvalid ? P.g[(t0 + tid) * P.Hv + h] : 0.f;
+    }
+}
+
+template <int KP, int STAGES, bool VEC, int MODE>
+__global__ void __launch_bounds__(NTHREADS)
+chunk_state_kernel(const Params P) {
+    using L = Smem<KP, STAGES>;
+    extern __shared__ __align__(16) uint8_t smem[];
+    __shared__ int64_t red[NW];
+
+    /* Warp roles. MMA2 (state update): warp owns state columns
+     * [warp*KP/NW, ...), all BV rows. MMA1 (v_new): warp owns chunk
+     * columns t in [warp*16, warp*16+16), all BV rows. */
+    constexpr int MT = BV / 16;        /* m16 tiles over the rows */
+    constexpr int NT2 = KP / NW / 8;   /* n8 tiles of state columns a warp */
+    constexpr int NT1 = BT / NW / 8;   /* n8 tiles of chunk columns a warp */
+    static_assert(NT2 % 2 == 0 && NT1 == 2, "tile shape");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+
+    /* Block -> (row tile, head, segment, sequence); x only, so no grid
+     * dimension limit applies to N * Hv. */
+    int64_t bid = blockIdx.x;
+    const int tile = (int)(bid % P.row_tiles);
+    bid /= P.row_tiles;
+    const int h = (int)(bid % P.Hv);
+    bid /= P.Hv;
+    const int seg = (int)(bid % P.seg_launch);
+    const int n = (int)(bid / P.seg_launch);
+    const int kh = P.tiled ? h % P.Hk : h / P.group;
+
+    const int vtiles = (P.V + BV - 1) / BV;
+    const bool trans_rows = MODE == MODE_SUMMARY && tile >= vtiles; /* rows of P_s */
+    const int row0 = trans_rows ? (tile - vtiles) * BV : tile * BV;
+    const int row_limit = trans_rows ? P.K : P.V;
+
+    int64_t bos, eos, hoff = 0;
+    if (P.cu_seqlens) {
+        bos = P.cu_seqlens[n];
+        eos = P.cu_seqlens[n + 1];
+        if (MODE == MODE_STATE) hoff = chunks_before(P.cu_seqlens, n, red);
+    } else {
+        bos = (int64_t)n * P.T;
+        eos = bos + P.T;
+        hoff = (int64_t)n * ((P.T + BT - 1) / BT);
+    }
+    const int nchunks = (int)((eos - bos + BT - 1) / BT);
+    const int c_begin = min(seg * P.chunks_per_segment, nchunks);
+    const int c_end = P.segments == 1 ? nchunks : min(c_begin + P.chunks_per_segment, nchunks);
+
+    /* ---- initial state into the accumulators ---- */
+    float H[MT][NT2][4];
+    const int N = P.N;
+    const int64_t head = (int64_t)n * P.Hv + h;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
+                const int c = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
+                float x = 0.f;
+                if (r < row_limit && c < P.K) {
+                    if (MODE == MODE_SUMMARY) {
+                        x = trans_rows && r == c ? 1.f : 0.f;
+                    } else if (P.segments > 1) {
+                        x = P.h_start[(((int64_t)seg * N * P.Hv + head) * P.V + r) * P.K + c];
+                    } else if (P.h0) {
+                        x = P.h0[head * P.V * P.K + state_index(P.kv_layout, P.V, P.K, r, c)];
+                    }
+                }
+                H[mt][nt][e] = x;
+            }
+
+    __nv_bfloat16 *Hs = reinterpret_cast<__nv_bfloat16 *>(smem + L::HS);
+    __nv_bfloat16 *VNs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VN);
+    __nv_bfloat16 *VGs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VG);
+    const bool load_u = !trans_rows;
+
+    /* ---- pipeline prologue ---- */
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; i++) {
+        const int c = c_begin + i;
+        if (c < c_end) {
+            const int64_t t0 = bos + (int64_t)c * BT;
+            load_chunk<KP, STAGES, VEC>(smem + i * L::STAGE, P, t0, (int)(eos - t0 < BT ? eos - t0 : BT),
+                                        h, kh, row0, load_u);
+        }
+        cp_async_commit();
+    }
+
+    for (int c = c_begin; c < c_end; c++) {
+        const int it = c - c_begin;
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        {
+            const int cn = c + STAGES - 1;
+            if (cn < c_end) {
+                const int64_t t0 = bos + (int64_t)cn * BT;
+                load_chunk<KP, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, P, t0,
+                                            (int)(eos - t0 < BT ? eos - t0 : BT), h, kh, row0, load_u);
+            }
+            cp_async_commit();
+        }
+        uint8_t *stage = smem + (it % STAGES) * L::STAGE;
+        const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
+        const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
+        const __nv_bfloat16 *Us = reinterpret_cast<const __nv_bfloat16 *>(stage + L::U);
+        const float *Gs = reinterpret_cast<const float *>(stage + L::G);
+        const int64_t t0 = bos + (int64_t)c * BT;
+        const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
+
+        /* 1. Hs = bf16(H) */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int r = mt * 16 + gid + hf * 8;
+                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig;
+                    *reinterpret_cast<uint32_t *>(Hs + r * L::LDK + col) =
+                        pack_bf16x2(H[mt][nt][2 * hf], H[mt][nt][2 * hf + 1]);
+                }
+        __syncthreads();
+
+        /* 2. h_out[c] = Hs */
+        if (MODE == MODE_STATE) {
+            __nv_bfloat16 *dst = P.h_out + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
+            if (!P.kv_layout && VEC) {
+                for (int i = threadIdx.x; i < BV * (KP / 8); i += NTHREADS) {
+                    const int r = i / (KP / 8), col = (i % (KP / 8)) * 8;
+                    if (row0 + r < P.V && col < P.K)
+                        *reinterpret_cast<uint4 *>(dst + (int64_t)(row0 + r) * P.K + col) =
+                            *reinterpret_cast<const uint4 *>(Hs + r * L::LDK + col);
+                }
+            } else if (P.kv_layout && VEC) {
+                for (int i = threadIdx.x; i < KP * (BV / 8); i += NTHREADS) {
+                    const int col = i / (BV / 8), r = (i % (BV / 8)) * 8;
+                    if (row0 + r < P.V && col < P.K) {
+                        alignas(16) __nv_bfloat16 tmp[8];
+#pragma unroll
+                        for (int j = 0; j < 8; j++) tmp[j] = Hs[(r + j) * L::LDK + col];
+                        *reinterpret_cast<uint4 *>(dst + (int64_t)col * P.V + row0 + r) =
+                            *reinterpret_cast<const uint4 *>(tmp);
+                    }
+                }
+            } else {
+                for (int i = threadIdx.x; i < BV * KP; i += NTHREADS) {
+                    const int r = i / KP, col = i % KP;
+                    if (row0 + r < P.V && col < P.K)
+                        dst[state_index(P.kv_layout, P.V, P.K, row0 + r, col)] =
+                            Hs[r * L::LDK + col];
+                }
+            }
+        }
+
+        /* 3. acc[v][t] = Hs . w^T over the K columns */
+        float acc[MT][NT1][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT1; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KP; kk += 16) {
+            uint32_t a[MT][4], b[4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                ldmatrix_x4(a[mt], Hs + (mt * 16 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
+            /* two n8 tiles of t: rows t = warp*16 + (lane>>4)*8 + lane%8 */
+            ldmatrix_x4(b, Ws + (warp * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + kk +
+                               ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16_16816(acc[mt][0], a[mt], b);
+                mma_bf16_16816(acc[mt][1], a[mt], b + 2);
+            }
+        }
+
+        /* 4. vn = u - acc; VNs[t][v] = bf16(vn); VGs[v][t] = bf16(vn * gate) */
+        const float g_last = Gs[nvalid - 1];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT1; nt++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int r = mt * 16 + gid + hf * 8;
+                    const int t = warp * 16 + nt * 8 + 2 * tig;
+                    float vn[2];
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const float uu = load_u ? __bfloat162float(Us[(t + j) * L::LDU + r]) : 0.f;
+                        vn[j] = uu - acc[mt][nt][2 * hf + j];
+                        if (MODE == MODE_STATE) VNs[(t + j) * L::LDU + r] = __float2bfloat16(vn[j]);
+                    }
+                    const float g0 = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
+                    const float g1 = t + 1 < nvalid ? expf(g_last - Gs[t + 1]) : 0.f;
+                    *reinterpret_cast<uint32_t *>(VGs + r * L::LDG + t) =
+                        pack_bf16x2(t < nvalid ? vn[0] * g0 : 0.f, t + 1 < nvalid ? vn[1] * g1 : 0.f);
+                }
+        __syncthreads();
+
+        /* 5. v_new rows of this chunk */
+        if (MODE == MODE_STATE && P.v_new) {
+            __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0;
+            if (VEC) {
+                for (int i = threadIdx.x; i < BT * (BV / 8); i += NTHREADS) {
+                    const int t = i / (BV / 8), r = (i % (BV / 8)) * 8;
+                    if (t < nvalid && row0 + r < P.V)
+                        *reinterpret_cast<uint4 *>(dst + (int64_t)t * P.Hv * P.V + r) =
+                            *reinterpret_cast<const uint4 *>(VNs + t * L::LDU + r);
+                }
+            } else {
+                for (int i = threadIdx.x; i < BT * BV; i += NTHREADS) {
+                    const int t = i / BV, r = i % BV;
+                    if (t < nvalid && row0 + r < P.V)
+                        dst[(int64_t)t * P.Hv * P.V + r] = VNs[t * L::LDU + r];
+                }
+            }
+        }
+
+        /* 6. H = exp(G_last) H + VG . k */
+        const float decay = expf(g_last);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) H[mt][nt][e] *= decay;
+#pragma unroll
+        for (int kk = 0; kk < BT; kk += 16) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                ldmatrix_x4(a[mt], VGs + (mt * 16 + (lane & 15)) * L::LDG + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int nt = 0; nt < NT2; nt += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, Ks + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
+                                         warp * (KP / NW) + nt * 8 + (lane >> 4) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16_16816(H[mt][nt], a[mt], b);
+                    mma_bf16_16816(H[mt][nt + 1], a[mt], b + 2);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    /* ---- the state after this block's chunks ---- */
+    float *out = nullptr;
+    int64_t base = 0;
+    int kv = 0, rows = P.V;
+    if (MODE == MODE_SUMMARY) {
+        out = P.summary;
+        rows = P.V + P.K;
+        base = (((int64_t)seg * N * P.Hv + head) * rows + (trans_rows ? P.V : 0)) * P.K;
+    } else if (seg == P.segments - 1 && P.final_state) {
+        out = P.final_state;
+        base = head * P.V * P.K;
+        kv = P.kv_layout;
+    }
+    if (out) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
+                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
+                    if (r < row_limit && col < P.K)
+                        out[base + (MODE == MODE_SUMMARY ? (int64_t)r * P.K + col
+                                                         : state_index(kv, P.V, P.K, r, col))] =
+                            H[mt][nt][e];
+                }
+    }
+}
+
+/* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
+ * One block per (sequence, head, 16 state rows). */
+constexpr int COMBINE_ROWS = 16;
+constexpr int COMBINE_THREADS = 256;
+
+__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P) {
+    const int N = P.N;
+    extern __shared__ float hs[]; /* [COMBINE_ROWS][K] */
+    const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
+    const int tile = blockIdx.x % tiles;
+    const int64_t head = blockIdx.x / tiles; /* n * Hv + h */
+    const int row0 = tile * COMBINE_ROWS;
+    const int K = P.K, V = P.V;
+    for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS) {
+        const int r = i / K, c = i % K;
+        float x = 0.f;
+        if (row0 + r < V && P.h0) x = P.h0[head * V * K + state_index(P.kv_layout, V, K, row0 + r, c)];
+        hs[i] = x;
+        if (row0 + r < V) P.h_start[(head * V + row0 + r) * K + c] = x;
+    }
+    __syncthreads();
+    for (int s = 0; s + 1 < P.segments; s++) {
+        const float *b = P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K;
+        const float *Pm = b + (int64_t)V * K;
+        float next[COMBINE_ROWS * GDN_MAX_HEAD_DIM / COMBINE_THREADS];
+        int cnt = 0;
+        for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS, cnt++) {
+            const int r = i / K, c = i % K;
+            float acc = row0 + r < V ? b[(int64_t)(row0 + r) * K + c] : 0.f;
+            for (int j = 0; j < K; j++) acc = fmaf(hs[r * K + j], Pm[(int64_t)j * K + c], acc);
+            next[cnt] = acc;
+        }
+        __syncthreads();
+        cnt = 0;
+        for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS, cnt++) {
+            const int r = i / K, c = i % K;
+            hs[i] = next[cnt];
+            if (row0 + r < V)
+                P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = next[cnt];
+        }
+        __syncthreads();
+    }
+}
+
+/* ---- host side ---- */
+
+struct Plan {
+    int kp;
+    int stages;
+    bool vec;
+    int segments;
+    int chunks_per_segment;
+    size_t summary_bytes, h_start_bytes, cu_bytes;
+    size_t total() const { return summary_bytes + h_start_bytes + cu_bytes; }
+};
+
+size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
+    Plan pl{};
+    pl.kp = p->K <= 64 ? 64 : p->K <= 128 ? 128 : 256;
+    pl.vec = p->K % 8 == 0 && p->V % 8 == 0;
+    const int64_t N = gdn_problem_num_seqs(p);
+    const int64_t vtiles = gdn_ceil_div(p->V, BV);
+    const int64_t blocks = N * p->Hv * vtiles;
+    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    /* One block a multiprocessor leaves latency to the ring alone: give it
+     * three stages; with several blocks resident two stages suffice. */
+    pl.stages = (pl.kp == 256 || blocks > sms) ? 2 : 3;
+    pl.segments = 1;
+    pl.chunks_per_segment = 0;
+    const int64_t nchunks = gdn_ceil_div(p->T, BT);
+    if (!p->cu_seqlens && 2 * blocks <= sms && nchunks >= 64) {
+        /* Enough segments that the final pass fills the machine about
+         * twice; each segment keeps at least 16 chunks. */
+        int64_t s = gdn_ceil_div(2 * sms, blocks);
+        if (s > nchunks / 16) s = nchunks / 16;
+        if (s > 64) s = 64;
+        if (s >= 2) {
+            pl.chunks_per_segment = (int)gdn_ceil_div(nchunks, s);
+            pl.segments = (int)gdn_ceil_div(nchunks, pl.chunks_per_segment);
+        }
+    }
+    if (pl.segments > 1) {
+        const int64_t heads = N * p->Hv;
+        pl.summary_bytes =
+            align256((size_t)(pl.segments - 1) * heads * (p->V + p->K) * p->K * sizeof(float));
+        pl.h_start_bytes = align256((size_t)pl.segments * heads * p->V * p->K * sizeof(float));
+    }
+    if (p->cu_seqlens && !p->cu_seqlens_device)
+        pl.cu_bytes = align256((size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    return pl;
+}
+
+template <int KP, int STAGES, bool VEC, int MODE>
+gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_t stream) {
+    auto kern = chunk_state_kernel<KP, STAGES, VEC, MODE>;
+    const int bytes = Smem<KP, STAGES>::BYTES;
+    if ((size_t)bytes > ctx->smem_optin)
+        return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
+                        "gdn_chunk_state: kernel needs %d bytes of shared memory, device allows %zu",
+                        bytes, ctx->smem_optin);
+    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    if (blocks > INT32_MAX)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "gdn_chunk_state: %lld blocks (sequences * Hv * V/32) exceed the grid limit",
+                        (long long)blocks);
+    kern<<<(unsigned)blocks, NTHREADS, bytes, stream>>>(P);
+    GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_state_kernel");
+    return GDN_SUCCESS;
+}
+
+template <int KP, int STAGES, bool VEC>
+gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cudaStream_t stream) {
+    const int vtiles = (P.V + BV - 1) / BV;
+    if (pl.segments > 1) {
+        const int ktiles = (P.K + BV - 1) / BV;
+        Params S = P;
+        S.row_tiles = vtiles + ktiles;
+        S.seg_launch = pl.segments - 1;
+        gdn_status st = launch<KP, STAGES, VEC, MODE_SUMMARY>(
+            ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
+        if (st != GDN_SUCCESS) return st;
+        const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
+        const size_t bytes = (size_t)COMBINE_ROWS * P.K * sizeof(float);
+        combine_kernel<<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
+        GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
+    }
+    P.row_tiles = vtiles;
+    P.seg_launch = pl.segments;
+    return launch<KP, STAGES, VEC, MODE_STATE>(ctx, P, N * P.Hv * vtiles * pl.segments, stream);
+}
+
+template <int KP>
+gdn_status dispatch_stages(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
+                           cudaStream_t stream) {
+    if (!pl.vec) return run_passes<KP, 2, false>(ctx, P, pl, N, stream);
+    if constexpr (KP < 256)
+        if (pl.stages == 3) return run_passes<KP, 3, true>(ctx, P, pl, N, stream);
+    return run_passes<KP, 2, true>(ctx, P, pl, N, stream);
+}
+
+/* Makes ctx's device current for the call and restores the caller's. */
+struct DeviceGuard {
+    int prev = -1;
+    explicit DeviceGuard(int dev) {
+        if (cudaGetDevice(&prev) == cudaSuccess && prev != dev) cudaSetDevice(dev);
+        else prev = -1;
+    }
+    ~DeviceGuard() {
+        if (prev >= 0) cudaSetDevice(prev);
+    }
+};
+
+} // namespace
+} // namespace gdn
+
+using namespace gdn;
+
+extern "C" size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
+    return make_plan(ctx, p).total();
+}
+
+extern "C" gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
+    const gdn_problem *p = a->p;
+    DeviceGuard guard(ctx->device);
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    Plan pl = make_plan(ctx, p);
+    const uintptr_t align =
+        (uintptr_t)a->k | (uintptr_t)a->w | (uintptr_t)a->u | (uintptr_t)a->h_out | (uintptr_t)a->v_new;
+    if (align % 16 != 0) pl.vec = false;
+
+    if (a->N > INT32_MAX || p->Hv > INT32_MAX)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "gdn_chunk_state: N (%lld) and Hv (%lld) must each fit in int32",
+                        (long long)a->N, (long long)p->Hv);
+    Params P{};
+    P.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
+    P.w = reinterpret_cast<const __nv_bfloat16 *>(a->w);
+    P.u = reinterpret_cast<const __nv_bfloat16 *>(a->u);
+    P.g = a->g;
+    P.h0 = a->h0;
+    P.h_out = reinterpret_cast<__nv_bfloat16 *>(a->h_out);
+    P.v_new = reinterpret_cast<__nv_bfloat16 *>(a->v_new);
+    P.final_state = a->final_state;
+    P.T = p->T;
+    P.N = (int)a->N;
+    P.Hk = (int)p->Hk;
+    P.Hv = (int)p->Hv;
+    P.K = (int)p->K;
+    P.V = (int)p->V;
+    P.group = (int)(p->Hv / p->Hk);
+    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    P.kv_layout = p->state_layout == GDN_STATE_KV;
+    P.segments = pl.segments;
+    P.chunks_per_segment = pl.chunks_per_segment;
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    if (pl.segments > 1) {
+        P.summary = reinterpret_cast<float *>(ws);
+        P.h_start = reinterpret_cast<float *>(ws + pl.summary_bytes);
+    }
+    P.cu_seqlens = p->cu_seqlens_device;
+    if (p->cu_seqlens && !p->cu_seqlens_device) {
+        int32_t *cu = reinterpret_cast<int32_t *>(ws + pl.summary_bytes + pl.h_start_bytes);
+        GDN_CUDA_TRY(ctx, cudaMemcpyAsync(cu, p->cu_seqlens, (size_t)(p->num_seqs + 1) * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, stream));
+        P.cu_seqlens = cu;
+    }
+    switch (pl.kp) {
+    case 64: return dispatch_stages<64>(ctx, P, pl, a->N, stream);
+    case 128: return dispatch_stages<128>(ctx, P, pl, a->N, stream);
+    default: return dispatch_stages<256>(ctx, P, pl, a->N, stream);
+    }
+}

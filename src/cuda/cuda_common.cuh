@@ -1,0 +1,82 @@
+/* Shared CUDA helpers: error checks that report through the context, and
+ * the warp-level primitives the kernels are built from (cp.async,
+ * ldmatrix, mma.sync m16n8k16 bf16 -> f32), portable to sm_80. */
+#ifndef GDN_CUDA_COMMON_CUH
+#define GDN_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "gdn_internal.h"
+
+/* Evaluate a CUDA runtime call; on failure record it on ctx and return. */
+#define GDN_CUDA_TRY(ctx, call)                                                              \
+    do {                                                                                     \
+        cudaError_t gdn_err_ = (call);                                                       \
+        if (gdn_err_ != cudaSuccess)                                                         \
+            return gdn_fail((ctx), GDN_ERROR_CUDA, "%s: %s (%s:%d)", #call,                  \
+                            cudaGetErrorString(gdn_err_), __FILE__, __LINE__);               \
+    } while (0)
+
+/* After a launch: a bad configuration shows here, not at the next call. */
+#define GDN_CUDA_CHECK_LAUNCH(ctx, what)                                                     \
+    do {                                                                                     \
+        cudaError_t gdn_err_ = cudaGetLastError();                                           \
+        if (gdn_err_ != cudaSuccess)                                                         \
+            return gdn_fail((ctx), GDN_ERROR_CUDA, "%s launch failed: %s", (what),           \
+                            cudaGetErrorString(gdn_err_));                                   \
+    } while (0)
+
+namespace gdn {
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16-byte asynchronous global->shared copy; src_bytes < 16 zero-fills the
+ * rest (0 = pure zero fill, the source is not read). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
+ * of matrix i. */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+/* D = A(16x16, row) * B(16x8, col) + D, bf16 inputs, f32 accumulators. */
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4],
+                                               const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+} // namespace gdn
+
+#endif

@@ -1,0 +1,26 @@
+/* The CUDA backend's entry points when libgdn is built without CUDA. */
+#include "gdn_internal.h"
+
+gdn_status gdn_cuda_context_init(gdn_context *ctx, int device) {
+    (void)ctx;
+    (void)device;
+    return GDN_ERROR_NOT_SUPPORTED;
+}
+int gdn_cuda_device_count(void) { return 0; }
+gdn_memory_kind gdn_cuda_pointer_kind(const void *ptr) {
+    (void)ptr;
+    return GDN_MEMORY_UNKNOWN;
+}
+gdn_status gdn_cuda_set_stream(gdn_context *ctx, void *stream) {
+    (void)stream;
+    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+}
+size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
+    (void)ctx;
+    (void)p;
+    return 0;
+}
+gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
+    (void)a;
+    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+}

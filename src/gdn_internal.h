@@ -1,0 +1,94 @@
+/* Shared internals: the context, error reporting, validated arguments and
+ * the backend entry points that the public calls dispatch to. */
+#ifndef GDN_INTERNAL_H
+#define GDN_INTERNAL_H
+
+#include "gdn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct gdn_context {
+    gdn_backend backend;
+    int device;
+    void *stream;
+    int num_threads;
+    int sm_count;           /* CUDA: multiprocessors */
+    size_t smem_optin;      /* CUDA: largest dynamic shared memory per block */
+    char error[512];
+};
+
+/* Record a formatted message on ctx and return status (ctx may be NULL). */
+gdn_status gdn_fail(gdn_context *ctx, gdn_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void gdn_clear_error(gdn_context *ctx);
+
+/* Key head read by value head h. */
+static inline int64_t gdn_key_head(const gdn_problem *p, int64_t h) {
+    return p->head_map == GDN_HEAD_MAP_TILED ? h % p->Hk : h / (p->Hv / p->Hk);
+}
+
+/* Sequence bounds: tokens [*bos, *eos) of sequence n in the flattened
+ * [B*T] token axis. */
+static inline void gdn_seq_bounds(const gdn_problem *p, int64_t n, int64_t *bos, int64_t *eos) {
+    if (p->cu_seqlens) {
+        *bos = p->cu_seqlens[n];
+        *eos = p->cu_seqlens[n + 1];
+    } else {
+        *bos = n * p->T;
+        *eos = *bos + p->T;
+    }
+}
+
+static inline int64_t gdn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Validates the problem description alone (dims, enums, cu_seqlens,
+ * overflow). op names the calling operation in messages. */
+gdn_status gdn_validate_problem(gdn_context *ctx, const char *op, const gdn_problem *p);
+
+/* Pointer checks: required non-NULL, and of the kind the backend needs. */
+typedef struct gdn_ptr_arg {
+    const char *name;
+    const void *ptr;
+    int required;
+} gdn_ptr_arg;
+gdn_status gdn_validate_pointers(gdn_context *ctx, const char *op, const gdn_ptr_arg *args,
+                                 int count);
+
+/* Validated arguments of gdn_chunk_state, with the derived sizes. */
+typedef struct gdn_chunk_state_args {
+    const gdn_problem *p;
+    int64_t N;  /* sequences */
+    int64_t NT; /* chunks over all sequences */
+    const gdn_bf16 *k, *w, *u;
+    const float *g, *h0;
+    gdn_bf16 *h_out, *v_new;
+    float *final_state;
+    void *workspace;
+    size_t workspace_bytes;
+} gdn_chunk_state_args;
+
+gdn_status gdn_cpu_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a);
+
+/* CUDA backend (src/cuda); stubs that report NOT_SUPPORTED when not built. */
+gdn_status gdn_cuda_context_init(gdn_context *ctx, int device);
+int gdn_cuda_device_count(void);
+typedef enum gdn_memory_kind {
+    GDN_MEMORY_UNKNOWN = 0, /* CUDA not built: taken as host memory */
+    GDN_MEMORY_HOST,        /* pageable, or pinned host memory */
+    GDN_MEMORY_DEVICE,      /* device memory, only the GPU can read it */
+    GDN_MEMORY_MANAGED      /* managed: both sides can read it */
+} gdn_memory_kind;
+gdn_memory_kind gdn_cuda_pointer_kind(const void *ptr);
+gdn_status gdn_cuda_set_stream(gdn_context *ctx, void *stream);
+size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p);
+gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

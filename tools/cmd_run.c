@@ -1,0 +1,411 @@
+/* gdn run: an operation on .npy files (see cli_run_usage in gdn.c).
+ * The only operation so far is "state", gdn_chunk_state. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bf16.h"
+#include "cli.h"
+#include "devbuf.h"
+#include "npy.h"
+
+static const char *const CMD = "run";
+
+#define PATH_LEN 4096
+
+/* The input arrays of --op state. */
+typedef struct state_inputs {
+    npy_array k, w, u, g, h0, cu;
+    int have_h0, have_cu;
+    char path_k[PATH_LEN], path_w[PATH_LEN], path_u[PATH_LEN], path_g[PATH_LEN],
+        path_h0[PATH_LEN], path_cu[PATH_LEN];
+} state_inputs;
+
+static void inputs_free(state_inputs *in) {
+    npy_free(&in->k);
+    npy_free(&in->w);
+    npy_free(&in->u);
+    npy_free(&in->g);
+    npy_free(&in->h0);
+    npy_free(&in->cu);
+}
+
+static int join(char *out, const char *dir, const char *name) {
+    int n = snprintf(out, PATH_LEN, "%s/%s", dir, name);
+    if (n < 0 || n >= PATH_LEN) return cli_error(CLI_USAGE, CMD, "path too long: %s/%s", dir, name);
+    return CLI_OK;
+}
+
+static int load(const char *path, npy_array *a) {
+    char err[1024];
+    if (npy_read(path, a, err, sizeof err) != 0) return cli_error(CLI_USAGE, CMD, "%s", err);
+    return CLI_OK;
+}
+
+/* Load path if it exists; *present says whether it did. */
+static int load_optional(const char *path, npy_array *a, int *present) {
+    *present = 0;
+    if (access(path, F_OK) != 0 && errno == ENOENT) return CLI_OK;
+    *present = 1;
+    return load(path, a);
+}
+
+/* The dtype must be one of allowed[0..n-1]. */
+static int check_dtype(const char *path, const npy_array *a, const char *const *allowed, int n,
+                       const char *what) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(a->dtype, allowed[i]) == 0) return CLI_OK;
+    return cli_error(CLI_USAGE, CMD, "%s: dtype is '%s', expected %s", path, a->dtype, what);
+}
+
+static const char *const BF16_DTYPES[] = {"<u2", "<f4"};
+static const char *const BF16_WHAT = "bf16 as '<u2' (raw bits) or '<f4' (rounded to bf16)";
+static const char *const F32_DTYPES[] = {"<f4"};
+static const char *const INT_DTYPES[] = {"<i4", "<i8"};
+
+/* The shape must have ndim dims, and dim i must equal want[i] where that
+ * is >= 0. names give the dims' names; source says where want came from. */
+static int check_shape(const char *path, const npy_array *a, int ndim, const char *const *names,
+                       const int64_t *want, const char *source) {
+    int ok = a->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        if (want[i] >= 0 && a->shape[i] != want[i]) ok = 0;
+    if (ok) return CLI_OK;
+    char expect[256], got[256];
+    size_t used = 0;
+    expect[0] = '\0';
+    for (int i = 0; i < ndim && used < sizeof expect; i++) {
+        int n = want[i] >= 0 ? snprintf(expect + used, sizeof expect - used, "%s%s=%lld",
+                                        i ? ", " : "[", names[i], (long long)want[i])
+                             : snprintf(expect + used, sizeof expect - used, "%s%s",
+                                        i ? ", " : "[", names[i]);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
+    if (used < sizeof expect) snprintf(expect + used, sizeof expect - used, "]");
+    npy_shape_str(a->ndim, a->shape, got, sizeof got);
+    if (a->ndim != ndim)
+        return cli_error(CLI_USAGE, CMD, "%s: has %d dims, shape %s; expected %d dims %s", path,
+                         a->ndim, got, ndim, expect);
+    return cli_error(CLI_USAGE, CMD, "%s: shape %s does not match the expected %s (%s)", path, got,
+                     expect, source);
+}
+
+/* A '<f4' array given for a bf16 tensor becomes '<u2', rounded. */
+static int to_bf16(const char *path, npy_array *a) {
+    if (strcmp(a->dtype, "<u2") == 0) return CLI_OK;
+    uint16_t *b = (uint16_t *)malloc(a->count ? (size_t)a->count * 2 : 1);
+    if (!b) return cli_error(CLI_FAIL, CMD, "%s: out of memory converting to bf16", path);
+    const float *f = (const float *)a->data;
+    for (int64_t i = 0; i < a->count; i++) b[i] = gdn_f32_to_bf16(f[i]);
+    free(a->data);
+    a->data = b;
+    memcpy(a->dtype, "<u2", 4);
+    a->itemsize = 2;
+    a->nbytes = (size_t)a->count * 2;
+    return CLI_OK;
+}
+
+/* mkdir -p. */
+static int make_dirs(const char *dir) {
+    char buf[PATH_LEN];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
+        return cli_error(CLI_USAGE, CMD, "path too long: %s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return cli_error(CLI_FAIL, CMD, "cannot create directory %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return cli_error(CLI_FAIL, CMD, "cannot create directory %s: %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+        return cli_error(CLI_USAGE, CMD, "--out %s is not a directory", dir);
+    return CLI_OK;
+}
+
+/* Read and cross-check the inputs; fills the problem's shape. */
+static int load_state_inputs(const char *dir, state_inputs *in, gdn_problem *p,
+                             gdn_state_layout layout) {
+    int rc;
+    if ((rc = join(in->path_k, dir, "k.npy")) || (rc = join(in->path_w, dir, "w.npy")) ||
+        (rc = join(in->path_u, dir, "u.npy")) || (rc = join(in->path_g, dir, "g_cumsum.npy")) ||
+        (rc = join(in->path_h0, dir, "h0.npy")) || (rc = join(in->path_cu, dir, "cu_seqlens.npy")))
+        return rc;
+
+    /* k fixes B, T, Hk, K. */
+    static const char *const KN[] = {"B", "T", "Hk", "K"};
+    const int64_t any4[] = {-1, -1, -1, -1};
+    if ((rc = load(in->path_k, &in->k)) || (rc = check_dtype(in->path_k, &in->k, BF16_DTYPES, 2,
+                                                              BF16_WHAT)) ||
+        (rc = check_shape(in->path_k, &in->k, 4, KN, any4, "")))
+        return rc;
+    const int64_t B = in->k.shape[0], T = in->k.shape[1], Hk = in->k.shape[2],
+                  K = in->k.shape[3];
+
+    /* w fixes Hv. */
+    static const char *const WN[] = {"B", "T", "Hv", "K"};
+    const int64_t ww[] = {B, T, -1, K};
+    if ((rc = load(in->path_w, &in->w)) ||
+        (rc = check_dtype(in->path_w, &in->w, BF16_DTYPES, 2, BF16_WHAT)) ||
+        (rc = check_shape(in->path_w, &in->w, 4, WN, ww, "B, T and K from k.npy")))
+        return rc;
+    const int64_t Hv = in->w.shape[2];
+    if (Hk > 0 && Hv % Hk != 0)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s: Hv = %lld value heads is not a multiple of Hk = %lld key heads "
+                         "(from k.npy)",
+                         in->path_w, (long long)Hv, (long long)Hk);
+
+    /* u fixes V. */
+    static const char *const UN[] = {"B", "T", "Hv", "V"};
+    const int64_t wu[] = {B, T, Hv, -1};
+    if ((rc = load(in->path_u, &in->u)) ||
+        (rc = check_dtype(in->path_u, &in->u, BF16_DTYPES, 2, BF16_WHAT)) ||
+        (rc = check_shape(in->path_u, &in->u, 4, UN, wu, "B, T from k.npy, Hv from w.npy")))
+        return rc;
+    const int64_t V = in->u.shape[3];
+
+    static const char *const GN[] = {"B", "T", "Hv"};
+    const int64_t wg[] = {B, T, Hv};
+    if ((rc = load(in->path_g, &in->g)) ||
+        (rc = check_dtype(in->path_g, &in->g, F32_DTYPES, 1, "'<f4' (float32)")) ||
+        (rc = check_shape(in->path_g, &in->g, 3, GN, wg, "B, T from k.npy, Hv from w.npy")))
+        return rc;
+
+    gdn_problem_init(p, B, T, Hk, Hv, K, V);
+    p->state_layout = layout;
+    int64_t N = B;
+
+    if ((rc = load_optional(in->path_cu, &in->cu, &in->have_cu))) return rc;
+    if (in->have_cu) {
+        char err[1024];
+        static const char *const CN[] = {"N+1"};
+        const int64_t any1[] = {-1};
+        if ((rc = check_dtype(in->path_cu, &in->cu, INT_DTYPES, 2, "'<i4' or '<i8'")) ||
+            (rc = check_shape(in->path_cu, &in->cu, 1, CN, any1, "")))
+            return rc;
+        if (npy_to_int32(&in->cu, in->path_cu, err, sizeof err) != 0)
+            return cli_error(CLI_USAGE, CMD, "%s", err);
+        if (in->cu.count < 2)
+            return cli_error(CLI_USAGE, CMD,
+                             "%s: has %lld entries; it needs N+1 >= 2 (at least one sequence)",
+                             in->path_cu, (long long)in->cu.count);
+        if (B != 1)
+            return cli_error(CLI_USAGE, CMD,
+                             "%s is given, so the batch dim B of k.npy must be 1 (packed "
+                             "sequences along T), but it is %lld",
+                             in->path_cu, (long long)B);
+        const int32_t *cu = (const int32_t *)in->cu.data;
+        N = in->cu.count - 1;
+        if (cu[0] != 0)
+            return cli_error(CLI_USAGE, CMD, "%s: cu_seqlens[0] is %d, must be 0", in->path_cu,
+                             cu[0]);
+        for (int64_t n = 0; n < N; n++)
+            if (cu[n + 1] < cu[n])
+                return cli_error(CLI_USAGE, CMD,
+                                 "%s: must be non-decreasing, but cu_seqlens[%lld] = %d < "
+                                 "cu_seqlens[%lld] = %d",
+                                 in->path_cu, (long long)(n + 1), cu[n + 1], (long long)n, cu[n]);
+        if (cu[N] != T)
+            return cli_error(CLI_USAGE, CMD,
+                             "%s: the last entry cu_seqlens[%lld] = %d must equal T = %lld (from "
+                             "k.npy)",
+                             in->path_cu, (long long)N, cu[N], (long long)T);
+        p->cu_seqlens = cu;
+        p->num_seqs = N;
+    }
+
+    if ((rc = load_optional(in->path_h0, &in->h0, &in->have_h0))) return rc;
+    if (in->have_h0) {
+        static const char *const HVK[] = {"N", "Hv", "V", "K"};
+        static const char *const HKV[] = {"N", "Hv", "K", "V"};
+        const int kv = layout == GDN_STATE_KV;
+        const int64_t wh[] = {N, Hv, kv ? K : V, kv ? V : K};
+        char src[160];
+        snprintf(src, sizeof src, "N from %s, Hv from w.npy, K from k.npy, V from u.npy%s",
+                 in->have_cu ? "cu_seqlens.npy" : "k.npy's B",
+                 kv ? "; state layout kv" : "; state layout vk");
+        if ((rc = check_dtype(in->path_h0, &in->h0, F32_DTYPES, 1, "'<f4' (float32)")) ||
+            (rc = check_shape(in->path_h0, &in->h0, 4, kv ? HKV : HVK, wh, src)))
+            return rc;
+    }
+
+    if ((rc = to_bf16(in->path_k, &in->k)) || (rc = to_bf16(in->path_w, &in->w)) ||
+        (rc = to_bf16(in->path_u, &in->u)))
+        return rc;
+    return CLI_OK;
+}
+
+/* Device copies for the CUDA backend. */
+enum { D_K, D_W, D_U, D_G, D_H0, D_CU, D_H, D_V, D_F, D_WS, D_COUNT };
+
+static int dev_put(void **d, const void *h, size_t bytes, const char *what) {
+    if (gdn_dev_alloc(d, bytes) != 0 || (h && gdn_dev_upload(*d, h, bytes) != 0))
+        return cli_error(CLI_FAIL, CMD, "device buffer for %s (%zu bytes): %s", what, bytes,
+                         gdn_dev_error());
+    return CLI_OK;
+}
+
+static int run_state_cuda(gdn_context *ctx, gdn_problem *p, const state_inputs *in,
+                          size_t ws_bytes, gdn_bf16 *h_out, size_t h_bytes, gdn_bf16 *v_new,
+                          size_t v_bytes, float *final_state, size_t f_bytes) {
+    void *d[D_COUNT] = {0};
+    int rc;
+    if ((rc = dev_put(&d[D_K], in->k.data, in->k.nbytes, "k")) ||
+        (rc = dev_put(&d[D_W], in->w.data, in->w.nbytes, "w")) ||
+        (rc = dev_put(&d[D_U], in->u.data, in->u.nbytes, "u")) ||
+        (rc = dev_put(&d[D_G], in->g.data, in->g.nbytes, "g_cumsum")) ||
+        (in->have_h0 && (rc = dev_put(&d[D_H0], in->h0.data, in->h0.nbytes, "h0"))) ||
+        (in->have_cu && (rc = dev_put(&d[D_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
+        (rc = dev_put(&d[D_H], NULL, h_bytes, "h")) ||
+        (rc = dev_put(&d[D_V], NULL, v_bytes, "v_new")) ||
+        (rc = dev_put(&d[D_F], NULL, f_bytes, "final_state")) ||
+        (ws_bytes && (rc = dev_put(&d[D_WS], NULL, ws_bytes, "workspace"))))
+        goto done;
+    p->cu_seqlens_device = (const int32_t *)d[D_CU];
+    gdn_status st = gdn_chunk_state(ctx, p, d[D_K], d[D_W], d[D_U], d[D_G], d[D_H0], d[D_H],
+                                    d[D_V], d[D_F], d[D_WS], ws_bytes);
+    p->cu_seqlens_device = NULL;
+    if (st != GDN_SUCCESS) {
+        rc = cli_lib_error(CMD, "gdn_chunk_state", ctx, st);
+        goto done;
+    }
+    if (gdn_dev_sync() != 0 || gdn_dev_download(h_out, d[D_H], h_bytes) != 0 ||
+        gdn_dev_download(v_new, d[D_V], v_bytes) != 0 ||
+        gdn_dev_download(final_state, d[D_F], f_bytes) != 0)
+        rc = cli_error(CLI_FAIL, CMD, "after gdn_chunk_state: %s", gdn_dev_error());
+done:
+    for (int i = 0; i < D_COUNT; i++) gdn_dev_free(d[i]);
+    return rc;
+}
+
+static int write_out(const char *dir, const char *name, const char *dtype, int ndim,
+                     const int64_t *shape, const void *data) {
+    char path[PATH_LEN], err[1024], sh[160];
+    int rc = join(path, dir, name);
+    if (rc) return rc;
+    if (npy_write(path, dtype, ndim, shape, data, err, sizeof err) != 0)
+        return cli_error(CLI_FAIL, CMD, "%s", err);
+    printf("  wrote %s %s %s\n", path, npy_shape_str(ndim, shape, sh, sizeof sh), dtype);
+    return CLI_OK;
+}
+
+static int run_state(const char *in_dir, const char *out_dir, gdn_state_layout layout,
+                     gdn_head_map head_map, gdn_backend backend, int device) {
+    state_inputs in;
+    memset(&in, 0, sizeof in);
+    gdn_problem p;
+    gdn_context *ctx = NULL;
+    gdn_bf16 *h_out = NULL, *v_new = NULL;
+    float *final_state = NULL;
+    int rc = load_state_inputs(in_dir, &in, &p, layout);
+    if (rc) goto done;
+    p.head_map = head_map;
+    if ((rc = cli_context(CMD, backend, device, &ctx))) goto done;
+
+    size_t ws_bytes = 0;
+    gdn_status st = gdn_chunk_state_workspace_size(ctx, &p, &ws_bytes);
+    if (st != GDN_SUCCESS) {
+        rc = cli_lib_error(CMD, "gdn_chunk_state_workspace_size", ctx, st);
+        goto done;
+    }
+    const int64_t N = gdn_problem_num_seqs(&p), NT = gdn_problem_num_chunks(&p);
+    const int64_t state = p.Hv * p.K * p.V;
+    const size_t h_bytes = (size_t)(NT * state) * sizeof(gdn_bf16);
+    const size_t v_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
+    const size_t f_bytes = (size_t)(N * state) * sizeof(float);
+    h_out = (gdn_bf16 *)malloc(h_bytes ? h_bytes : 1);
+    v_new = (gdn_bf16 *)malloc(v_bytes ? v_bytes : 1);
+    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    if (!h_out || !v_new || !final_state) {
+        rc = cli_error(CLI_FAIL, CMD, "out of memory for the outputs (%zu bytes)",
+                       h_bytes + v_bytes + f_bytes);
+        goto done;
+    }
+    const float *h0 = in.have_h0 ? (const float *)in.h0.data : NULL;
+    if (gdn_context_backend(ctx) == GDN_BACKEND_CUDA) {
+        rc = run_state_cuda(ctx, &p, &in, ws_bytes, h_out, h_bytes, v_new, v_bytes, final_state,
+                            f_bytes);
+        if (rc) goto done;
+    } else {
+        st = gdn_chunk_state(ctx, &p, in.k.data, in.w.data, in.u.data, in.g.data, h0, h_out,
+                             v_new, final_state, NULL, 0);
+        if (st != GDN_SUCCESS) {
+            rc = cli_lib_error(CMD, "gdn_chunk_state", ctx, st);
+            goto done;
+        }
+    }
+    if ((rc = make_dirs(out_dir))) goto done;
+
+    printf("gdn run --op state: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld, "
+           "N=%lld NT=%lld, state %s, head map %s, h0 %s\n",
+           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
+           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
+           (long long)N, (long long)NT, layout == GDN_STATE_KV ? "kv" : "vk",
+           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero");
+    const int kv = layout == GDN_STATE_KV;
+    const int64_t s1 = kv ? p.K : p.V, s2 = kv ? p.V : p.K;
+    if (!in.have_cu && p.B > 1) {
+        /* FLA's h layout: [B, NT per sequence, H, ...]. */
+        const int64_t hs[] = {p.B, NT / p.B, p.Hv, s1, s2};
+        rc = write_out(out_dir, "h.npy", "<u2", 5, hs, h_out);
+    } else {
+        const int64_t hs[] = {NT, p.Hv, s1, s2};
+        rc = write_out(out_dir, "h.npy", "<u2", 4, hs, h_out);
+    }
+    if (rc) goto done;
+    const int64_t vs[] = {p.B, p.T, p.Hv, p.V};
+    if ((rc = write_out(out_dir, "v_new.npy", "<u2", 4, vs, v_new))) goto done;
+    const int64_t fs[] = {N, p.Hv, s1, s2};
+    rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+done:
+    free(h_out);
+    free(v_new);
+    free(final_state);
+    gdn_context_destroy(ctx);
+    inputs_free(&in);
+    return rc;
+}
+
+int cmd_run(int argc, char **argv) {
+    const char *op = NULL, *in_dir = NULL, *out_dir = NULL, *layout_s = "vk",
+               *head_map_s = "block", *backend_s = "auto", *device_s = "0";
+    const cli_opt opts[] = {
+        {"op", &op},
+        {"in", &in_dir},
+        {"out", &out_dir},
+        {"state-layout", &layout_s},
+        {"head-map", &head_map_s},
+        {"backend", &backend_s},
+        {"device", &device_s},
+    };
+    int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]));
+    if (rc < 0) {
+        cli_run_usage(stdout);
+        return CLI_OK;
+    }
+    if (rc) return rc;
+    if (!op) return cli_usage_error(CMD, "missing --op (the only operation so far: state)");
+    if (strcmp(op, "state") != 0)
+        return cli_usage_error(CMD, "unknown --op '%s' (the only operation so far: state)", op);
+    if (!in_dir)
+        return cli_usage_error(CMD, "missing --in DIR (the directory of input .npy files)");
+    if (!out_dir) return cli_usage_error(CMD, "missing --out DIR (where the outputs go)");
+    gdn_state_layout layout;
+    gdn_head_map head_map;
+    gdn_backend backend;
+    int64_t device;
+    if ((rc = cli_state_layout(CMD, layout_s, &layout)) ||
+        (rc = cli_head_map(CMD, head_map_s, &head_map)) ||
+        (rc = cli_backend(CMD, backend_s, &backend)) ||
+        (rc = cli_int(CMD, "device", device_s, 0, 1024, &device)))
+        return rc;
+    return run_state(in_dir, out_dir, layout, head_map, backend, (int)device);
+}

@@ -1,0 +1,97 @@
+/* See devbuf.h. Built with the CUDA runtime when GDN_HAVE_CUDA is set. */
+#include "devbuf.h"
+
+#include <stdio.h>
+
+static char dev_error[256] = "";
+
+#ifdef GDN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+static int check(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return 0;
+    snprintf(dev_error, sizeof dev_error, "%s: %s", what, cudaGetErrorString(e));
+    return -1;
+}
+
+int gdn_dev_available(void) {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+int gdn_dev_alloc(void **ptr, size_t bytes) {
+    *ptr = NULL;
+    return check(cudaMalloc(ptr, bytes ? bytes : 1), "cudaMalloc");
+}
+void gdn_dev_free(void *ptr) {
+    if (ptr) cudaFree(ptr);
+}
+int gdn_dev_upload(void *dst, const void *src, size_t bytes) {
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+}
+int gdn_dev_download(void *dst, const void *src, size_t bytes) {
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+}
+int gdn_dev_fill(void *dst, int byte, size_t bytes) {
+    return check(cudaMemset(dst, byte, bytes), "cudaMemset");
+}
+int gdn_dev_sync(void) { return check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+const char *gdn_dev_error(void) { return dev_error; }
+
+static cudaEvent_t ev_start, ev_stop;
+static int events_ready;
+int gdn_dev_timer_start(void) {
+    if (!events_ready) {
+        if (check(cudaEventCreate(&ev_start), "cudaEventCreate") ||
+            check(cudaEventCreate(&ev_stop), "cudaEventCreate"))
+            return -1;
+        events_ready = 1;
+    }
+    return check(cudaEventRecord(ev_start, 0), "cudaEventRecord");
+}
+double gdn_dev_timer_stop(void) {
+    float ms = 0;
+    if (check(cudaEventRecord(ev_stop, 0), "cudaEventRecord") ||
+        check(cudaEventSynchronize(ev_stop), "cudaEventSynchronize") ||
+        check(cudaEventElapsedTime(&ms, ev_start, ev_stop), "cudaEventElapsedTime"))
+        return -1;
+    return ms;
+}
+const char *gdn_dev_name(void) {
+    static struct cudaDeviceProp prop;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+        return "none";
+    return prop.name;
+}
+
+#else /* no CUDA */
+
+static int not_built(void) {
+    snprintf(dev_error, sizeof dev_error, "libgdn was built without CUDA");
+    return -1;
+}
+int gdn_dev_available(void) { return 0; }
+int gdn_dev_alloc(void **ptr, size_t bytes) {
+    (void)bytes;
+    *ptr = NULL;
+    return not_built();
+}
+void gdn_dev_free(void *ptr) { (void)ptr; }
+int gdn_dev_upload(void *dst, const void *src, size_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return not_built();
+}
+int gdn_dev_download(void *dst, const void *src, size_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return not_built();
+}
+int gdn_dev_fill(void *dst, int byte, size_t bytes) {
+    (void)dst, (void)byte, (void)bytes;
+    return not_built();
+}
+int gdn_dev_sync(void) { return not_built(); }
+const char *gdn_dev_error(void) { return dev_error; }
+int gdn_dev_timer_start(void) { return not_built(); }
+double gdn_dev_timer_stop(void) { return -1; }
+const char *gdn_dev_name(void) { return "none"; }
+#endif
