@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's work in one command: build, GPU tests, compute-sanitizer,
 # benchmark with FLA side by side. Run from the repository root on a machine
-# with an NVIDIA GPU. Steps: any of build test sanitize bench (default: all).
+# with an NVIDIA GPU. Steps: any of build test sanitize ours bench (default:
+# build test sanitize bench; 'ours' is the libgdn benchmark alone, 'bench'
+# adds FLA side by side).
 # Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
 # FLA, default .whl), FIXTURES (FLA fixtures, default ../shared/fixtures/fla
 # or .fixtures).
@@ -33,6 +35,9 @@ if has sanitize; then
     echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_$tool.log"; }
   done
+fi
+if has ours && ! has bench; then
+  timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"
 fi
 if has bench; then
   WHEELS=${WHEELS:-.whl}

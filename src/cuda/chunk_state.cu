@@ -26,9 +26,16 @@ namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
-constexpr int NW = 4;          /* warps per block */
-constexpr int NTHREADS = NW * 32;
-constexpr int BV = 32;         /* state rows per block */
+constexpr int BV = 32; /* state rows per block */
+/* Warps per block: 8 for K > 64, so that each scheduler has two warps to
+ * switch between; 4 for K <= 64, where 8 would leave a warp one column. */
+template <int KP> struct Warps {
+    static constexpr int NW = KP >= 128 ? 8 : 4;
+    static constexpr int NTHREADS = NW * 32;
+};
+/* Blocks a multiprocessor should hold, which caps registers: two where
+ * shared memory allows (the two-stage ring below K = 256), else one. */
+template <int KP, int STAGES> constexpr int min_blocks() { return KP < 256 && STAGES == 2 ? 2 : 1; }
 
 enum { MODE_STATE = 0, MODE_SUMMARY = 1 };
 
@@ -63,7 +70,8 @@ template <int KP, int STAGES> struct Smem {
     static constexpr int HS = STAGES * STAGE;
     static constexpr int VN = HS + BV * LDK * 2;
     static constexpr int VG = VN + BT * LDU * 2;
-    static constexpr int BYTES = VG + BV * LDG * 2;
+    static constexpr int GATE = VG + BV * LDG * 2; /* exp(G_last - G_t), 0 past the end */
+    static constexpr int BYTES = GATE + BT * 4;
 };
 
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
@@ -71,9 +79,10 @@ __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int 
 }
 
 /* Chunks of sequences before n (the h_out offset with varlen). */
+template <int NW>
 __device__ int64_t chunks_before(const int32_t *cu, int n, int64_t *red) {
     int64_t sum = 0;
-    for (int i = threadIdx.x; i < n; i += NTHREADS) sum += (cu[i + 1] - cu[i] + BT - 1) / BT;
+    for (int i = threadIdx.x; i < n; i += NW * 32) sum += (cu[i + 1] - cu[i] + BT - 1) / BT;
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
     __syncthreads();
@@ -83,13 +92,23 @@ __device__ int64_t chunks_before(const int32_t *cu, int n, int64_t *red) {
     return total;
 }
 
-/* Load one chunk's w, k, u, g rows [t0, t0 + nvalid) into a stage; rows
- * and columns past the valid range are zero. VEC: 16-byte cp.async (needs
- * K, V multiples of 8 and aligned bases); otherwise plain element loads. */
+/* Where one chunk's rows start, and the strides between tokens. */
+struct ChunkSrc {
+    const __nv_bfloat16 *w, *k, *u;
+    const float *g;
+    int64_t rs_w, rs_k, rs_u, rs_g;
+};
+
+/* Load one chunk's w, k, u, g rows [0, nvalid) into a stage; rows and
+ * columns past the valid range are zero. VEC: 16-byte cp.async (needs K, V
+ * multiples of 8 and aligned bases); otherwise plain element loads. Each
+ * thread keeps one column and steps over rows, so the per-chunk address
+ * math is one multiply-add a copy. */
 template <int KP, int STAGES, bool VEC>
-__device__ __forceinline__ void load_chunk(uint8_t *stage, const Params &P, int64_t t0,
-                                           int nvalid, int h, int kh, int row0, bool load_u) {
+__device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
+                                           int vrows, bool load_u) {
     using L = Smem<KP, STAGES>;
+    constexpr int NTHREADS = Warps<KP>::NTHREADS;
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
     __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
@@ -97,64 +116,67 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const Params &P, int6
     const int tid = threadIdx.x;
     if constexpr (VEC) {
         constexpr int CPR = KP / 8; /* 16-byte pieces a row */
-        for (int i = tid; i < BT * CPR; i += NTHREADS) {
-            const int t = i / CPR, c = (i % CPR) * 8;
-            const bool ok = t < nvalid && c < P.K;
-            const int64_t tok = t0 + (ok ? t : 0);
-            cp_async16(sw + t * L::LDK + c, P.w + (tok * P.Hv + h) * P.K + (ok ? c : 0),
-                       ok ? 16 : 0);
-            cp_async16(sk + t * L::LDK + c, P.k + (tok * P.Hk + kh) * P.K + (ok ? c : 0),
-                       ok ? 16 : 0);
+        constexpr int RSTEP = NTHREADS / CPR;
+        static_assert(NTHREADS % CPR == 0 && BT % RSTEP == 0, "load shape");
+        const int c = (tid % CPR) * 8;
+        const bool col_ok = c < K;
+#pragma unroll
+        for (int t = tid / CPR; t < BT; t += RSTEP) {
+            const bool ok = col_ok && t < nvalid;
+            cp_async16(sw + t * L::LDK + c, ok ? src.w + t * src.rs_w + c : src.w, ok ? 16 : 0);
+            cp_async16(sk + t * L::LDK + c, ok ? src.k + t * src.rs_k + c : src.k, ok ? 16 : 0);
         }
         if (load_u) {
-            for (int i = tid; i < BT * (BV / 8); i += NTHREADS) {
-                const int t = i / (BV / 8), c = (i % (BV / 8)) * 8;
-                const bool ok = t < nvalid && row0 + c < P.V;
-                const int64_t tok = t0 + (ok ? t : 0);
-                cp_async16(su + t * L::LDU + c, P.u + (tok * P.Hv + h) * P.V + (ok ? row0 + c : 0),
-                           ok ? 16 : 0);
+            constexpr int UPR = BV / 8;
+            static_assert(NTHREADS >= BT * UPR / 2, "u load shape");
+            for (int i = tid; i < BT * UPR; i += NTHREADS) {
+                const int t = i / UPR, cu = (i % UPR) * 8;
+                const bool ok = t < nvalid && cu < vrows;
+                cp_async16(su + t * L::LDU + cu, ok ? src.u + t * src.rs_u + cu : src.u, ok ? 16 : 0);
             }
         }
         if (tid < BT) {
             const bool ok = tid < nvalid;
-            cp_async4(sg + tid, P.g + (t0 + (ok ? tid : 0)) * P.Hv + h, ok ? 4 : 0);
+            cp_async4(sg + tid, ok ? src.g + tid * src.rs_g : src.g, ok ? 4 : 0);
         }
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
         for (int i = tid; i < BT * KP; i += NTHREADS) {
             const int t = i / KP, c = i % KP;
-            const bool ok = t < nvalid && c < P.K;
-            const int64_t tok = t0 + t;
-            sw[t * L::LDK + c] = ok ? P.w[(tok * P.Hv + h) * P.K + c] : zero;
-            sk[t * L::LDK + c] = ok ? P.k[(tok * P.Hk + kh) * P.K + c] : zero;
+            const bool ok = t < nvalid && c < K;
+            sw[t * L::LDK + c] = ok ? src.w[t * src.rs_w + c] : zero;
+            sk[t * L::LDK + c] = ok ? src.k[t * src.rs_k + c] : zero;
         }
         if (load_u) {
             for (int i = tid; i < BT * BV; i += NTHREADS) {
                 const int t = i / BV, c = i % BV;
-                const bool ok = t < nvalid && row0 + c < P.V;
-                su[t * L::LDU + c] = ok ? P.u[((t0 + t) * P.Hv + h) * P.V + row0 + c] : zero;
+                su[t * L::LDU + c] = t < nvalid && c < vrows ? src.u[t * src.rs_u + c] : zero;
             }
         }
-        if (tid < BT) sg[tid] = tid < nvalid ? P.g[(t0 + tid) * P.Hv + h] : 0.f;
+        if (tid < BT) sg[tid] = tid < nvalid ? src.g[tid * src.rs_g] : 0.f;
     }
 }
 
 template <int KP, int STAGES, bool VEC, int MODE>
-__global__ void __launch_bounds__(NTHREADS)
+__global__ void __launch_bounds__(Warps<KP>::NTHREADS, (min_blocks<KP, STAGES>()))
 chunk_state_kernel(const Params P) {
     using L = Smem<KP, STAGES>;
+    constexpr int NW = Warps<KP>::NW;
+    constexpr int NTHREADS = Warps<KP>::NTHREADS;
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ int64_t red[NW];
 
     /* Warp roles. MMA2 (state update): warp owns state columns
-     * [warp*KP/NW, ...), all BV rows. MMA1 (v_new): warp owns chunk
-     * columns t in [warp*16, warp*16+16), all BV rows. */
+     * [warp*KP/NW, ...) of all BV rows. MMA1 (v_new): warps form a
+     * (NW/4) x 4 grid over (rows, chunk columns t), 16 t columns each. */
     constexpr int MT = BV / 16;        /* m16 tiles over the rows */
     constexpr int NT2 = KP / NW / 8;   /* n8 tiles of state columns a warp */
-    constexpr int NT1 = BT / NW / 8;   /* n8 tiles of chunk columns a warp */
-    static_assert(NT2 % 2 == 0 && NT1 == 2, "tile shape");
+    constexpr int WM1 = NW / 4;        /* MMA1 warps along rows */
+    constexpr int MT1 = MT / WM1;      /* MMA1 m16 tiles a warp */
+    static_assert(NT2 % 2 == 0 && MT % WM1 == 0, "tile shape");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
+    const int wm1 = warp / 4, wn1 = warp % 4;
 
     /* Block -> (row tile, head, segment, sequence); x only, so no grid
      * dimension limit applies to N * Hv. */
@@ -176,7 +198,7 @@ chunk_state_kernel(const Params P) {
     if (P.cu_seqlens) {
         bos = P.cu_seqlens[n];
         eos = P.cu_seqlens[n + 1];
-        if (MODE == MODE_STATE) hoff = chunks_before(P.cu_seqlens, n, red);
+        if (MODE == MODE_STATE) hoff = chunks_before<NW>(P.cu_seqlens, n, red);
     } else {
         bos = (int64_t)n * P.T;
         eos = bos + P.T;
@@ -188,7 +210,6 @@ chunk_state_kernel(const Params P) {
 
     /* ---- initial state into the accumulators ---- */
     float H[MT][NT2][4];
-    const int N = P.N;
     const int64_t head = (int64_t)n * P.Hv + h;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -203,7 +224,7 @@ chunk_state_kernel(const Params P) {
                     if (MODE == MODE_SUMMARY) {
                         x = trans_rows && r == c ? 1.f : 0.f;
                     } else if (P.segments > 1) {
-                        x = P.h_start[(((int64_t)seg * N * P.Hv + head) * P.V + r) * P.K + c];
+                        x = P.h_start[(((int64_t)seg * P.N * P.Hv + head) * P.V + r) * P.K + c];
                     } else if (P.h0) {
                         x = P.h0[head * P.V * P.K + state_index(P.kv_layout, P.V, P.K, r, c)];
                     }
@@ -214,16 +235,32 @@ chunk_state_kernel(const Params P) {
     __nv_bfloat16 *Hs = reinterpret_cast<__nv_bfloat16 *>(smem + L::HS);
     __nv_bfloat16 *VNs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VN);
     __nv_bfloat16 *VGs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VG);
+    float *gate = reinterpret_cast<float *>(smem + L::GATE);
     const bool load_u = !trans_rows;
+    const int vrows = P.V - row0;
+
+    /* Token row t of chunk c is at token bos + 64c + t. */
+    ChunkSrc src;
+    src.rs_w = (int64_t)P.Hv * P.K;
+    src.rs_k = (int64_t)P.Hk * P.K;
+    src.rs_u = (int64_t)P.Hv * P.V;
+    src.rs_g = P.Hv;
+    auto point_at = [&](int c) {
+        const int64_t t0 = bos + (int64_t)c * BT;
+        src.w = P.w + t0 * src.rs_w + (int64_t)h * P.K;
+        src.k = P.k + t0 * src.rs_k + (int64_t)kh * P.K;
+        src.u = P.u + t0 * src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
+        src.g = P.g + t0 * src.rs_g + h;
+        return (int)(eos - t0 < BT ? eos - t0 : BT);
+    };
 
     /* ---- pipeline prologue ---- */
 #pragma unroll
     for (int i = 0; i < STAGES - 1; i++) {
         const int c = c_begin + i;
         if (c < c_end) {
-            const int64_t t0 = bos + (int64_t)c * BT;
-            load_chunk<KP, STAGES, VEC>(smem + i * L::STAGE, P, t0, (int)(eos - t0 < BT ? eos - t0 : BT),
-                                        h, kh, row0, load_u);
+            const int nv = point_at(c);
+            load_chunk<KP, STAGES, VEC>(smem + i * L::STAGE, src, nv, P.K, vrows, load_u);
         }
         cp_async_commit();
     }
@@ -235,9 +272,9 @@ chunk_state_kernel(const Params P) {
         {
             const int cn = c + STAGES - 1;
             if (cn < c_end) {
-                const int64_t t0 = bos + (int64_t)cn * BT;
-                load_chunk<KP, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, P, t0,
-                                            (int)(eos - t0 < BT ? eos - t0 : BT), h, kh, row0, load_u);
+                const int nv = point_at(cn);
+                load_chunk<KP, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, src, nv,
+                                            P.K, vrows, load_u);
             }
             cp_async_commit();
         }
@@ -248,8 +285,9 @@ chunk_state_kernel(const Params P) {
         const float *Gs = reinterpret_cast<const float *>(stage + L::G);
         const int64_t t0 = bos + (int64_t)c * BT;
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
+        const float g_last = Gs[nvalid - 1];
 
-        /* 1. Hs = bf16(H) */
+        /* 1. Hs = bf16(H); the chunk's gates, once */
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -261,6 +299,8 @@ chunk_state_kernel(const Params P) {
                     *reinterpret_cast<uint32_t *>(Hs + r * L::LDK + col) =
                         pack_bf16x2(H[mt][nt][2 * hf], H[mt][nt][2 * hf + 1]);
                 }
+        if (threadIdx.x < BT)
+            gate[threadIdx.x] = threadIdx.x < nvalid ? expf(g_last - Gs[threadIdx.x]) : 0.f;
         __syncthreads();
 
         /* 2. h_out[c] = Hs */
@@ -269,77 +309,86 @@ chunk_state_kernel(const Params P) {
             if (!P.kv_layout && VEC) {
                 for (int i = threadIdx.x; i < BV * (KP / 8); i += NTHREADS) {
                     const int r = i / (KP / 8), col = (i % (KP / 8)) * 8;
-                    if (row0 + r < P.V && col < P.K)
+                    if (r < vrows && col < P.K)
                         *reinterpret_cast<uint4 *>(dst + (int64_t)(row0 + r) * P.K + col) =
                             *reinterpret_cast<const uint4 *>(Hs + r * L::LDK + col);
                 }
             } else if (P.kv_layout && VEC) {
                 for (int i = threadIdx.x; i < KP * (BV / 8); i += NTHREADS) {
                     const int col = i / (BV / 8), r = (i % (BV / 8)) * 8;
-                    if (row0 + r < P.V && col < P.K) {
-                        alignas(16) __nv_bfloat16 tmp[8];
+                    if (r < vrows && col < P.K) {
+                        uint32_t packed[4];
 #pragma unroll
-                        for (int j = 0; j < 8; j++) tmp[j] = Hs[(r + j) * L::LDK + col];
+                        for (int j = 0; j < 4; j++) {
+                            const uint32_t lo = __bfloat16_as_ushort(Hs[(r + 2 * j) * L::LDK + col]);
+                            const uint32_t hi = __bfloat16_as_ushort(Hs[(r + 2 * j + 1) * L::LDK + col]);
+                            packed[j] = lo | (hi << 16);
+                        }
                         *reinterpret_cast<uint4 *>(dst + (int64_t)col * P.V + row0 + r) =
-                            *reinterpret_cast<const uint4 *>(tmp);
+                            make_uint4(packed[0], packed[1], packed[2], packed[3]);
                     }
                 }
             } else {
                 for (int i = threadIdx.x; i < BV * KP; i += NTHREADS) {
                     const int r = i / KP, col = i % KP;
-                    if (row0 + r < P.V && col < P.K)
+                    if (r < vrows && col < P.K)
                         dst[state_index(P.kv_layout, P.V, P.K, row0 + r, col)] =
                             Hs[r * L::LDK + col];
                 }
             }
         }
 
-        /* 3. acc[v][t] = Hs . w^T over the K columns */
-        float acc[MT][NT1][4];
+        /* 3. acc[v][t] = Hs . w^T over the K columns; this warp: rows
+         * wm1*16*MT1.., columns t in [wn1*16, wn1*16+16) */
+        float acc[MT1][2][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+        for (int mt = 0; mt < MT1; mt++)
 #pragma unroll
-            for (int nt = 0; nt < NT1; nt++)
+            for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.f;
+        const int mrow = wm1 * MT1 * 16;
 #pragma unroll
         for (int kk = 0; kk < KP; kk += 16) {
-            uint32_t a[MT][4], b[4];
+            uint32_t a[MT1][4], b[4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-                ldmatrix_x4(a[mt], Hs + (mt * 16 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
-            /* two n8 tiles of t: rows t = warp*16 + (lane>>4)*8 + lane%8 */
-            ldmatrix_x4(b, Ws + (warp * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + kk +
+            for (int mt = 0; mt < MT1; mt++)
+                ldmatrix_x4(a[mt], Hs + (mrow + mt * 16 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
+            /* two n8 tiles of t: rows t = wn1*16 + (lane>>4)*8 + lane%8 */
+            ldmatrix_x4(b, Ws + (wn1 * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + kk +
                                ((lane >> 3) & 1) * 8);
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
+            for (int mt = 0; mt < MT1; mt++) {
                 mma_bf16_16816(acc[mt][0], a[mt], b);
                 mma_bf16_16816(acc[mt][1], a[mt], b + 2);
             }
         }
 
         /* 4. vn = u - acc; VNs[t][v] = bf16(vn); VGs[v][t] = bf16(vn * gate) */
-        const float g_last = Gs[nvalid - 1];
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+        for (int nt = 0; nt < 2; nt++) {
+            const int t = wn1 * 16 + nt * 8 + 2 * tig;
+            const float g0 = gate[t], g1 = gate[t + 1];
 #pragma unroll
-            for (int nt = 0; nt < NT1; nt++)
+            for (int mt = 0; mt < MT1; mt++)
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    const int r = mt * 16 + gid + hf * 8;
-                    const int t = warp * 16 + nt * 8 + 2 * tig;
-                    float vn[2];
-#pragma unroll
-                    for (int j = 0; j < 2; j++) {
-                        const float uu = load_u ? __bfloat162float(Us[(t + j) * L::LDU + r]) : 0.f;
-                        vn[j] = uu - acc[mt][nt][2 * hf + j];
-                        if (MODE == MODE_STATE) VNs[(t + j) * L::LDU + r] = __float2bfloat16(vn[j]);
+                    const int r = mrow + mt * 16 + gid + hf * 8;
+                    float vn0 = -acc[mt][nt][2 * hf], vn1 = -acc[mt][nt][2 * hf + 1];
+                    if (load_u) {
+                        vn0 += __bfloat162float(Us[t * L::LDU + r]);
+                        vn1 += __bfloat162float(Us[(t + 1) * L::LDU + r]);
                     }
-                    const float g0 = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
-                    const float g1 = t + 1 < nvalid ? expf(g_last - Gs[t + 1]) : 0.f;
+                    if (MODE == MODE_STATE) {
+                        VNs[t * L::LDU + r] = __float2bfloat16(vn0);
+                        VNs[(t + 1) * L::LDU + r] = __float2bfloat16(vn1);
+                    }
+                    /* a zero gate must not turn an Inf/NaN of a padding
+                     * row into NaN: select, don't multiply */
                     *reinterpret_cast<uint32_t *>(VGs + r * L::LDG + t) =
-                        pack_bf16x2(t < nvalid ? vn[0] * g0 : 0.f, t + 1 < nvalid ? vn[1] * g1 : 0.f);
+                        pack_bf16x2(t < nvalid ? vn0 * g0 : 0.f, t + 1 < nvalid ? vn1 * g1 : 0.f);
                 }
+        }
         __syncthreads();
 
         /* 5. v_new rows of this chunk */
@@ -348,15 +397,14 @@ chunk_state_kernel(const Params P) {
             if (VEC) {
                 for (int i = threadIdx.x; i < BT * (BV / 8); i += NTHREADS) {
                     const int t = i / (BV / 8), r = (i % (BV / 8)) * 8;
-                    if (t < nvalid && row0 + r < P.V)
+                    if (t < nvalid && r < vrows)
                         *reinterpret_cast<uint4 *>(dst + (int64_t)t * P.Hv * P.V + r) =
                             *reinterpret_cast<const uint4 *>(VNs + t * L::LDU + r);
                 }
             } else {
                 for (int i = threadIdx.x; i < BT * BV; i += NTHREADS) {
                     const int t = i / BV, r = i % BV;
-                    if (t < nvalid && row0 + r < P.V)
-                        dst[(int64_t)t * P.Hv * P.V + r] = VNs[t * L::LDU + r];
+                    if (t < nvalid && r < vrows) dst[(int64_t)t * P.Hv * P.V + r] = VNs[t * L::LDU + r];
                 }
             }
         }
@@ -393,11 +441,10 @@ chunk_state_kernel(const Params P) {
     /* ---- the state after this block's chunks ---- */
     float *out = nullptr;
     int64_t base = 0;
-    int kv = 0, rows = P.V;
+    int kv = 0;
     if (MODE == MODE_SUMMARY) {
         out = P.summary;
-        rows = P.V + P.K;
-        base = (((int64_t)seg * N * P.Hv + head) * rows + (trans_rows ? P.V : 0)) * P.K;
+        base = (((int64_t)seg * P.N * P.Hv + head) * (P.V + P.K) + (trans_rows ? P.V : 0)) * P.K;
     } else if (seg == P.segments - 1 && P.final_state) {
         out = P.final_state;
         base = head * P.V * P.K;
@@ -527,7 +574,7 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "gdn_chunk_state: %lld blocks (sequences * Hv * V/32) exceed the grid limit",
                         (long long)blocks);
-    kern<<<(unsigned)blocks, NTHREADS, bytes, stream>>>(P);
+    kern<<<(unsigned)blocks, Warps<KP>::NTHREADS, bytes, stream>>>(P);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_state_kernel");
     return GDN_SUCCESS;
 }
