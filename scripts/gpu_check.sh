@@ -2,7 +2,7 @@
 # One GPU session's work in one command: build, GPU tests, compute-sanitizer,
 # benchmark with FLA side by side. Run from the repository root on a machine
 # with an NVIDIA GPU. Steps: any of build test sanitize ours bench (default:
-# build test sanitize bench; 'ours' is the libgdn benchmark alone, 'bench'
+# build test sanitize demo bench; 'ours' is the libgdn benchmark alone, 'bench'
 # adds FLA side by side).
 # Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
 # FLA, default .whl), FIXTURES (FLA fixtures, default ../shared/fixtures/fla
@@ -10,7 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-steps=${*:-build test sanitize bench}
+steps=${*:-build test sanitize demo bench}
 BUILD=build-gpu
 fail=0
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -35,6 +35,15 @@ if has sanitize; then
     echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_$tool.log"; }
   done
+  # the 64-row tile (chosen only for large or split K = 128 problems)
+  GDN_CUDA_ROWS_PER_BLOCK=64 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool memcheck \
+    --error-exitcode 9 $BUILD/tests/test_chunk_state_cuda > "$OUT/sanitize_rows64.log" 2>&1
+  rc=$?
+  echo "compute-sanitizer memcheck (64-row tile): exit $rc; $(grep -E 'ERROR SUMMARY|passed' "$OUT/sanitize_rows64.log" | tr '\n' ' ')"
+  [ $rc -eq 0 ] || fail=1
+fi
+if has demo; then
+  timeout 120 $BUILD/gdn demo 2>&1 | tee "$OUT/demo.txt" | tail -12
 fi
 if has ours && ! has bench; then
   timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"

@@ -20,22 +20,20 @@
  *   3. each segment reruns from its true h_start, writing h_out and v_new.
  * This costs about 2.5x the arithmetic but S times the parallelism.
  */
+#include <stdlib.h>
+
 #include "cuda_common.cuh"
 
 namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
-constexpr int BV = 32; /* state rows per block */
 /* Warps per block: 8 for K > 64, so that each scheduler has two warps to
  * switch between; 4 for K <= 64, where 8 would leave a warp one column. */
 template <int KP> struct Warps {
     static constexpr int NW = KP >= 128 ? 8 : 4;
     static constexpr int NTHREADS = NW * 32;
 };
-/* Blocks a multiprocessor should hold, which caps registers: two where
- * shared memory allows (the two-stage ring below K = 256), else one. */
-template <int KP, int STAGES> constexpr int min_blocks() { return KP < 256 && STAGES == 2 ? 2 : 1; }
 
 enum { MODE_STATE = 0, MODE_SUMMARY = 1 };
 
@@ -58,7 +56,7 @@ struct Params {
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
 };
 
-template <int KP, int STAGES> struct Smem {
+template <int KP, int BV, int STAGES> struct Smem {
     static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDU = BV + 8;
     static constexpr int LDG = BT + 8;
@@ -72,6 +70,10 @@ template <int KP, int STAGES> struct Smem {
     static constexpr int VG = VN + BT * LDU * 2;
     static constexpr int GATE = VG + BV * LDG * 2; /* exp(G_last - G_t), 0 past the end */
     static constexpr int BYTES = GATE + BT * 4;
+    /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
+     * give a block up to 227 KB, 228 KB a multiprocessor): asking the
+     * compiler for two caps registers so that two do fit. */
+    static constexpr int MIN_BLOCKS = 2 * (BYTES + 1024) <= 228 * 1024 ? 2 : 1;
 };
 
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
@@ -104,10 +106,10 @@ struct ChunkSrc {
  * multiples of 8 and aligned bases); otherwise plain element loads. Each
  * thread keeps one column and steps over rows, so the per-chunk address
  * math is one multiply-add a copy. */
-template <int KP, int STAGES, bool VEC>
+template <int KP, int BV, int STAGES, bool VEC>
 __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
                                            int vrows, bool load_u) {
-    using L = Smem<KP, STAGES>;
+    using L = Smem<KP, BV, STAGES>;
     constexpr int NTHREADS = Warps<KP>::NTHREADS;
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
@@ -157,10 +159,10 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
     }
 }
 
-template <int KP, int STAGES, bool VEC, int MODE>
-__global__ void __launch_bounds__(Warps<KP>::NTHREADS, (min_blocks<KP, STAGES>()))
+template <int KP, int BV, int STAGES, bool VEC, int MODE>
+__global__ void __launch_bounds__(Warps<KP>::NTHREADS, (Smem<KP, BV, STAGES>::MIN_BLOCKS))
 chunk_state_kernel(const Params P) {
-    using L = Smem<KP, STAGES>;
+    using L = Smem<KP, BV, STAGES>;
     constexpr int NW = Warps<KP>::NW;
     constexpr int NTHREADS = Warps<KP>::NTHREADS;
     extern __shared__ __align__(16) uint8_t smem[];
@@ -260,7 +262,7 @@ chunk_state_kernel(const Params P) {
         const int c = c_begin + i;
         if (c < c_end) {
             const int nv = point_at(c);
-            load_chunk<KP, STAGES, VEC>(smem + i * L::STAGE, src, nv, P.K, vrows, load_u);
+            load_chunk<KP, BV, STAGES, VEC>(smem + i * L::STAGE, src, nv, P.K, vrows, load_u);
         }
         cp_async_commit();
     }
@@ -273,7 +275,7 @@ chunk_state_kernel(const Params P) {
             const int cn = c + STAGES - 1;
             if (cn < c_end) {
                 const int nv = point_at(cn);
-                load_chunk<KP, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, src, nv,
+                load_chunk<KP, BV, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, src, nv,
                                             P.K, vrows, load_u);
             }
             cp_async_commit();
@@ -339,14 +341,15 @@ chunk_state_kernel(const Params P) {
         }
 
         /* 3. acc[v][t] = Hs . w^T over the K columns; this warp: rows
-         * wm1*16*MT1.., columns t in [wn1*16, wn1*16+16) */
-        float acc[MT1][2][4];
+         * wm1*16*MT1.., columns t in [wn1*16, wn1*16+16). Even and odd
+         * k-steps accumulate apart, halving the dependent mma chain. */
+        float acc[MT1][2][4], acc2[MT1][2][4];
 #pragma unroll
         for (int mt = 0; mt < MT1; mt++)
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.f;
+                for (int e = 0; e < 4; e++) acc[mt][nt][e] = acc2[mt][nt][e] = 0.f;
         const int mrow = wm1 * MT1 * 16;
 #pragma unroll
         for (int kk = 0; kk < KP; kk += 16) {
@@ -359,10 +362,17 @@ chunk_state_kernel(const Params P) {
                                ((lane >> 3) & 1) * 8);
 #pragma unroll
             for (int mt = 0; mt < MT1; mt++) {
-                mma_bf16_16816(acc[mt][0], a[mt], b);
-                mma_bf16_16816(acc[mt][1], a[mt], b + 2);
+                float(*dst)[4] = (kk / 16) % 2 ? acc2[mt] : acc[mt];
+                mma_bf16_16816(dst[0], a[mt], b);
+                mma_bf16_16816(dst[1], a[mt], b + 2);
             }
         }
+#pragma unroll
+        for (int mt = 0; mt < MT1; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mt][nt][e] += acc2[mt][nt][e];
 
         /* 4. vn = u - acc; VNs[t][v] = bf16(vn); VGs[v][t] = bf16(vn * gate) */
 #pragma unroll
@@ -514,9 +524,10 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P
 /* ---- host side ---- */
 
 struct Plan {
-    int kp;
-    int stages;
-    bool vec;
+    int kp;     /* K padded to the kernel's: 64, 128 or 256 */
+    int bv;     /* state rows a block */
+    int stages; /* depth of the cp.async ring */
+    bool vec;   /* 16-byte loads and stores */
     int segments;
     int chunks_per_segment;
     size_t summary_bytes, h_start_bytes, cu_bytes;
@@ -525,32 +536,50 @@ struct Plan {
 
 size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* Segments for the split path: enough that the final pass fills the
+ * machine about twice, each keeping at least 16 chunks; 1 = no split. */
+int64_t split_segments(const gdn_problem *p, int64_t blocks, int sms) {
+    const int64_t nchunks = gdn_ceil_div(p->T, BT);
+    if (p->cu_seqlens || 2 * blocks > sms || nchunks < 64) return 1;
+    int64_t s = gdn_ceil_div(2 * sms, blocks);
+    if (s > nchunks / 16) s = nchunks / 16;
+    if (s > 64) s = 64;
+    return s < 2 ? 1 : s;
+}
+
 Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
     Plan pl{};
     pl.kp = p->K <= 64 ? 64 : p->K <= 128 ? 128 : 256;
     pl.vec = p->K % 8 == 0 && p->V % 8 == 0;
     const int64_t N = gdn_problem_num_seqs(p);
-    const int64_t vtiles = gdn_ceil_div(p->V, BV);
-    const int64_t blocks = N * p->Hv * vtiles;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    /* One block a multiprocessor leaves latency to the ring alone: give it
-     * three stages; with several blocks resident two stages suffice. */
-    pl.stages = (pl.kp == 256 || blocks > sms) ? 2 : 3;
-    pl.segments = 1;
+    const int64_t blocks32 = N * p->Hv * gdn_ceil_div(p->V, 32);
+    const int64_t blocks64 = N * p->Hv * gdn_ceil_div(p->V, 64);
+    /* Rows a block (K = 128): a block's time per chunk grows faster than
+     * its rows (H100: 2.1 us at 32 rows, 5.1 us at 64), so 64 rows pay only
+     * where they still give every multiprocessor a block, or where they
+     * let the split path cut more segments (measured: q397_t8k 0.41 ->
+     * 0.37 ms, q35_b4_t8k 0.78 -> 0.74, tp8_t64k 1.69 -> 1.49; q35_t8k
+     * 0.27 -> 0.66 the other way). */
+    pl.bv = 32;
+    if (pl.kp == 128 && pl.vec &&
+        (10 * blocks64 >= 9 * sms ||
+         split_segments(p, blocks64, sms) > split_segments(p, blocks32, sms)))
+        pl.bv = 64;
+    /* Testing override, documented in README: force the row tile. */
+    const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
+    if (force && pl.kp == 128 && pl.vec && (atoi(force) == 32 || atoi(force) == 64))
+        pl.bv = atoi(force);
+    const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
+    /* A lone block on a multiprocessor gets a three-deep ring (four
+     * measured the same); with several resident, two. */
+    pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
+    pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
-    const int64_t nchunks = gdn_ceil_div(p->T, BT);
-    if (!p->cu_seqlens && 2 * blocks <= sms && nchunks >= 64) {
-        /* Enough segments that the final pass fills the machine about
-         * twice; each segment keeps at least 16 chunks. */
-        int64_t s = gdn_ceil_div(2 * sms, blocks);
-        if (s > nchunks / 16) s = nchunks / 16;
-        if (s > 64) s = 64;
-        if (s >= 2) {
-            pl.chunks_per_segment = (int)gdn_ceil_div(nchunks, s);
-            pl.segments = (int)gdn_ceil_div(nchunks, pl.chunks_per_segment);
-        }
-    }
     if (pl.segments > 1) {
+        const int64_t nchunks = gdn_ceil_div(p->T, BT);
+        pl.chunks_per_segment = (int)gdn_ceil_div(nchunks, pl.segments);
+        pl.segments = (int)gdn_ceil_div(nchunks, pl.chunks_per_segment);
         const int64_t heads = N * p->Hv;
         pl.summary_bytes =
             align256((size_t)(pl.segments - 1) * heads * (p->V + p->K) * p->K * sizeof(float));
@@ -561,10 +590,10 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
     return pl;
 }
 
-template <int KP, int STAGES, bool VEC, int MODE>
+template <int KP, int BV, int STAGES, bool VEC, int MODE>
 gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_t stream) {
-    auto kern = chunk_state_kernel<KP, STAGES, VEC, MODE>;
-    const int bytes = Smem<KP, STAGES>::BYTES;
+    auto kern = chunk_state_kernel<KP, BV, STAGES, VEC, MODE>;
+    const int bytes = Smem<KP, BV, STAGES>::BYTES;
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "gdn_chunk_state: kernel needs %d bytes of shared memory, device allows %zu",
@@ -572,14 +601,14 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
-                        "gdn_chunk_state: %lld blocks (sequences * Hv * V/32) exceed the grid limit",
-                        (long long)blocks);
+                        "gdn_chunk_state: %lld blocks (sequences * Hv * V/%d) exceed the grid limit",
+                        (long long)blocks, BV);
     kern<<<(unsigned)blocks, Warps<KP>::NTHREADS, bytes, stream>>>(P);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_state_kernel");
     return GDN_SUCCESS;
 }
 
-template <int KP, int STAGES, bool VEC>
+template <int KP, int BV, int STAGES, bool VEC>
 gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cudaStream_t stream) {
     const int vtiles = (P.V + BV - 1) / BV;
     if (pl.segments > 1) {
@@ -587,7 +616,7 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
         Params S = P;
         S.row_tiles = vtiles + ktiles;
         S.seg_launch = pl.segments - 1;
-        gdn_status st = launch<KP, STAGES, VEC, MODE_SUMMARY>(
+        gdn_status st = launch<KP, BV, STAGES, VEC, MODE_SUMMARY>(
             ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
         const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
@@ -597,16 +626,24 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     }
     P.row_tiles = vtiles;
     P.seg_launch = pl.segments;
-    return launch<KP, STAGES, VEC, MODE_STATE>(ctx, P, N * P.Hv * vtiles * pl.segments, stream);
+    return launch<KP, BV, STAGES, VEC, MODE_STATE>(ctx, P, N * P.Hv * vtiles * pl.segments, stream);
 }
 
+/* The compiled configurations: the generic (unaligned) path, and per K the
+ * ring depths and row tiles make_plan can choose. */
 template <int KP>
-gdn_status dispatch_stages(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
-                           cudaStream_t stream) {
-    if (!pl.vec) return run_passes<KP, 2, false>(ctx, P, pl, N, stream);
+gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
+                    cudaStream_t stream) {
+    if (!pl.vec) return run_passes<KP, 32, 2, false>(ctx, P, pl, N, stream);
+    if constexpr (KP == 128) {
+        if (pl.bv == 64) {
+            if (pl.stages == 2) return run_passes<KP, 64, 2, true>(ctx, P, pl, N, stream);
+            return run_passes<KP, 64, 3, true>(ctx, P, pl, N, stream);
+        }
+    }
     if constexpr (KP < 256)
-        if (pl.stages == 3) return run_passes<KP, 3, true>(ctx, P, pl, N, stream);
-    return run_passes<KP, 2, true>(ctx, P, pl, N, stream);
+        if (pl.stages >= 3) return run_passes<KP, 32, 3, true>(ctx, P, pl, N, stream);
+    return run_passes<KP, 32, 2, true>(ctx, P, pl, N, stream);
 }
 
 /* Makes ctx's device current for the call and restores the caller's. */
@@ -676,8 +713,8 @@ extern "C" gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_sta
         P.cu_seqlens = cu;
     }
     switch (pl.kp) {
-    case 64: return dispatch_stages<64>(ctx, P, pl, a->N, stream);
-    case 128: return dispatch_stages<128>(ctx, P, pl, a->N, stream);
-    default: return dispatch_stages<256>(ctx, P, pl, a->N, stream);
+    case 64: return dispatch<64>(ctx, P, pl, a->N, stream);
+    case 128: return dispatch<128>(ctx, P, pl, a->N, stream);
+    default: return dispatch<256>(ctx, P, pl, a->N, stream);
     }
 }
