@@ -558,13 +558,13 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
     /* Rows a block (K = 128): a block's time per chunk grows faster than
      * its rows (H100: 2.1 us at 32 rows, 5.1 us at 64), so 64 rows pay only
      * where they still give every multiprocessor a block, or where they
-     * let the split path cut more segments (measured: q397_t8k 0.41 ->
-     * 0.37 ms, q35_b4_t8k 0.78 -> 0.74, tp8_t64k 1.69 -> 1.49; q35_t8k
-     * 0.27 -> 0.66 the other way). */
+     * let a problem that splits anyway cut more segments (measured:
+     * q397_t8k 0.41 -> 0.37 ms, q35_b4_t8k 0.78 -> 0.74, tp8_t64k 1.69 ->
+     * 1.49; but q35_t8k 0.27 -> 0.64 when 64 rows made it split). */
     pl.bv = 32;
+    const int64_t seg32 = split_segments(p, blocks32, sms);
     if (pl.kp == 128 && pl.vec &&
-        (10 * blocks64 >= 9 * sms ||
-         split_segments(p, blocks64, sms) > split_segments(p, blocks32, sms)))
+        (10 * blocks64 >= 9 * sms || (seg32 > 1 && split_segments(p, blocks64, sms) > seg32)))
         pl.bv = 64;
     /* Testing override, documented in README: force the row tile. */
     const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
