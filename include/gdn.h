@@ -165,6 +165,27 @@ GDN_API gdn_status gdn_chunk_state(gdn_context *ctx, const gdn_problem *p, const
                                    const float *h0, gdn_bf16 *h_out, gdn_bf16 *v_new,
                                    float *final_state, void *workspace, size_t workspace_bytes);
 
+/*
+ * Options shared by the whole-layer operations (gdn_chunk_forward,
+ * gdn_recurrent_forward): the pre-processing of SPEC section 1.
+ */
+typedef struct gdn_forward_options {
+    float scale;      /* output scale; 0 means 1/sqrt(K) */
+    int l2norm_qk;    /* 1: q and k are L2-normalised per head in the kernel
+                         (x / sqrt(sum x^2 + 1e-6)) */
+    int beta_sigmoid; /* 1: beta holds logits; the kernel applies sigmoid */
+    /* Gate. By default g is the per-token log decay (f32 [B,T,Hv], <= 0).
+     * With qwen_gate = 1, g holds the raw a of Qwen3-Next and the decay is
+     * g = -exp(A_log[h]) * softplus(a + dt_bias[h]); A_log and dt_bias are
+     * f32 [Hv] (device pointers for the CUDA backend). */
+    int qwen_gate;
+    const float *A_log;
+    const float *dt_bias;
+} gdn_forward_options;
+
+/* Defaults: scale 1/sqrt(K), no normalisation, beta as given, g as given. */
+GDN_API void gdn_forward_options_init(gdn_forward_options *opts);
+
 #ifdef __cplusplus
 }
 #endif

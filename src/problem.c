@@ -156,3 +156,13 @@ gdn_status gdn_validate_pointers(gdn_context *ctx, const char *op, const gdn_ptr
     }
     return GDN_SUCCESS;
 }
+
+void gdn_forward_options_init(gdn_forward_options *opts) {
+    if (!opts) return;
+    opts->scale = 0.f;
+    opts->l2norm_qk = 0;
+    opts->beta_sigmoid = 0;
+    opts->qwen_gate = 0;
+    opts->A_log = NULL;
+    opts->dt_bias = NULL;
+}
