@@ -18,6 +18,7 @@ int gdn_dev_available(void) {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
+int gdn_dev_set_device(int dev) { return check(cudaSetDevice(dev), "cudaSetDevice"); }
 int gdn_dev_alloc(void **ptr, size_t bytes) {
     *ptr = NULL;
     return check(cudaMalloc(ptr, bytes ? bytes : 1), "cudaMalloc");
@@ -71,6 +72,10 @@ static int not_built(void) {
     return -1;
 }
 int gdn_dev_available(void) { return 0; }
+int gdn_dev_set_device(int dev) {
+    (void)dev;
+    return not_built();
+}
 int gdn_dev_alloc(void **ptr, size_t bytes) {
     (void)bytes;
     *ptr = NULL;

@@ -12,6 +12,8 @@ extern "C" {
 
 /* 1 when built with CUDA and a device is present. */
 int gdn_dev_available(void);
+/* Make device `dev` current, so later buffers land on it. */
+int gdn_dev_set_device(int dev);
 /* Each returns 0 on success, else -1 with a message in gdn_dev_error(). */
 int gdn_dev_alloc(void **ptr, size_t bytes);
 void gdn_dev_free(void *ptr);

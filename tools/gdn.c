@@ -171,7 +171,15 @@ int cli_head_map(const char *cmd, const char *s, gdn_head_map *out) {
 
 int cli_context(const char *cmd, gdn_backend backend, int device, gdn_context **ctx) {
     gdn_status st = gdn_context_create(ctx, backend, device);
-    if (st == GDN_SUCCESS) return CLI_OK;
+    if (st == GDN_SUCCESS) {
+        /* the tool's own device buffers must live on the context's device */
+        if (gdn_context_backend(*ctx) == GDN_BACKEND_CUDA && gdn_dev_set_device(device) != 0) {
+            gdn_context_destroy(*ctx);
+            *ctx = NULL;
+            return cli_error(CLI_FAIL, cmd, "%s", gdn_dev_error());
+        }
+        return CLI_OK;
+    }
     if (st == GDN_ERROR_NOT_SUPPORTED && backend == GDN_BACKEND_CUDA)
         return cli_error(CLI_FAIL, cmd,
                          "the CUDA backend is not available (libgdn was built without CUDA, or "
