@@ -186,6 +186,168 @@ typedef struct gdn_forward_options {
 /* Defaults: scale 1/sqrt(K), no normalisation, beta as given, g as given. */
 GDN_API void gdn_forward_options_init(gdn_forward_options *opts);
 
+/* Element type of a state pool (gdn_recurrent_forward). */
+typedef enum gdn_dtype {
+    GDN_DTYPE_F32 = 0,  /* float32 */
+    GDN_DTYPE_BF16 = 1  /* bf16 bits (gdn_bf16); half the memory traffic */
+} gdn_dtype;
+
+/*
+ * gdn_recurrent_forward: the token recurrence of SPEC section 1 on states
+ * kept in a caller-owned pool - the serving step (decode: one token per
+ * sequence; speculative verification: a few).
+ *
+ * The sequences are the problem's (N = gdn_problem_num_seqs): B rows of T
+ * tokens, or with cu_seqlens N packed sequences of any lengths (T_n >= 0;
+ * an empty sequence reads and writes nothing). Sequence n reads its state
+ * from pool slot state_indices[n], runs its tokens through the recurrence
+ * and writes the state back to the same slot, in place. The recurrence
+ * costs O(T_n) serial steps: for long prompts use the chunked forward.
+ *
+ * Inputs (opts: the pre-processing of gdn_forward_options; NULL = defaults):
+ *   q, k           [B, T, Hk, K]          bf16
+ *   v              [B, T, Hv, V]          bf16
+ *   g              [B, T, Hv]             f32   log decay (<= 0); with
+ *                                               opts->qwen_gate the raw a
+ *   beta           [B, T, Hv]             f32   (logits with opts->beta_sigmoid)
+ *   state_indices  [N]                    int32 the slot of each sequence;
+ *                                               NULL = slot n for sequence n
+ * In place:
+ *   state_pool     [pool_size, Hv, V, K]  pool_dtype ([.., K, V] with GDN_STATE_KV)
+ * Outputs:
+ *   o              [B, T, Hv, V]          bf16
+ *   state_history  [B*T, Hv, V, K]        pool_dtype, optional (NULL): the
+ *                                               state after every token, in
+ *                                               the token order of o (so
+ *                                               [B, T, ..] without cu_seqlens)
+ *                                               and in the pool's layout;
+ *                                               for rolling a speculative
+ *                                               sequence back to any token
+ *
+ * Slots. state_indices[n] < 0 marks a padding sequence: its pool slot is
+ * neither read nor written, its o rows are zero and its state_history rows
+ * are left untouched. Non-negative indices must be < pool_size and
+ * distinct (two sequences updating one slot would race). Slots that no
+ * sequence names are never touched. The CPU backend checks both rules and
+ * fails before writing anything. The CUDA backend reads state_indices on
+ * the device only (a device pointer; no host synchronisation): there a
+ * repeated index is the caller's error (the slot's contents are then
+ * undefined), and an index >= pool_size is treated like padding - the
+ * kernel never reads or writes outside the pool.
+ *
+ * Precision. All arithmetic is f32. With a bf16 pool the state is widened
+ * to f32 on load, stays f32 across all of a sequence's tokens in the call,
+ * and is rounded to bf16 (nearest even) only when it is written back; each
+ * state_history entry is rounded the same way. Each write-back costs one
+ * bf16 rounding of the state (about 1.6e-3 relative), so a decode loop of
+ * one-token calls accumulates them; see the README for the measured cost.
+ *
+ * state_history must not overlap state_pool, and o must not overlap any
+ * input. The CUDA backend needs no workspace and does not allocate; with
+ * cu_seqlens it needs cu_seqlens_device (this op has no workspace to copy
+ * it into), so every call can be captured in a CUDA graph. The CUDA
+ * backend does not implement this operation yet: it returns
+ * GDN_ERROR_NOT_SUPPORTED (after validating the arguments).
+ */
+GDN_API gdn_status gdn_recurrent_forward(gdn_context *ctx, const gdn_problem *p,
+                                         const gdn_forward_options *opts, const gdn_bf16 *q,
+                                         const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                                         const float *beta, void *state_pool,
+                                         gdn_dtype pool_dtype, int64_t pool_size,
+                                         const int32_t *state_indices, gdn_bf16 *o,
+                                         void *state_history);
+
+/*
+ * gdn_chunk_forward: the whole chunked Gated DeltaNet forward (SPEC
+ * section 3) - what an engine calls for a layer's prefill.
+ *
+ * Inputs (NT = gdn_problem_num_chunks, N = gdn_problem_num_seqs):
+ *   q, k         [B, T, Hk, K]  bf16   queries, keys
+ *   v            [B, T, Hv, V]  bf16   values
+ *   g            [B, T, Hv]     f32    per-token log decay (<= 0), not a
+ *                                      cumsum; with opts->qwen_gate the raw a
+ *   beta         [B, T, Hv]     f32    write strength; logits with
+ *                                      opts->beta_sigmoid
+ *   h0           [N, Hv, V, K]  f32    initial state, optional (NULL = 0)
+ * Outputs:
+ *   o            [B, T, Hv, V]  bf16   the layer output, required
+ *   final_state  [N, Hv, V, K]  f32    state after the last token; optional
+ *   chunk_states [NT, Hv, V, K] f32    state at the start of each 64-token
+ *                                      chunk (packed over all sequences as
+ *                                      h_out of gdn_chunk_state), optional:
+ *                                      for prefix caching; f32, so that a
+ *                                      run resumed from chunk c with
+ *                                      h0 = chunk_states[c] continues exactly
+ * State tensors are [.., K, V] with GDN_STATE_KV.
+ *
+ * opts: the pre-processing (scale, L2 norm of q and k, sigmoid of beta,
+ * the Qwen3-Next gate); NULL means the defaults of gdn_forward_options_init.
+ * opts->scale must be finite and >= 0 (0 = 1/sqrt(K)); the flags must be 0
+ * or 1; with qwen_gate, A_log and dt_bias are required (ignored otherwise).
+ *
+ * NaN or Inf in an input element propagate to the outputs that depend on
+ * it (the value heads of its sequence that read it, from its token on) and
+ * no further; nothing is checked or raised. A gate of -Inf counts as Inf
+ * (the chunked form takes exp(-Inf - -Inf)).
+ *
+ * Deterministic, and batch invariant: a sequence gives the same bits alone
+ * or in any batch, for any thread count (CPU).
+ *
+ * workspace: device memory of gdn_chunk_forward_workspace_size() bytes
+ * (CUDA; the CPU backend needs none). It may be NULL when the size is 0.
+ * The CUDA backend does not implement this operation yet: it returns
+ * GDN_ERROR_NOT_SUPPORTED (after validating the arguments).
+ */
+GDN_API gdn_status gdn_chunk_forward_workspace_size(gdn_context *ctx, const gdn_problem *p,
+                                                    const gdn_forward_options *opts,
+                                                    size_t *bytes);
+GDN_API gdn_status gdn_chunk_forward(gdn_context *ctx, const gdn_problem *p,
+                                     const gdn_forward_options *opts, const gdn_bf16 *q,
+                                     const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                                     const float *beta, const float *h0, gdn_bf16 *o,
+                                     float *final_state, float *chunk_states, void *workspace,
+                                     size_t workspace_bytes);
+
+/*
+ * Context parallelism: the building blocks for splitting one sequence
+ * across devices (or any slices). The state update is affine in the state:
+ * over a slice of tokens, with S the [V, K] state (V-first),
+ *
+ *   S_after = S_before . transition + partial
+ *
+ * where transition [K, K] and partial [V, K] depend only on the slice's
+ * k, v, g, beta. So each slice computes its summary from its own tokens
+ * (gdn_chunk_forward_summary), the summaries are exchanged, each slice
+ * folds those of the slices before it (gdn_state_advance, from h0) into its
+ * true initial state, and runs gdn_chunk_forward from there. Chunks restart
+ * at every slice start, so the result equals the unsplit forward within
+ * SPEC's bounds (not bit for bit); slices need not be multiples of 64.
+ *
+ * gdn_chunk_forward_summary: the problem, options, k, v, g, beta are as in
+ * gdn_chunk_forward (q is not needed); per sequence n and value head h:
+ *   transition   [N, Hv, K, K]  f32   required
+ *   partial      [N, Hv, V, K]  f32   required; the state the slice
+ *                                     reaches from a zero state
+ * With GDN_STATE_KV, partial is [N, Hv, K, V] and the relation reads
+ * S^T_after = transition^T . S^T_before + partial (transition itself is the
+ * same [K, K] matrix in both layouts). The summary is computed by the
+ * chunked algorithm, with the same roundings, on V + K state rows.
+ *
+ * gdn_state_advance: state_out = state_in . transition + partial for each
+ * of the N * Hv states (layout as above), in f32; state_in NULL means zero;
+ * state_out may be state_in. Only p's N, Hv, K, V and layout are used.
+ *
+ * The CUDA backend does not implement these yet (GDN_ERROR_NOT_SUPPORTED).
+ */
+GDN_API gdn_status gdn_chunk_forward_summary(gdn_context *ctx, const gdn_problem *p,
+                                             const gdn_forward_options *opts, const gdn_bf16 *k,
+                                             const gdn_bf16 *v, const float *g,
+                                             const float *beta, float *transition,
+                                             float *partial);
+GDN_API gdn_status gdn_state_advance(gdn_context *ctx, const gdn_problem *p,
+                                     const float *state_in, const float *transition,
+                                     const float *partial, float *state_out);
+
 #ifdef __cplusplus
 }
 #endif

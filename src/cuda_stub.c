@@ -24,3 +24,16 @@ gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a)
     (void)a;
     return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
 }
+size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
+    (void)ctx;
+    (void)p;
+    return 0;
+}
+gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a) {
+    (void)a;
+    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+}
+gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a) {
+    (void)a;
+    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+}

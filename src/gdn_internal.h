@@ -74,6 +74,54 @@ typedef struct gdn_chunk_state_args {
 
 gdn_status gdn_cpu_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a);
 
+/* Validated arguments of gdn_recurrent_forward, options resolved. */
+typedef struct gdn_recurrent_forward_args {
+    const gdn_problem *p;
+    gdn_forward_options opts; /* resolved: scale explicit */
+    int64_t N;                /* sequences */
+    const gdn_bf16 *q, *k, *v;
+    const float *g, *beta;
+    void *state_pool;
+    gdn_dtype pool_dtype;
+    int64_t pool_size;
+    const int32_t *state_indices; /* NULL = identity */
+    gdn_bf16 *o;
+    void *state_history;
+} gdn_recurrent_forward_args;
+
+gdn_status gdn_cpu_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a);
+
+/* gdn_forward_options checked and resolved: opts may be NULL (defaults);
+ * on success *out holds the options with the scale made explicit
+ * (1/sqrt(K) for 0). Checks: scale finite and >= 0, the flags 0 or 1,
+ * A_log and dt_bias given (and of the backend's pointer kind) with
+ * qwen_gate. Messages start with op and name the field ("opts->scale"). */
+gdn_status gdn_validate_forward_options(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                        const gdn_forward_options *opts,
+                                        gdn_forward_options *out);
+
+/* Validated arguments of gdn_chunk_forward, with the derived sizes. */
+typedef struct gdn_chunk_forward_args {
+    const gdn_problem *p;
+    gdn_forward_options opts; /* resolved: scale > 0 or as given */
+    int64_t N;                /* sequences */
+    int64_t NT;               /* chunks over all sequences */
+    const gdn_bf16 *q, *k, *v;
+    const float *g, *beta, *h0;
+    gdn_bf16 *o;
+    float *final_state, *chunk_states;
+    float *transition; /* gdn_chunk_forward_summary: [N,Hv,K,K]; final_state holds partial */
+    void *workspace;
+    size_t workspace_bytes;
+} gdn_chunk_forward_args;
+
+gdn_status gdn_cpu_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a);
+/* The slice summary (transition, partial) of gdn_chunk_forward_summary. */
+gdn_status gdn_cpu_chunk_forward_summary(gdn_context *ctx, const gdn_chunk_forward_args *a);
+/* gdn_state_advance on the CPU (arguments validated). */
+gdn_status gdn_cpu_state_advance(gdn_context *ctx, const gdn_problem *p, const float *state_in,
+                                 const float *transition, const float *partial, float *state_out);
+
 /* CUDA backend (src/cuda); stubs that report NOT_SUPPORTED when not built. */
 gdn_status gdn_cuda_context_init(gdn_context *ctx, int device);
 int gdn_cuda_device_count(void);
@@ -87,6 +135,9 @@ gdn_memory_kind gdn_cuda_pointer_kind(const void *ptr);
 gdn_status gdn_cuda_set_stream(gdn_context *ctx, void *stream);
 size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p);
 gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a);
+gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a);
+size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx, const gdn_problem *p);
+gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 /* The problem description: defaults, derived sizes, and the validation
  * shared by every operation. */
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 
 #include "gdn_internal.h"
@@ -165,4 +166,45 @@ void gdn_forward_options_init(gdn_forward_options *opts) {
     opts->qwen_gate = 0;
     opts->A_log = NULL;
     opts->dt_bias = NULL;
+}
+
+gdn_status gdn_validate_forward_options(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                        const gdn_forward_options *opts,
+                                        gdn_forward_options *out) {
+    const gdn_status bad = GDN_ERROR_INVALID_ARGUMENT;
+    gdn_forward_options o;
+    if (opts)
+        o = *opts;
+    else
+        gdn_forward_options_init(&o);
+    if (!isfinite(o.scale) || o.scale < 0.0f)
+        return gdn_fail(ctx, bad, "%s: opts->scale (%g) must be finite and >= 0 (0 = 1/sqrt(K))",
+                        op, (double)o.scale);
+    const struct {
+        const char *name;
+        int value;
+    } flags[] = {{"l2norm_qk", o.l2norm_qk},
+                 {"beta_sigmoid", o.beta_sigmoid},
+                 {"qwen_gate", o.qwen_gate}};
+    for (unsigned i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (flags[i].value != 0 && flags[i].value != 1)
+            return gdn_fail(ctx, bad, "%s: opts->%s (%d) must be 0 or 1", op, flags[i].name,
+                            flags[i].value);
+    if (o.qwen_gate) {
+        if (!o.A_log)
+            return gdn_fail(ctx, bad, "%s: opts->A_log is NULL but required by opts->qwen_gate",
+                            op);
+        if (!o.dt_bias)
+            return gdn_fail(ctx, bad,
+                            "%s: opts->dt_bias is NULL but required by opts->qwen_gate", op);
+        const gdn_ptr_arg ptrs[] = {{"opts->A_log", o.A_log, 1}, {"opts->dt_bias", o.dt_bias, 1}};
+        gdn_status st = gdn_validate_pointers(ctx, op, ptrs, 2);
+        if (st != GDN_SUCCESS) return st;
+    } else {
+        o.A_log = NULL; /* ignored without the gate */
+        o.dt_bias = NULL;
+    }
+    if (o.scale == 0.0f) o.scale = (float)(1.0 / sqrt((double)p->K));
+    if (out) *out = o;
+    return GDN_SUCCESS;
 }

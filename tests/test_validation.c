@@ -1,11 +1,16 @@
 /* One test per validation rule of the public API (src/problem.c,
- * src/chunk_state.c, src/context.c): the status returned AND that
- * gdn_last_error() names the argument. The rule "host pointer passed to
- * the CUDA backend" needs a GPU and is tested in test_chunk_state_cuda. */
+ * src/chunk_state.c, src/chunk_forward.c, src/recurrent_forward.c,
+ * src/context.c): the status returned AND that gdn_last_error() names
+ * the argument. The rule "host pointer passed to the CUDA backend" needs a
+ * GPU and is tested in test_chunk_state_cuda (and here for
+ * gdn_chunk_forward and gdn_recurrent_forward, with a GPU). */
 #include <limits.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "devbuf.h"
 #include "gdn_ref.h"
 #include "test_util.h"
 
@@ -328,6 +333,418 @@ static void test_error_cleared(gdn_context *ctx) {
           gdn_last_error(ctx));
 }
 
+/* ---- gdn_chunk_forward ---------------------------------------------------- */
+
+static gdn_bf16 q_buf[T0 * HK0 * K0], v_buf[T0 * HV0 * V0], o_buf[T0 * HV0 * V0];
+static float beta_buf[T0 * HV0], cs_buf[NT0 * HV0 * V0 * K0], alog_buf[HV0], dtb_buf[HV0];
+
+#define OPF "gdn_chunk_forward"
+#define OPF_WS "gdn_chunk_forward_workspace_size"
+
+typedef struct fcall {
+    const gdn_forward_options *opts;
+    const gdn_bf16 *q, *k, *v;
+    const float *g, *beta, *h0;
+    gdn_bf16 *o;
+    float *final_state, *chunk_states;
+} fcall;
+
+static fcall valid_fcall(void) {
+    fcall c = {NULL, q_buf, k_buf, v_buf, g_buf, beta_buf, h0_buf, o_buf, fs_buf, cs_buf};
+    return c;
+}
+
+static gdn_status frun(gdn_context *ctx, const gdn_problem *p, const fcall *c) {
+    return gdn_chunk_forward(ctx, p, c->opts, c->q, c->k, c->v, c->g, c->beta, c->h0, c->o,
+                             c->final_state, c->chunk_states, NULL, 0);
+}
+
+static void test_chunk_forward(gdn_context *ctx) {
+    /* inputs: q = k, v = u, g the (<= 0) cumsum values, beta 0.5, the gate
+     * parameters of a plausible Qwen3-Next layer */
+    memcpy(q_buf, k_buf, sizeof q_buf);
+    memcpy(v_buf, u_buf, sizeof v_buf);
+    for (int i = 0; i < T0 * HV0; i++) beta_buf[i] = 0.5f;
+    for (int h = 0; h < HV0; h++) {
+        alog_buf[h] = -1.0f;
+        dtb_buf[h] = 0.5f;
+    }
+    gdn_problem p;
+    valid_problem(&p);
+    fcall c = valid_fcall();
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx); /* the baseline is valid */
+
+    CHECK_STATUS(frun(NULL, &p, &c), BAD, NULL);
+    EXPECT(ctx, frun(ctx, NULL, &c), BAD, "forward: problem NULL", OPF, "problem");
+    /* the problem rules come through, named for this op */
+    p.K = 0;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: K = 0", OPF, " K (0) must be >= 1");
+    valid_problem(&p);
+    p.head_map = (gdn_head_map)5;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: head_map 5", OPF, "head_map (5)");
+    valid_problem(&p);
+    const int32_t cu_bad[] = {0, 40, T0 - 1};
+    p.cu_seqlens = cu_bad;
+    p.num_seqs = 2;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: cu_seqlens end", OPF, "must equal T (70)");
+    valid_problem(&p);
+
+    /* required pointers */
+    c = valid_fcall(), c.q = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: q NULL", OPF, ": q is NULL");
+    c = valid_fcall(), c.k = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: k NULL", OPF, ": k is NULL");
+    c = valid_fcall(), c.v = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: v NULL", OPF, ": v is NULL");
+    c = valid_fcall(), c.g = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: g NULL", OPF, ": g is NULL");
+    c = valid_fcall(), c.beta = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: beta NULL", OPF, ": beta is NULL");
+    c = valid_fcall(), c.o = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: o NULL", OPF, ": o is NULL");
+    /* the optional ones may be NULL */
+    c = valid_fcall(), c.h0 = NULL, c.final_state = NULL, c.chunk_states = NULL;
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
+
+    /* options */
+    gdn_forward_options o;
+    c = valid_fcall();
+    c.opts = &o;
+    gdn_forward_options_init(&o);
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    const float bad_scales[] = {NAN, INFINITY, -INFINITY, -0.5f};
+    const char *const bad_scale_names[] = {"nan", "inf", "-inf", "-0.5"};
+    for (int i = 0; i < 4; i++) {
+        gdn_forward_options_init(&o);
+        o.scale = bad_scales[i];
+        char rule[64], want[64];
+        snprintf(rule, sizeof rule, "forward: scale %s", bad_scale_names[i]);
+        snprintf(want, sizeof want, "opts->scale (%s)", bad_scale_names[i]);
+        EXPECT(ctx, frun(ctx, &p, &c), BAD, rule, OPF, want, "finite and >= 0");
+    }
+    gdn_forward_options_init(&o);
+    o.scale = 0.25f;
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    gdn_forward_options_init(&o);
+    o.l2norm_qk = 2;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: l2norm_qk 2", OPF,
+           "opts->l2norm_qk (2) must be 0 or 1");
+    gdn_forward_options_init(&o);
+    o.beta_sigmoid = -1;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: beta_sigmoid -1", OPF,
+           "opts->beta_sigmoid (-1) must be 0 or 1");
+    gdn_forward_options_init(&o);
+    o.qwen_gate = 7;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: qwen_gate 7", OPF,
+           "opts->qwen_gate (7) must be 0 or 1");
+    gdn_forward_options_init(&o);
+    o.qwen_gate = 1;
+    o.dt_bias = dtb_buf;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: qwen_gate without A_log", OPF,
+           "opts->A_log is NULL", "qwen_gate");
+    o.A_log = alog_buf;
+    o.dt_bias = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: qwen_gate without dt_bias", OPF,
+           "opts->dt_bias is NULL", "qwen_gate");
+    o.dt_bias = dtb_buf;
+    o.l2norm_qk = 1;
+    o.beta_sigmoid = 1;
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx); /* every option on */
+    /* A_log / dt_bias without the gate are ignored */
+    gdn_forward_options_init(&o);
+    o.A_log = alog_buf;
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    /* the problem is checked before the options */
+    gdn_forward_options_init(&o);
+    o.l2norm_qk = 9;
+    p.V = 0;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: V = 0 and bad options", OPF, " V (0)");
+    valid_problem(&p);
+
+    /* workspace size */
+    size_t bytes = 5;
+    CHECK_STATUS(gdn_chunk_forward_workspace_size(NULL, &p, NULL, &bytes), BAD, NULL);
+    EXPECT(ctx, gdn_chunk_forward_workspace_size(ctx, &p, NULL, NULL), BAD, "forward ws: bytes",
+           OPF_WS, "bytes");
+    CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, NULL, &bytes), GDN_SUCCESS, ctx);
+    CHECK(bytes == 0, "CPU forward workspace size is %zu, expected 0", bytes);
+    bytes = 5;
+    EXPECT(ctx, gdn_chunk_forward_workspace_size(ctx, NULL, NULL, &bytes), BAD,
+           "forward ws: problem NULL", OPF_WS, "problem");
+    CHECK(bytes == 0, "forward workspace size not zeroed on failure (%zu)", bytes);
+    gdn_forward_options_init(&o);
+    o.scale = -1.0f;
+    EXPECT(ctx, gdn_chunk_forward_workspace_size(ctx, &p, &o, &bytes), BAD,
+           "forward ws: bad scale", OPF_WS, "opts->scale");
+    /* the CPU backend takes (and ignores) a workspace */
+    char ws[16];
+    c = valid_fcall();
+    CHECK_STATUS(gdn_chunk_forward(ctx, &p, NULL, c.q, c.k, c.v, c.g, c.beta, c.h0, c.o,
+                                   c.final_state, c.chunk_states, ws, sizeof ws),
+                 GDN_SUCCESS, ctx);
+    /* a failure's message is cleared by the next success */
+    c.q = NULL;
+    CHECK_STATUS(frun(ctx, &p, &c), BAD, ctx);
+    c.q = q_buf;
+    CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "forward kept the old message \"%s\"",
+          gdn_last_error(ctx));
+}
+
+/* On a CUDA context the operation is validated, then refused with
+ * NOT_SUPPORTED until the CUDA kernels exist: never run on the CPU. */
+static void test_chunk_forward_cuda_not_supported(void) {
+    if (!gdn_cuda_available()) {
+        printf("note: no GPU: the CUDA gdn_chunk_forward NOT_SUPPORTED check was skipped\n");
+        return;
+    }
+    gdn_context *ctx = NULL;
+    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0), GDN_SUCCESS, NULL)) return;
+    gdn_problem p;
+    valid_problem(&p);
+    enum { Q, KK, VV, G, BETA, H0, O, FS, CS, COUNT };
+    const size_t bytes[COUNT] = {sizeof q_buf, sizeof k_buf,  sizeof v_buf,
+                                 sizeof g_buf, sizeof beta_buf, sizeof h0_buf,
+                                 sizeof o_buf, sizeof fs_buf, sizeof cs_buf};
+    void *d[COUNT] = {0};
+    int ok = 1;
+    for (int i = 0; ok && i < COUNT; i++)
+        ok = CHECK(gdn_dev_alloc(&d[i], bytes[i]) == 0, "device buffer: %s", gdn_dev_error());
+    if (ok) {
+        size_t ws = 7;
+        CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, NULL, &ws), GDN_SUCCESS, ctx);
+        EXPECT(ctx,
+               gdn_chunk_forward(ctx, &p, NULL, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0], d[O],
+                                 d[FS], d[CS], NULL, 0),
+               GDN_ERROR_NOT_SUPPORTED, "forward on CUDA",
+               "gdn_chunk_forward: the CUDA backend does not implement this operation yet");
+        /* validation still comes first */
+        EXPECT(ctx,
+               gdn_chunk_forward(ctx, &p, NULL, d[Q], d[KK], d[VV], d[G], NULL, d[H0], d[O],
+                                 d[FS], d[CS], NULL, 0),
+               BAD, "forward on CUDA: beta NULL", OPF, ": beta is NULL");
+        EXPECT(ctx,
+               gdn_chunk_forward(ctx, &p, NULL, q_buf, d[KK], d[VV], d[G], d[BETA], d[H0], d[O],
+                                 d[FS], d[CS], NULL, 0),
+               BAD, "forward on CUDA: host q", OPF, "q is a host pointer");
+    }
+    for (int i = 0; i < COUNT; i++) gdn_dev_free(d[i]);
+    gdn_context_destroy(ctx);
+}
+
+/* ---- gdn_recurrent_forward ------------------------------------------------ */
+
+/* Four sequences over the T0 tokens, a pool of four slots. */
+enum { RP0 = 4, RN0 = 4 };
+static const int32_t r_cu[RN0 + 1] = {0, 10, 30, 31, T0};
+static float r_beta[T0 * HV0], r_pool[RP0 * HV0 * V0 * K0], r_hist[T0 * HV0 * V0 * K0];
+static gdn_bf16 r_o[T0 * HV0 * V0], r_v[T0 * HV0 * V0];
+static int32_t r_idx[RN0];
+
+#define OPR "gdn_recurrent_forward"
+
+typedef struct rcall {
+    const gdn_forward_options *opts;
+    const gdn_bf16 *q, *k, *v;
+    const float *g, *beta;
+    void *pool;
+    gdn_dtype dtype;
+    int64_t pool_size;
+    const int32_t *idx;
+    gdn_bf16 *o;
+    void *hist;
+} rcall;
+
+static rcall valid_rcall(void) {
+    static const int32_t idx[RN0] = {2, -1, 0, 3};
+    memcpy(r_idx, idx, sizeof r_idx);
+    rcall c = {NULL, k_buf, k_buf, r_v, g_buf, r_beta, r_pool, GDN_DTYPE_F32, RP0, r_idx, r_o,
+               r_hist};
+    return c;
+}
+
+static void valid_rproblem(gdn_problem *p) {
+    valid_problem(p);
+    p->cu_seqlens = r_cu;
+    p->num_seqs = RN0;
+}
+
+static gdn_status rrun(gdn_context *ctx, const gdn_problem *p, const rcall *c) {
+    return gdn_recurrent_forward(ctx, p, c->opts, c->q, c->k, c->v, c->g, c->beta, c->pool,
+                                 c->dtype, c->pool_size, c->idx, c->o, c->hist);
+}
+
+/* A rejected call wrote nothing: o still poisoned, the pool as it was. */
+static void expect_untouched(const char *rule, const float *pool_before) {
+    int o_poisoned = 1;
+    const unsigned char *b = (const unsigned char *)r_o;
+    for (size_t i = 0; i < sizeof r_o; i++) o_poisoned &= b[i] == 0xFF;
+    CHECK(o_poisoned, "%s: o was written before the error", rule);
+    CHECK(memcmp(pool_before, r_pool, sizeof r_pool) == 0, "%s: the pool was written before the "
+          "error", rule);
+}
+
+static void test_recurrent_forward(gdn_context *ctx) {
+    memcpy(r_v, u_buf, sizeof r_v);
+    for (int i = 0; i < T0 * HV0; i++) r_beta[i] = 0.5f;
+    for (size_t i = 0; i < sizeof r_pool / sizeof r_pool[0]; i++)
+        r_pool[i] = 0.01f * (float)(i % 17);
+    gdn_problem p;
+    valid_rproblem(&p);
+    rcall c = valid_rcall();
+    CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx); /* the baseline is valid */
+
+    CHECK_STATUS(rrun(NULL, &p, &c), BAD, NULL);
+    EXPECT(ctx, rrun(ctx, NULL, &c), BAD, "recurrent: problem NULL", OPR, "problem");
+    /* the problem rules come through, named for this op */
+    p.V = 0;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: V = 0", OPR, " V (0) must be >= 1");
+    valid_rproblem(&p);
+    const int32_t cu_bad[] = {0, 10, 30, 31, T0 + 1};
+    p.cu_seqlens = cu_bad;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: cu_seqlens end", OPR, "must equal T (70)");
+    valid_rproblem(&p);
+
+    /* required pointers; state_indices and state_history may be NULL */
+    c = valid_rcall(), c.q = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: q NULL", OPR, ": q is NULL");
+    c = valid_rcall(), c.k = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: k NULL", OPR, ": k is NULL");
+    c = valid_rcall(), c.v = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: v NULL", OPR, ": v is NULL");
+    c = valid_rcall(), c.g = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: g NULL", OPR, ": g is NULL");
+    c = valid_rcall(), c.beta = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: beta NULL", OPR, ": beta is NULL");
+    c = valid_rcall(), c.pool = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: state_pool NULL", OPR,
+           ": state_pool is NULL");
+    c = valid_rcall(), c.o = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: o NULL", OPR, ": o is NULL");
+    c = valid_rcall(), c.idx = NULL, c.hist = NULL;
+    CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
+
+    /* the shared option rules, named for this op */
+    gdn_forward_options o;
+    c = valid_rcall();
+    c.opts = &o;
+    gdn_forward_options_init(&o);
+    o.scale = NAN;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: scale nan", OPR, "opts->scale (nan)");
+    gdn_forward_options_init(&o);
+    o.beta_sigmoid = 3;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: beta_sigmoid 3", OPR,
+           "opts->beta_sigmoid (3) must be 0 or 1");
+    gdn_forward_options_init(&o);
+    o.qwen_gate = 1;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: qwen_gate without A_log", OPR,
+           "opts->A_log is NULL", "qwen_gate");
+    gdn_forward_options_init(&o);
+    o.l2norm_qk = 1;
+    CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
+
+    /* pool_dtype and pool_size */
+    c = valid_rcall(), c.dtype = (gdn_dtype)7;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: pool_dtype 7", OPR, "pool_dtype (7)",
+           "GDN_DTYPE_F32 or GDN_DTYPE_BF16");
+    c.dtype = (gdn_dtype)-1;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: pool_dtype -1", OPR, "pool_dtype (-1)");
+    c = valid_rcall(), c.pool_size = 0;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: pool_size 0", OPR,
+           "pool_size (0) must be >= 1");
+    c.pool_size = -3;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: pool_size -3", OPR, "pool_size (-3)");
+    c.pool_size = INT64_MAX / 64;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: pool overflow", OPR, "state_pool size",
+           "overflows");
+    /* the history's size: B*T*Hv*V*K*4 overflows where the problem's own
+     * tensors still fit */
+    gdn_problem big;
+    gdn_problem_init(&big, 1, (int64_t)1 << 55, HK0, HV0, K0, V0);
+    c = valid_rcall();
+    EXPECT(ctx, rrun(ctx, &big, &c), BAD, "recurrent: history overflow", OPR,
+           "state_history size", "overflows");
+
+    /* the slots: each rule rejected before anything is written */
+    float pool_before[sizeof r_pool / sizeof r_pool[0]];
+    memcpy(pool_before, r_pool, sizeof r_pool);
+    c = valid_rcall();
+    r_idx[2] = RP0;
+    gdn_test_poison(r_o, sizeof r_o);
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: index == P", OPR,
+           "state_indices[2] (4) must be < pool_size (4)");
+    expect_untouched("index == P", pool_before);
+    r_idx[2] = INT32_MAX;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: index INT32_MAX", OPR,
+           "state_indices[2] (2147483647)");
+    expect_untouched("index INT32_MAX", pool_before);
+    c = valid_rcall();
+    r_idx[3] = 2; /* sequence 0 uses slot 2 too */
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: duplicate index", OPR,
+           "state_indices[0] and state_indices[3] both name pool slot 2", "distinct");
+    expect_untouched("duplicate index", pool_before);
+    c.dtype = GDN_DTYPE_BF16; /* the same rules on a bf16 pool */
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: duplicate index, bf16", OPR,
+           "both name pool slot 2");
+    expect_untouched("duplicate index, bf16", pool_before);
+    c = valid_rcall(), c.idx = NULL, c.pool_size = RN0 - 1;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: NULL indices, small pool", OPR,
+           "state_indices is NULL", "pool_size (3) must be >= the number of sequences (4)");
+    expect_untouched("NULL indices, small pool", pool_before);
+    /* repeated padding is fine, and so is a pool larger than needed */
+    c = valid_rcall();
+    r_idx[0] = -1;
+    r_idx[2] = -7;
+    CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "recurrent kept the old message \"%s\"",
+          gdn_last_error(ctx));
+}
+
+/* On a CUDA context: validated (including the rules only CUDA has), then
+ * refused with NOT_SUPPORTED until the kernel exists; never run on the CPU. */
+static void test_recurrent_forward_cuda_not_supported(void) {
+    if (!gdn_cuda_available()) {
+        printf("note: no GPU: the CUDA gdn_recurrent_forward checks were skipped\n");
+        return;
+    }
+    gdn_context *ctx = NULL;
+    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0), GDN_SUCCESS, NULL)) return;
+    gdn_problem p;
+    valid_rproblem(&p);
+    enum { Q, G, BETA, VV, POOL, IDX, O, HIST, CU, COUNT };
+    const size_t bytes[COUNT] = {sizeof k_buf,  sizeof g_buf, sizeof r_beta,
+                                 sizeof r_v,    sizeof r_pool, sizeof r_idx,
+                                 sizeof r_o,    sizeof r_hist, sizeof r_cu};
+    void *d[COUNT] = {0};
+    int ok = 1;
+    for (int i = 0; ok && i < COUNT; i++)
+        ok = CHECK(gdn_dev_alloc(&d[i], bytes[i]) == 0, "device buffer: %s", gdn_dev_error());
+    if (ok) {
+        p.cu_seqlens_device = (const int32_t *)d[CU];
+        EXPECT(ctx,
+               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
+                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
+               GDN_ERROR_NOT_SUPPORTED, "recurrent on CUDA",
+               "gdn_recurrent_forward: the CUDA backend does not implement this operation yet");
+        /* validation comes first */
+        EXPECT(ctx,
+               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], r_pool,
+                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
+               BAD, "recurrent on CUDA: host pool", OPR, "state_pool is a host pointer");
+        EXPECT(ctx,
+               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
+                                     GDN_DTYPE_F32, RP0, r_idx, d[O], d[HIST]),
+               BAD, "recurrent on CUDA: host indices", OPR, "state_indices is a host pointer");
+        p.cu_seqlens_device = NULL;
+        EXPECT(ctx,
+               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
+                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
+               BAD, "recurrent on CUDA: no cu_seqlens_device", OPR, "cu_seqlens_device");
+    }
+    for (int i = 0; i < COUNT; i++) gdn_dev_free(d[i]);
+    gdn_context_destroy(ctx);
+}
+
 int main(void) {
     /* Inputs for the calls that are expected to succeed. */
     gdn_problem p;
@@ -360,6 +777,10 @@ int main(void) {
     test_context();
     test_status_strings();
     test_problem_helpers();
+    test_chunk_forward(ctx);
+    test_chunk_forward_cuda_not_supported();
+    test_recurrent_forward(ctx);
+    test_recurrent_forward_cuda_not_supported();
     gdn_context_destroy(ctx);
     return gdn_test_finish("test_validation");
 }

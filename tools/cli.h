@@ -27,6 +27,16 @@ typedef struct cli_opt {
  * -h (the caller prints its help and exits 0). */
 int cli_parse(int argc, char **argv, const cli_opt *opts, int nopts);
 
+/* A flag of a subcommand: "--name" alone (no value) sets *set to 1. */
+typedef struct cli_flag {
+    const char *name; /* without the leading "--" */
+    int *set;
+} cli_flag;
+
+/* cli_parse with flags besides the options. */
+int cli_parse_flags(int argc, char **argv, const cli_opt *opts, int nopts, const cli_flag *flags,
+                    int nflags);
+
 /* "gdn <cmd>: error: ..." on stderr; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -42,6 +52,8 @@ int cli_error(int code, const char *cmd, const char *fmt, ...)
 
 /* Integer option value in [lo, hi]; CLI_OK or CLI_USAGE after an error. */
 int cli_int(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out);
+/* Finite floating-point option value >= lo; CLI_OK or CLI_USAGE. */
+int cli_double(const char *cmd, const char *opt, const char *s, double lo, double *out);
 /* "auto" | "cpu" | "cuda". */
 int cli_backend(const char *cmd, const char *s, gdn_backend *out);
 int cli_state_layout(const char *cmd, const char *s, gdn_state_layout *out);

@@ -1,7 +1,9 @@
-/* gdn run: an operation on .npy files (see cli_run_usage in gdn.c).
- * The only operation so far is "state", gdn_chunk_state. */
+/* gdn run: an operation on .npy files (see cli_run_usage in gdn.c):
+ * "state" (gdn_chunk_state), "forward" (gdn_chunk_forward) and
+ * "recurrent" (gdn_recurrent_forward, on forward's inputs). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,9 @@
 static const char *const CMD = "run";
 
 #define PATH_LEN 4096
+
+/* The operations, for messages. */
+#define RUN_OPS "operations: state, forward, recurrent"
 
 /* The input arrays of --op state. */
 typedef struct state_inputs {
@@ -130,6 +135,48 @@ static int make_dirs(const char *dir) {
     return CLI_OK;
 }
 
+/* Load the optional cu_seqlens file and check it against B and T (whose
+ * source names the file they came from); *N becomes its sequence count. */
+static int load_cu_seqlens(const char *path, npy_array *cu_arr, int *have, int64_t B, int64_t T,
+                           const char *source, int64_t *N) {
+    int rc;
+    if ((rc = load_optional(path, cu_arr, have))) return rc;
+    if (!*have) return CLI_OK;
+    char err[1024];
+    static const char *const CN[] = {"N+1"};
+    const int64_t any1[] = {-1};
+    if ((rc = check_dtype(path, cu_arr, INT_DTYPES, 2, "'<i4' or '<i8'")) ||
+        (rc = check_shape(path, cu_arr, 1, CN, any1, "")))
+        return rc;
+    if (npy_to_int32(cu_arr, path, err, sizeof err) != 0)
+        return cli_error(CLI_USAGE, CMD, "%s", err);
+    if (cu_arr->count < 2)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s: has %lld entries; it needs N+1 >= 2 (at least one sequence)", path,
+                         (long long)cu_arr->count);
+    if (B != 1)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s is given, so the batch dim B of %s must be 1 (packed sequences "
+                         "along T), but it is %lld",
+                         path, source, (long long)B);
+    const int32_t *cu = (const int32_t *)cu_arr->data;
+    const int64_t n_seq = cu_arr->count - 1;
+    if (cu[0] != 0)
+        return cli_error(CLI_USAGE, CMD, "%s: cu_seqlens[0] is %d, must be 0", path, cu[0]);
+    for (int64_t n = 0; n < n_seq; n++)
+        if (cu[n + 1] < cu[n])
+            return cli_error(CLI_USAGE, CMD,
+                             "%s: must be non-decreasing, but cu_seqlens[%lld] = %d < "
+                             "cu_seqlens[%lld] = %d",
+                             path, (long long)(n + 1), cu[n + 1], (long long)n, cu[n]);
+    if (cu[n_seq] != T)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s: the last entry cu_seqlens[%lld] = %d must equal T = %lld (from %s)",
+                         path, (long long)n_seq, cu[n_seq], (long long)T, source);
+    *N = n_seq;
+    return CLI_OK;
+}
+
 /* Read and cross-check the inputs; fills the problem's shape. */
 static int load_state_inputs(const char *dir, state_inputs *in, gdn_problem *p,
                              gdn_state_layout layout) {
@@ -183,42 +230,10 @@ static int load_state_inputs(const char *dir, state_inputs *in, gdn_problem *p,
     p->state_layout = layout;
     int64_t N = B;
 
-    if ((rc = load_optional(in->path_cu, &in->cu, &in->have_cu))) return rc;
+    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, B, T, "k.npy", &N)))
+        return rc;
     if (in->have_cu) {
-        char err[1024];
-        static const char *const CN[] = {"N+1"};
-        const int64_t any1[] = {-1};
-        if ((rc = check_dtype(in->path_cu, &in->cu, INT_DTYPES, 2, "'<i4' or '<i8'")) ||
-            (rc = check_shape(in->path_cu, &in->cu, 1, CN, any1, "")))
-            return rc;
-        if (npy_to_int32(&in->cu, in->path_cu, err, sizeof err) != 0)
-            return cli_error(CLI_USAGE, CMD, "%s", err);
-        if (in->cu.count < 2)
-            return cli_error(CLI_USAGE, CMD,
-                             "%s: has %lld entries; it needs N+1 >= 2 (at least one sequence)",
-                             in->path_cu, (long long)in->cu.count);
-        if (B != 1)
-            return cli_error(CLI_USAGE, CMD,
-                             "%s is given, so the batch dim B of k.npy must be 1 (packed "
-                             "sequences along T), but it is %lld",
-                             in->path_cu, (long long)B);
-        const int32_t *cu = (const int32_t *)in->cu.data;
-        N = in->cu.count - 1;
-        if (cu[0] != 0)
-            return cli_error(CLI_USAGE, CMD, "%s: cu_seqlens[0] is %d, must be 0", in->path_cu,
-                             cu[0]);
-        for (int64_t n = 0; n < N; n++)
-            if (cu[n + 1] < cu[n])
-                return cli_error(CLI_USAGE, CMD,
-                                 "%s: must be non-decreasing, but cu_seqlens[%lld] = %d < "
-                                 "cu_seqlens[%lld] = %d",
-                                 in->path_cu, (long long)(n + 1), cu[n + 1], (long long)n, cu[n]);
-        if (cu[N] != T)
-            return cli_error(CLI_USAGE, CMD,
-                             "%s: the last entry cu_seqlens[%lld] = %d must equal T = %lld (from "
-                             "k.npy)",
-                             in->path_cu, (long long)N, cu[N], (long long)T);
-        p->cu_seqlens = cu;
+        p->cu_seqlens = (const int32_t *)in->cu.data;
         p->num_seqs = N;
     }
 
@@ -374,9 +389,362 @@ done:
     return rc;
 }
 
+/* ---- --op forward: gdn_chunk_forward ---------------------------------- */
+
+/* The input arrays of --op forward. */
+typedef struct forward_inputs {
+    npy_array q, k, v, g, beta, h0, cu, A_log, dt_bias;
+    int have_h0, have_cu;
+    char path_q[PATH_LEN], path_k[PATH_LEN], path_v[PATH_LEN], path_g[PATH_LEN],
+        path_beta[PATH_LEN], path_h0[PATH_LEN], path_cu[PATH_LEN], path_alog[PATH_LEN],
+        path_dtb[PATH_LEN];
+} forward_inputs;
+
+static void forward_inputs_free(forward_inputs *in) {
+    npy_array *all[] = {&in->q,  &in->k,  &in->v,     &in->g,      &in->beta,
+                        &in->h0, &in->cu, &in->A_log, &in->dt_bias};
+    for (unsigned i = 0; i < sizeof all / sizeof all[0]; i++) npy_free(all[i]);
+}
+
+/* Read and cross-check the inputs of --op forward; fills the problem. */
+static int load_forward_inputs(const char *dir, forward_inputs *in, gdn_problem *p,
+                               gdn_state_layout layout, int qwen_gate) {
+    int rc;
+    if ((rc = join(in->path_q, dir, "q.npy")) || (rc = join(in->path_k, dir, "k.npy")) ||
+        (rc = join(in->path_v, dir, "v.npy")) || (rc = join(in->path_g, dir, "g.npy")) ||
+        (rc = join(in->path_beta, dir, "beta.npy")) || (rc = join(in->path_h0, dir, "h0.npy")) ||
+        (rc = join(in->path_cu, dir, "cu_seqlens.npy")) ||
+        (rc = join(in->path_alog, dir, "A_log.npy")) ||
+        (rc = join(in->path_dtb, dir, "dt_bias.npy")))
+        return rc;
+
+    /* q fixes B, T, Hk, K; k must match it. */
+    static const char *const QN[] = {"B", "T", "Hk", "K"};
+    const int64_t any4[] = {-1, -1, -1, -1};
+    if ((rc = load(in->path_q, &in->q)) ||
+        (rc = check_dtype(in->path_q, &in->q, BF16_DTYPES, 2, BF16_WHAT)) ||
+        (rc = check_shape(in->path_q, &in->q, 4, QN, any4, "")))
+        return rc;
+    const int64_t B = in->q.shape[0], T = in->q.shape[1], Hk = in->q.shape[2],
+                  K = in->q.shape[3];
+    const int64_t wk[] = {B, T, Hk, K};
+    if ((rc = load(in->path_k, &in->k)) ||
+        (rc = check_dtype(in->path_k, &in->k, BF16_DTYPES, 2, BF16_WHAT)) ||
+        (rc = check_shape(in->path_k, &in->k, 4, QN, wk, "the shape of q.npy")))
+        return rc;
+
+    /* v fixes Hv and V. */
+    static const char *const VN[] = {"B", "T", "Hv", "V"};
+    const int64_t wv[] = {B, T, -1, -1};
+    if ((rc = load(in->path_v, &in->v)) ||
+        (rc = check_dtype(in->path_v, &in->v, BF16_DTYPES, 2, BF16_WHAT)) ||
+        (rc = check_shape(in->path_v, &in->v, 4, VN, wv, "B, T from q.npy")))
+        return rc;
+    const int64_t Hv = in->v.shape[2], V = in->v.shape[3];
+    if (Hk > 0 && Hv % Hk != 0)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s: Hv = %lld value heads is not a multiple of Hk = %lld key heads "
+                         "(from q.npy)",
+                         in->path_v, (long long)Hv, (long long)Hk);
+
+    static const char *const GN[] = {"B", "T", "Hv"};
+    const int64_t wg[] = {B, T, Hv};
+    const char *gsrc = "B, T from q.npy, Hv from v.npy";
+    if ((rc = load(in->path_g, &in->g)) ||
+        (rc = check_dtype(in->path_g, &in->g, F32_DTYPES, 1, "'<f4' (float32)")) ||
+        (rc = check_shape(in->path_g, &in->g, 3, GN, wg, gsrc)) ||
+        (rc = load(in->path_beta, &in->beta)) ||
+        (rc = check_dtype(in->path_beta, &in->beta, F32_DTYPES, 1, "'<f4' (float32)")) ||
+        (rc = check_shape(in->path_beta, &in->beta, 3, GN, wg, gsrc)))
+        return rc;
+
+    gdn_problem_init(p, B, T, Hk, Hv, K, V);
+    p->state_layout = layout;
+    int64_t N = B;
+    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, B, T, "q.npy", &N)))
+        return rc;
+    if (in->have_cu) {
+        p->cu_seqlens = (const int32_t *)in->cu.data;
+        p->num_seqs = N;
+    }
+
+    if ((rc = load_optional(in->path_h0, &in->h0, &in->have_h0))) return rc;
+    if (in->have_h0) {
+        static const char *const HVK[] = {"N", "Hv", "V", "K"};
+        static const char *const HKV[] = {"N", "Hv", "K", "V"};
+        const int kv = layout == GDN_STATE_KV;
+        const int64_t wh[] = {N, Hv, kv ? K : V, kv ? V : K};
+        char src[160];
+        snprintf(src, sizeof src, "N from %s, Hv and V from v.npy, K from q.npy%s",
+                 in->have_cu ? "cu_seqlens.npy" : "q.npy's B",
+                 kv ? "; state layout kv" : "; state layout vk");
+        if ((rc = check_dtype(in->path_h0, &in->h0, F32_DTYPES, 1, "'<f4' (float32)")) ||
+            (rc = check_shape(in->path_h0, &in->h0, 4, kv ? HKV : HVK, wh, src)))
+            return rc;
+    }
+
+    if (qwen_gate) {
+        static const char *const HN[] = {"Hv"};
+        const int64_t wa[] = {Hv};
+        const char *const paths[2] = {in->path_alog, in->path_dtb};
+        npy_array *arrs[2] = {&in->A_log, &in->dt_bias};
+        for (int i = 0; i < 2; i++) {
+            int present = 0;
+            if ((rc = load_optional(paths[i], arrs[i], &present))) return rc;
+            if (!present)
+                return cli_error(CLI_USAGE, CMD, "%s is missing: --qwen-gate needs A_log.npy and "
+                                 "dt_bias.npy ('<f4', [Hv])", paths[i]);
+            if ((rc = check_dtype(paths[i], arrs[i], F32_DTYPES, 1, "'<f4' (float32)")) ||
+                (rc = check_shape(paths[i], arrs[i], 1, HN, wa, "Hv from v.npy")))
+                return rc;
+        }
+    }
+
+    if ((rc = to_bf16(in->path_q, &in->q)) || (rc = to_bf16(in->path_k, &in->k)) ||
+        (rc = to_bf16(in->path_v, &in->v)))
+        return rc;
+    return CLI_OK;
+}
+
+/* gdn_chunk_forward on the CUDA backend through device copies. */
+static int run_forward_cuda(gdn_context *ctx, gdn_problem *p, const gdn_forward_options *opts,
+                            const forward_inputs *in, size_t ws_bytes, gdn_bf16 *o,
+                            size_t o_bytes, float *final_state, size_t f_bytes) {
+    enum { F_Q, F_K, F_V, F_G, F_BETA, F_H0, F_CU, F_ALOG, F_DTB, F_O, F_F, F_WS, F_COUNT };
+    void *d[F_COUNT] = {0};
+    int rc;
+    const int qwen = opts->qwen_gate;
+    if ((rc = dev_put(&d[F_Q], in->q.data, in->q.nbytes, "q")) ||
+        (rc = dev_put(&d[F_K], in->k.data, in->k.nbytes, "k")) ||
+        (rc = dev_put(&d[F_V], in->v.data, in->v.nbytes, "v")) ||
+        (rc = dev_put(&d[F_G], in->g.data, in->g.nbytes, "g")) ||
+        (rc = dev_put(&d[F_BETA], in->beta.data, in->beta.nbytes, "beta")) ||
+        (in->have_h0 && (rc = dev_put(&d[F_H0], in->h0.data, in->h0.nbytes, "h0"))) ||
+        (in->have_cu && (rc = dev_put(&d[F_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
+        (qwen && (rc = dev_put(&d[F_ALOG], in->A_log.data, in->A_log.nbytes, "A_log"))) ||
+        (qwen && (rc = dev_put(&d[F_DTB], in->dt_bias.data, in->dt_bias.nbytes, "dt_bias"))) ||
+        (rc = dev_put(&d[F_O], NULL, o_bytes, "o")) ||
+        (rc = dev_put(&d[F_F], NULL, f_bytes, "final_state")) ||
+        (ws_bytes && (rc = dev_put(&d[F_WS], NULL, ws_bytes, "workspace"))))
+        goto done;
+    gdn_forward_options dopts = *opts;
+    dopts.A_log = (const float *)d[F_ALOG];
+    dopts.dt_bias = (const float *)d[F_DTB];
+    p->cu_seqlens_device = (const int32_t *)d[F_CU];
+    gdn_status st = gdn_chunk_forward(ctx, p, &dopts, d[F_Q], d[F_K], d[F_V], d[F_G], d[F_BETA],
+                                      d[F_H0], d[F_O], d[F_F], NULL, d[F_WS], ws_bytes);
+    p->cu_seqlens_device = NULL;
+    if (st != GDN_SUCCESS) {
+        rc = cli_lib_error(CMD, "gdn_chunk_forward", ctx, st);
+        goto done;
+    }
+    if (gdn_dev_sync() != 0 || gdn_dev_download(o, d[F_O], o_bytes) != 0 ||
+        gdn_dev_download(final_state, d[F_F], f_bytes) != 0)
+        rc = cli_error(CLI_FAIL, CMD, "after gdn_chunk_forward: %s", gdn_dev_error());
+done:
+    for (int i = 0; i < F_COUNT; i++) gdn_dev_free(d[i]);
+    return rc;
+}
+
+static int run_forward(const char *in_dir, const char *out_dir, gdn_state_layout layout,
+                       gdn_head_map head_map, gdn_backend backend, int device,
+                       gdn_forward_options *opts) {
+    forward_inputs in;
+    memset(&in, 0, sizeof in);
+    gdn_problem p;
+    gdn_context *ctx = NULL;
+    gdn_bf16 *o = NULL;
+    float *final_state = NULL;
+    int rc = load_forward_inputs(in_dir, &in, &p, layout, opts->qwen_gate);
+    if (rc) goto done;
+    p.head_map = head_map;
+    if (opts->qwen_gate) {
+        opts->A_log = (const float *)in.A_log.data;
+        opts->dt_bias = (const float *)in.dt_bias.data;
+    }
+    if ((rc = cli_context(CMD, backend, device, &ctx))) goto done;
+
+    size_t ws_bytes = 0;
+    gdn_status st = gdn_chunk_forward_workspace_size(ctx, &p, opts, &ws_bytes);
+    if (st != GDN_SUCCESS) {
+        rc = cli_lib_error(CMD, "gdn_chunk_forward_workspace_size", ctx, st);
+        goto done;
+    }
+    const int64_t N = gdn_problem_num_seqs(&p);
+    const size_t o_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
+    const size_t f_bytes = (size_t)(N * p.Hv * p.K * p.V) * sizeof(float);
+    o = (gdn_bf16 *)malloc(o_bytes ? o_bytes : 1);
+    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    if (!o || !final_state) {
+        rc = cli_error(CLI_FAIL, CMD, "out of memory for the outputs (%zu bytes)",
+                       o_bytes + f_bytes);
+        goto done;
+    }
+    if (gdn_context_backend(ctx) == GDN_BACKEND_CUDA) {
+        rc = run_forward_cuda(ctx, &p, opts, &in, ws_bytes, o, o_bytes, final_state, f_bytes);
+        if (rc) goto done;
+    } else {
+        st = gdn_chunk_forward(ctx, &p, opts, in.q.data, in.k.data, in.v.data, in.g.data,
+                               in.beta.data, in.have_h0 ? (const float *)in.h0.data : NULL, o,
+                               final_state, NULL, NULL, 0);
+        if (st != GDN_SUCCESS) {
+            rc = cli_lib_error(CMD, "gdn_chunk_forward", ctx, st);
+            goto done;
+        }
+    }
+    if ((rc = make_dirs(out_dir))) goto done;
+
+    printf("gdn run --op forward: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld, "
+           "N=%lld, state %s, head map %s, h0 %s, scale %g%s%s%s\n",
+           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
+           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
+           (long long)N, layout == GDN_STATE_KV ? "kv" : "vk",
+           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero",
+           opts->scale != 0.0f ? (double)opts->scale : 1.0 / sqrt((double)p.K),
+           opts->l2norm_qk ? ", l2norm q/k" : "", opts->beta_sigmoid ? ", sigmoid beta" : "",
+           opts->qwen_gate ? ", qwen gate" : "");
+    const int kv = layout == GDN_STATE_KV;
+    const int64_t os[] = {p.B, p.T, p.Hv, p.V};
+    if ((rc = write_out(out_dir, "o.npy", "<u2", 4, os, o))) goto done;
+    const int64_t fs[] = {N, p.Hv, kv ? p.K : p.V, kv ? p.V : p.K};
+    rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+done:
+    free(o);
+    free(final_state);
+    gdn_context_destroy(ctx);
+    forward_inputs_free(&in);
+    return rc;
+}
+
+/* ---- --op recurrent: gdn_recurrent_forward ------------------------------ */
+
+/* gdn_recurrent_forward on the CUDA backend through device copies; the
+ * pool (N slots, identity indices) goes up and comes back. */
+static int run_recurrent_cuda(gdn_context *ctx, gdn_problem *p, const gdn_forward_options *opts,
+                              const forward_inputs *in, void *pool, gdn_dtype pool_dtype,
+                              size_t pool_bytes, int64_t N, gdn_bf16 *o, size_t o_bytes) {
+    enum { R_Q, R_K, R_V, R_G, R_BETA, R_CU, R_ALOG, R_DTB, R_POOL, R_O, R_COUNT };
+    void *d[R_COUNT] = {0};
+    int rc;
+    const int qwen = opts->qwen_gate;
+    if ((rc = dev_put(&d[R_Q], in->q.data, in->q.nbytes, "q")) ||
+        (rc = dev_put(&d[R_K], in->k.data, in->k.nbytes, "k")) ||
+        (rc = dev_put(&d[R_V], in->v.data, in->v.nbytes, "v")) ||
+        (rc = dev_put(&d[R_G], in->g.data, in->g.nbytes, "g")) ||
+        (rc = dev_put(&d[R_BETA], in->beta.data, in->beta.nbytes, "beta")) ||
+        (in->have_cu && (rc = dev_put(&d[R_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
+        (qwen && (rc = dev_put(&d[R_ALOG], in->A_log.data, in->A_log.nbytes, "A_log"))) ||
+        (qwen && (rc = dev_put(&d[R_DTB], in->dt_bias.data, in->dt_bias.nbytes, "dt_bias"))) ||
+        (rc = dev_put(&d[R_POOL], pool, pool_bytes, "state_pool")) ||
+        (rc = dev_put(&d[R_O], NULL, o_bytes, "o")))
+        goto done;
+    gdn_forward_options dopts = *opts;
+    dopts.A_log = (const float *)d[R_ALOG];
+    dopts.dt_bias = (const float *)d[R_DTB];
+    p->cu_seqlens_device = (const int32_t *)d[R_CU];
+    gdn_status st = gdn_recurrent_forward(ctx, p, &dopts, d[R_Q], d[R_K], d[R_V], d[R_G],
+                                          d[R_BETA], d[R_POOL], pool_dtype, N, NULL, d[R_O], NULL);
+    p->cu_seqlens_device = NULL;
+    if (st != GDN_SUCCESS) {
+        rc = cli_lib_error(CMD, "gdn_recurrent_forward", ctx, st);
+        goto done;
+    }
+    if (gdn_dev_sync() != 0 || gdn_dev_download(o, d[R_O], o_bytes) != 0 ||
+        gdn_dev_download(pool, d[R_POOL], pool_bytes) != 0)
+        rc = cli_error(CLI_FAIL, CMD, "after gdn_recurrent_forward: %s", gdn_dev_error());
+done:
+    for (int i = 0; i < R_COUNT; i++) gdn_dev_free(d[i]);
+    return rc;
+}
+
+/* The inputs of --op forward through the recurrent path: a pool of N slots
+ * holding h0 (or zeros), sequence n in slot n; final_state.npy is the pool
+ * afterwards, as f32. */
+static int run_recurrent(const char *in_dir, const char *out_dir, gdn_state_layout layout,
+                         gdn_head_map head_map, gdn_backend backend, int device,
+                         gdn_forward_options *opts, gdn_dtype pool_dtype) {
+    forward_inputs in;
+    memset(&in, 0, sizeof in);
+    gdn_problem p;
+    gdn_context *ctx = NULL;
+    gdn_bf16 *o = NULL;
+    void *pool = NULL;
+    float *final_state = NULL;
+    int rc = load_forward_inputs(in_dir, &in, &p, layout, opts->qwen_gate);
+    if (rc) goto done;
+    p.head_map = head_map;
+    if (opts->qwen_gate) {
+        opts->A_log = (const float *)in.A_log.data;
+        opts->dt_bias = (const float *)in.dt_bias.data;
+    }
+    if ((rc = cli_context(CMD, backend, device, &ctx))) goto done;
+
+    const int64_t N = gdn_problem_num_seqs(&p), S = p.Hv * p.K * p.V;
+    const size_t elem = pool_dtype == GDN_DTYPE_F32 ? sizeof(float) : sizeof(gdn_bf16);
+    const size_t o_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
+    const size_t pool_bytes = (size_t)(N * S) * elem, f_bytes = (size_t)(N * S) * sizeof(float);
+    o = (gdn_bf16 *)malloc(o_bytes ? o_bytes : 1);
+    pool = malloc(pool_bytes ? pool_bytes : 1);
+    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    if (!o || !pool || !final_state) {
+        rc = cli_error(CLI_FAIL, CMD, "out of memory for the pool and outputs (%zu bytes)",
+                       o_bytes + pool_bytes + f_bytes);
+        goto done;
+    }
+    const float *h0 = in.have_h0 ? (const float *)in.h0.data : NULL;
+    for (int64_t x = 0; x < N * S; x++) {
+        const float f = h0 ? h0[x] : 0.0f;
+        if (pool_dtype == GDN_DTYPE_F32)
+            ((float *)pool)[x] = f;
+        else
+            ((gdn_bf16 *)pool)[x] = gdn_f32_to_bf16(f);
+    }
+    if (gdn_context_backend(ctx) == GDN_BACKEND_CUDA) {
+        rc = run_recurrent_cuda(ctx, &p, opts, &in, pool, pool_dtype, pool_bytes, N, o, o_bytes);
+        if (rc) goto done;
+    } else {
+        gdn_status st = gdn_recurrent_forward(ctx, &p, opts, in.q.data, in.k.data, in.v.data,
+                                              in.g.data, in.beta.data, pool, pool_dtype, N, NULL,
+                                              o, NULL);
+        if (st != GDN_SUCCESS) {
+            rc = cli_lib_error(CMD, "gdn_recurrent_forward", ctx, st);
+            goto done;
+        }
+    }
+    for (int64_t x = 0; x < N * S; x++)
+        final_state[x] = pool_dtype == GDN_DTYPE_F32 ? ((const float *)pool)[x]
+                                                     : gdn_bf16_to_f32(((const gdn_bf16 *)pool)[x]);
+    if ((rc = make_dirs(out_dir))) goto done;
+
+    printf("gdn run --op recurrent: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld "
+           "V=%lld, N=%lld, state %s, head map %s, h0 %s, pool %s, scale %g%s%s%s\n",
+           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
+           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
+           (long long)N, layout == GDN_STATE_KV ? "kv" : "vk",
+           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero",
+           pool_dtype == GDN_DTYPE_F32 ? "f32" : "bf16",
+           opts->scale != 0.0f ? (double)opts->scale : 1.0 / sqrt((double)p.K),
+           opts->l2norm_qk ? ", l2norm q/k" : "", opts->beta_sigmoid ? ", sigmoid beta" : "",
+           opts->qwen_gate ? ", qwen gate" : "");
+    const int kv = layout == GDN_STATE_KV;
+    const int64_t os[] = {p.B, p.T, p.Hv, p.V};
+    if ((rc = write_out(out_dir, "o.npy", "<u2", 4, os, o))) goto done;
+    const int64_t fs[] = {N, p.Hv, kv ? p.K : p.V, kv ? p.V : p.K};
+    rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+done:
+    free(o);
+    free(pool);
+    free(final_state);
+    gdn_context_destroy(ctx);
+    forward_inputs_free(&in);
+    return rc;
+}
+
 int cmd_run(int argc, char **argv) {
     const char *op = NULL, *in_dir = NULL, *out_dir = NULL, *layout_s = "vk",
-               *head_map_s = "block", *backend_s = "auto", *device_s = "0";
+               *head_map_s = "block", *backend_s = "auto", *device_s = "0", *scale_s = NULL,
+               *pool_dtype_s = NULL;
+    int l2norm_qk = 0, beta_sigmoid = 0, qwen_gate = 0;
     const cli_opt opts[] = {
         {"op", &op},
         {"in", &in_dir},
@@ -385,16 +753,26 @@ int cmd_run(int argc, char **argv) {
         {"head-map", &head_map_s},
         {"backend", &backend_s},
         {"device", &device_s},
+        {"scale", &scale_s},
+        {"pool-dtype", &pool_dtype_s},
     };
-    int rc = cli_parse(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]));
+    const cli_flag flags[] = {
+        {"l2norm-qk", &l2norm_qk},
+        {"beta-sigmoid", &beta_sigmoid},
+        {"qwen-gate", &qwen_gate},
+    };
+    int rc = cli_parse_flags(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), flags,
+                             (int)(sizeof flags / sizeof flags[0]));
     if (rc < 0) {
         cli_run_usage(stdout);
         return CLI_OK;
     }
     if (rc) return rc;
-    if (!op) return cli_usage_error(CMD, "missing --op (the only operation so far: state)");
-    if (strcmp(op, "state") != 0)
-        return cli_usage_error(CMD, "unknown --op '%s' (the only operation so far: state)", op);
+    if (!op) return cli_usage_error(CMD, "missing --op (" RUN_OPS ")");
+    const int is_state = strcmp(op, "state") == 0, is_forward = strcmp(op, "forward") == 0;
+    const int is_recurrent = strcmp(op, "recurrent") == 0;
+    if (!is_state && !is_forward && !is_recurrent)
+        return cli_usage_error(CMD, "unknown --op '%s' (" RUN_OPS ")", op);
     if (!in_dir)
         return cli_usage_error(CMD, "missing --in DIR (the directory of input .npy files)");
     if (!out_dir) return cli_usage_error(CMD, "missing --out DIR (where the outputs go)");
@@ -407,5 +785,33 @@ int cmd_run(int argc, char **argv) {
         (rc = cli_backend(CMD, backend_s, &backend)) ||
         (rc = cli_int(CMD, "device", device_s, 0, 1024, &device)))
         return rc;
-    return run_state(in_dir, out_dir, layout, head_map, backend, (int)device);
+    if (pool_dtype_s && !is_recurrent)
+        return cli_usage_error(CMD, "--pool-dtype applies to --op recurrent only");
+    if (is_state) {
+        if (scale_s || l2norm_qk || beta_sigmoid || qwen_gate)
+            return cli_usage_error(CMD, "--scale, --l2norm-qk, --beta-sigmoid and --qwen-gate "
+                                        "apply to --op forward and recurrent only");
+        return run_state(in_dir, out_dir, layout, head_map, backend, (int)device);
+    }
+    gdn_forward_options fopts;
+    gdn_forward_options_init(&fopts);
+    if (scale_s) {
+        double scale;
+        if ((rc = cli_double(CMD, "scale", scale_s, 0.0, &scale))) return rc;
+        fopts.scale = (float)scale;
+    }
+    fopts.l2norm_qk = l2norm_qk;
+    fopts.beta_sigmoid = beta_sigmoid;
+    fopts.qwen_gate = qwen_gate;
+    if (is_recurrent) {
+        gdn_dtype pool_dtype = GDN_DTYPE_F32;
+        if (pool_dtype_s && strcmp(pool_dtype_s, "bf16") == 0)
+            pool_dtype = GDN_DTYPE_BF16;
+        else if (pool_dtype_s && strcmp(pool_dtype_s, "f32") != 0)
+            return cli_usage_error(CMD, "option '--pool-dtype': '%s' is not f32 or bf16",
+                                   pool_dtype_s);
+        return run_recurrent(in_dir, out_dir, layout, head_map, backend, (int)device, &fopts,
+                             pool_dtype);
+    }
+    return run_forward(in_dir, out_dir, layout, head_map, backend, (int)device, &fopts);
 }

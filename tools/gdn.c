@@ -4,6 +4,7 @@
  * subcommands are in cmd_run.c and cmd_demo.c. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,36 @@ void cli_run_usage(FILE *f) {
           "    --head-map block|tiled    value head h reads key head h/(Hv/Hk) (default)\n"
           "                              or h%Hk\n"
           "    --backend auto|cpu|cuda   default auto: CUDA when available, else CPU\n"
-          "    --device N                CUDA device (default 0)\n",
+          "    --device N                CUDA device (default 0)\n"
+          "\n"
+          "gdn run --op forward --in DIR --out DIR [options]\n"
+          "  The whole chunked forward (gdn_chunk_forward) on .npy files.\n"
+          "  Reads from --in DIR:\n"
+          "    q.npy, k.npy     [B,T,Hk,K]  bf16   queries, keys\n"
+          "    v.npy            [B,T,Hv,V]  bf16   values\n"
+          "    g.npy            [B,T,Hv]    '<f4'  per-token log decay (raw a with --qwen-gate)\n"
+          "    beta.npy         [B,T,Hv]    '<f4'  write strength (logits with --beta-sigmoid)\n"
+          "    h0.npy           [N,Hv,V,K]  '<f4'  initial state (optional; [N,Hv,K,V] with kv)\n"
+          "    cu_seqlens.npy   [N+1]       '<i4' or '<i8'  sequence starts (optional; needs B=1)\n"
+          "    A_log.npy, dt_bias.npy  [Hv] '<f4'  the gate's parameters (with --qwen-gate)\n"
+          "  Writes to --out DIR (created if missing):\n"
+          "    o.npy            [B,T,Hv,V]  '<u2'  the output\n"
+          "    final_state.npy  [N,Hv,V,K]  '<f4'  state after the last token ([N,Hv,K,V] with kv)\n"
+          "  Options: --state-layout, --head-map, --backend, --device as for --op state, and\n"
+          "    --scale X                 output scale (default 0: 1/sqrt(K))\n"
+          "    --l2norm-qk               L2-normalise q and k per head in the kernel\n"
+          "    --beta-sigmoid            beta.npy holds logits; the kernel applies sigmoid\n"
+          "    --qwen-gate               g.npy holds Qwen3-Next's raw a; the decay is\n"
+          "                              -exp(A_log) * softplus(a + dt_bias)\n"
+          "  (the CUDA backend does not implement this operation yet: use --backend cpu)\n"
+          "\n"
+          "gdn run --op recurrent --in DIR --out DIR [options]\n"
+          "  The same inputs and outputs as --op forward, through the token recurrence\n"
+          "  (gdn_recurrent_forward): a pool of N slots holds h0 (or zeros), sequence n in\n"
+          "  slot n; final_state.npy is the pool afterwards, as '<f4'. Options as for\n"
+          "  --op forward, and\n"
+          "    --pool-dtype f32|bf16     the pool's element type (default f32)\n"
+          "  (the CUDA backend does not implement this operation yet: use --backend cpu)\n",
           f);
 }
 
@@ -57,7 +87,7 @@ void cli_usage(FILE *f) {
             "gdn - Gated DeltaNet kernels (libgdn %d.%d.%d)\n"
             "\n"
             "Usage:\n"
-            "  gdn run --op state --in DIR --out DIR [options]\n"
+            "  gdn run --op state|forward|recurrent --in DIR --out DIR [options]\n"
             "  gdn demo [options]\n"
             "  gdn help | --help          this text (gdn COMMAND --help: one command)\n"
             "  gdn version                version and backends\n"
@@ -98,6 +128,11 @@ int cli_error(int code, const char *cmd, const char *fmt, ...) {
 }
 
 int cli_parse(int argc, char **argv, const cli_opt *opts, int nopts) {
+    return cli_parse_flags(argc, argv, opts, nopts, NULL, 0);
+}
+
+int cli_parse_flags(int argc, char **argv, const cli_opt *opts, int nopts, const cli_flag *flags,
+                    int nflags) {
     const char *cmd = argv[0];
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
@@ -107,6 +142,17 @@ int cli_parse(int argc, char **argv, const cli_opt *opts, int nopts) {
         const char *name = arg + 2;
         const char *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const cli_flag *fl = NULL;
+        for (int j = 0; j < nflags; j++)
+            if (strlen(flags[j].name) == len && strncmp(flags[j].name, name, len) == 0)
+                fl = &flags[j];
+        if (fl) {
+            if (eq)
+                return cli_usage_error(cmd, "flag '--%s' takes no value (got '%s')", fl->name,
+                                       arg);
+            *fl->set = 1;
+            continue;
+        }
         const cli_opt *o = NULL;
         for (int j = 0; j < nopts; j++)
             if (strlen(opts[j].name) == len && strncmp(opts[j].name, name, len) == 0) o = &opts[j];
@@ -133,6 +179,17 @@ int cli_int(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t
     if (v < lo || v > hi)
         return cli_usage_error(cmd, "option '--%s': %lld is out of range [%lld, %lld]", opt, v,
                                (long long)lo, (long long)hi);
+    *out = v;
+    return CLI_OK;
+}
+
+int cli_double(const char *cmd, const char *opt, const char *s, double lo, double *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !isfinite(v))
+        return cli_usage_error(cmd, "option '--%s': '%s' is not a finite number", opt, s);
+    if (v < lo) return cli_usage_error(cmd, "option '--%s': %g must be >= %g", opt, v, lo);
     *out = v;
     return CLI_OK;
 }

@@ -60,6 +60,19 @@ void gdn_ref_recurrent_f64(const gdn_problem *p, const gdn_bf16 *q, const gdn_bf
                            const gdn_bf16 *v, const float *g, const float *beta, const float *h0,
                            double scale, double *o, double *final_state);
 
+/* SPEC 1 with the pre-processing of gdn_forward_options (opts may be NULL:
+ * defaults), all in fp64 on the exact input values: q and k L2-normalised
+ * (x / sqrt(sum x^2 + 1e-6)), beta = sigmoid(beta), the Qwen3-Next gate
+ * g = -exp(A_log[h]) * softplus(a + dt_bias[h]), scale (0 = 1/sqrt(K)). No
+ * intermediate rounding: the oracle of the whole-layer operations.
+ * o [B,T,Hv,V], final_state [N,Hv,V,K], chunk_states [NT,Hv,V,K] (the
+ * state at the start of each 64-token chunk, packed over the sequences as
+ * h_out); each may be NULL. */
+void gdn_ref_forward_f64(const gdn_problem *p, const gdn_forward_options *opts,
+                         const gdn_bf16 *q, const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                         const float *beta, const float *h0, double *o, double *final_state,
+                         double *chunk_states);
+
 /* SPEC 3, chunk-local cumsum of g (f32, in order, reset per chunk and seq). */
 void gdn_ref_chunk_cumsum(const gdn_problem *p, const float *g, float *g_cumsum);
 

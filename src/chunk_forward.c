@@ -1,0 +1,67 @@
+/* gdn_chunk_forward: validation shared by both backends, then dispatch. */
+#include "gdn_internal.h"
+
+static const char *const OP = "gdn_chunk_forward";
+static const char *const OP_WS = "gdn_chunk_forward_workspace_size";
+
+gdn_status gdn_chunk_forward_workspace_size(gdn_context *ctx, const gdn_problem *p,
+                                            const gdn_forward_options *opts, size_t *bytes) {
+    if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
+    gdn_clear_error(ctx);
+    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", OP_WS);
+    *bytes = 0;
+    gdn_status st = gdn_validate_problem(ctx, OP_WS, p);
+    if (st != GDN_SUCCESS) return st;
+    st = gdn_validate_forward_options(ctx, OP_WS, p, opts, NULL);
+    if (st != GDN_SUCCESS) return st;
+    if (ctx->backend == GDN_BACKEND_CUDA) *bytes = gdn_cuda_chunk_forward_workspace_size(ctx, p);
+    return GDN_SUCCESS;
+}
+
+gdn_status gdn_chunk_forward(gdn_context *ctx, const gdn_problem *p,
+                             const gdn_forward_options *opts, const gdn_bf16 *q,
+                             const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                             const float *beta, const float *h0, gdn_bf16 *o, float *final_state,
+                             float *chunk_states, void *workspace, size_t workspace_bytes) {
+    if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
+    gdn_clear_error(ctx);
+    gdn_status st = gdn_validate_problem(ctx, OP, p);
+    if (st != GDN_SUCCESS) return st;
+    const gdn_ptr_arg ptrs[] = {
+        {"q", q, 1},
+        {"k", k, 1},
+        {"v", v, 1},
+        {"g", g, 1},
+        {"beta", beta, 1},
+        {"h0", h0, 0},
+        {"o", o, 1},
+        {"final_state", final_state, 0},
+        {"chunk_states", chunk_states, 0},
+        {"workspace", workspace, 0},
+        {"cu_seqlens_device", p->cu_seqlens_device, 0},
+    };
+    st = gdn_validate_pointers(ctx, OP, ptrs, (int)(sizeof ptrs / sizeof ptrs[0]));
+    if (st != GDN_SUCCESS) return st;
+
+    gdn_chunk_forward_args a = {
+        .p = p,
+        .N = gdn_problem_num_seqs(p),
+        .NT = gdn_problem_num_chunks(p),
+        .q = q, .k = k, .v = v, .g = g, .beta = beta, .h0 = h0,
+        .o = o, .final_state = final_state, .chunk_states = chunk_states,
+        .workspace = workspace, .workspace_bytes = workspace_bytes,
+    };
+    st = gdn_validate_forward_options(ctx, OP, p, opts, &a.opts);
+    if (st != GDN_SUCCESS) return st;
+
+    if (ctx->backend == GDN_BACKEND_CUDA) {
+        size_t need = gdn_cuda_chunk_forward_workspace_size(ctx, p);
+        if (need > 0 && (!workspace || workspace_bytes < need))
+            return gdn_fail(ctx, GDN_ERROR_WORKSPACE,
+                            "%s: workspace (%zu bytes at %p) must hold at least %zu bytes "
+                            "(gdn_chunk_forward_workspace_size)",
+                            OP, workspace_bytes, workspace, need);
+        return gdn_cuda_chunk_forward(ctx, &a);
+    }
+    return gdn_cpu_chunk_forward(ctx, &a);
+}

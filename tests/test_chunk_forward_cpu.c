@@ -1,0 +1,788 @@
+/* gdn_chunk_forward on the CPU backend against the fp64 oracle of SPEC
+ * section 1 (gdn_ref_forward_f64: the token recurrence with the options
+ * applied in fp64 on the exact input values), on fresh SPEC section 5
+ * inputs: every T from 1 to 130 (each chunk boundary), 300 and 1000; K = V
+ * = 64, 100, 128, 256; Hv/Hk = 1..4; ragged varlen with empty sequences;
+ * each option (scale, L2 norm of un-normalised q and k, beta logits
+ * through the sigmoid, the Qwen3-Next gate from raw a, A_log, dt_bias);
+ * both state layouts and head maps; the chunk-start states. Outputs are
+ * poisoned (0xFF, NaN) before every call so that unwritten elements show.
+ * Then: the FLA fixtures (SPEC section 6); determinism (two runs, thread
+ * counts) and batch invariance, bitwise; resuming from chunk_states,
+ * bitwise; optional outputs and NULL options changing nothing; KV as the
+ * transpose of VK; NaN and Inf propagating only to the outputs that
+ * depend on them; and the bounds catching real bugs.
+ *
+ * Bounds: SPEC section 5, relative Frobenius error vs fp64: o 4e-3,
+ * final_state 3.5e-3; the chunk-start states are states like the final
+ * one: 3.5e-3. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "bf16.h"
+#include "gdn_ref.h"
+#include "test_util.h"
+
+static const double BOUND_O = 4e-3;
+static const double BOUND_FINAL = 3.5e-3;
+static const double BOUND_CS = 3.5e-3;
+
+enum { OPT_SCALE = 1, OPT_L2 = 2, OPT_SIG = 4, OPT_QWEN = 8 };
+
+typedef struct fw_case {
+    int cls; /* case class, for the summary */
+    int64_t B, T, Hk, Hv, K, V;
+    gdn_state_layout layout;
+    gdn_head_map map;
+    int with_h0;
+    const int32_t *cu;
+    int64_t num_seqs;
+    unsigned opt;
+} fw_case;
+
+enum { C_TSWEEP, C_DIMS, C_RATIO, C_VARLEN, C_OPTS, C_LONG, C_COUNT };
+static const char *const CLASS_NAME[C_COUNT] = {
+    "T = 1..130 (K=V=32)", "K = V = 64/100/128/256", "Hv/Hk = 1..4",
+    "varlen + empty seqs", "options",             "T = 1000, batches"};
+static double worst[C_COUNT][3]; /* o, final, chunk states */
+static int class_cases[C_COUNT];
+
+/* The inputs of one case: the SPEC 5 draw, then what the options need in
+ * place of the pre-processed tensors. */
+typedef struct fw_inputs {
+    gdn_ref_inputs in; /* q, k, v, g, beta, h0; p */
+    gdn_forward_options opts;
+    float *A_log, *dt_bias;
+} fw_inputs;
+
+static void fw_inputs_free(fw_inputs *f) {
+    free(f->A_log);
+    free(f->dt_bias);
+    gdn_ref_inputs_free(&f->in);
+}
+
+static void make_shape(gdn_problem *shape, const fw_case *c) {
+    gdn_problem_init(shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
+    shape->state_layout = c->layout;
+    shape->head_map = c->map;
+    shape->cu_seqlens = c->cu;
+    shape->num_seqs = c->num_seqs;
+}
+
+static int fw_inputs_make(fw_inputs *f, const fw_case *c, uint64_t seed) {
+    memset(f, 0, sizeof *f);
+    gdn_problem shape;
+    make_shape(&shape, c);
+    if (gdn_ref_inputs_make(&f->in, &shape, seed, c->with_h0) != 0) return 1;
+    gdn_forward_options_init(&f->opts);
+    const gdn_problem *p = &f->in.p;
+    const int64_t tok = p->B * p->T;
+    gdn_rng r;
+    gdn_rng_seed(&r, seed ^ 0x5eedf00dull);
+    if (c->opt & OPT_SCALE) f->opts.scale = 0.37f;
+    if (c->opt & OPT_L2) {
+        /* un-normalised q and k: N(0,1) times a per-vector scale 0.25..4 */
+        f->opts.l2norm_qk = 1;
+        gdn_bf16 *x[2] = {f->in.q, f->in.k};
+        for (int w = 0; w < 2; w++)
+            for (int64_t m = 0; m < tok * p->Hk; m++) {
+                const double s = 0.25 * pow(16.0, gdn_rng_uniform(&r));
+                for (int64_t i = 0; i < p->K; i++)
+                    x[w][m * p->K + i] = gdn_f32_to_bf16((float)(s * gdn_rng_normal(&r)));
+            }
+    }
+    if (c->opt & OPT_SIG) {
+        /* logits: beta = sigmoid(U(0,1)) as SPEC 5, given before the sigmoid */
+        f->opts.beta_sigmoid = 1;
+        for (int64_t x = 0; x < tok * p->Hv; x++) f->in.beta[x] = (float)gdn_rng_uniform(&r);
+    }
+    if (c->opt & OPT_QWEN) {
+        /* raw a ~ N(0,1) (now and then 25, past softplus's linear
+         * threshold), exp(A_log) in [0.02, 0.3], dt_bias in [-1, 1] */
+        f->opts.qwen_gate = 1;
+        f->A_log = gdn_test_alloc(p->Hv, sizeof(float));
+        f->dt_bias = gdn_test_alloc(p->Hv, sizeof(float));
+        for (int64_t h = 0; h < p->Hv; h++) {
+            f->A_log[h] = (float)log(0.02 + 0.28 * gdn_rng_uniform(&r));
+            f->dt_bias[h] = (float)(2.0 * gdn_rng_uniform(&r) - 1.0);
+        }
+        for (int64_t x = 0; x < tok * p->Hv; x++)
+            f->in.g[x] = gdn_rng_uniform(&r) < 0.01 ? 25.0f : (float)gdn_rng_normal(&r);
+        f->opts.A_log = f->A_log;
+        f->opts.dt_bias = f->dt_bias;
+    }
+    return 0;
+}
+
+/* The op's outputs, poisoned before the call. */
+typedef struct fw_out {
+    gdn_bf16 *o;
+    float *fs, *cs;
+    int64_t n_o, n_f, n_c;
+} fw_out;
+
+static void fw_out_alloc(fw_out *o, const gdn_ref_inputs *in, int want_final, int want_cs) {
+    const gdn_problem *p = &in->p;
+    o->n_o = p->B * p->T * p->Hv * p->V;
+    o->n_f = in->N * p->Hv * p->V * p->K;
+    o->n_c = in->NT * p->Hv * p->V * p->K;
+    o->o = gdn_test_alloc(o->n_o, sizeof(gdn_bf16));
+    o->fs = want_final ? gdn_test_alloc(o->n_f, sizeof(float)) : NULL;
+    o->cs = want_cs ? gdn_test_alloc(o->n_c, sizeof(float)) : NULL;
+    gdn_test_poison(o->o, (size_t)o->n_o * sizeof(gdn_bf16));
+    gdn_test_poison(o->fs, (size_t)o->n_f * sizeof(float));
+    gdn_test_poison(o->cs, (size_t)o->n_c * sizeof(float));
+}
+
+static void fw_out_free(fw_out *o) {
+    free(o->o);
+    free(o->fs);
+    free(o->cs);
+}
+
+static gdn_status run_op(gdn_context *ctx, const fw_inputs *f, fw_out *o) {
+    const gdn_ref_inputs *in = &f->in;
+    return gdn_chunk_forward(ctx, &in->p, &f->opts, in->q, in->k, in->v, in->g, in->beta, in->h0,
+                             o->o, o->fs, o->cs, NULL, 0);
+}
+
+static int fw_out_equal(const fw_out *a, const fw_out *b) {
+    if (memcmp(a->o, b->o, (size_t)a->n_o * sizeof(gdn_bf16)) != 0) return 0;
+    if (a->fs && b->fs && memcmp(a->fs, b->fs, (size_t)a->n_f * sizeof(float)) != 0) return 0;
+    if (a->cs && b->cs && memcmp(a->cs, b->cs, (size_t)a->n_c * sizeof(float)) != 0) return 0;
+    return 1;
+}
+
+static void describe(const fw_case *c, char *buf, size_t len) {
+    snprintf(buf, len, "B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld %s %s h0=%d%s%s%s%s%s",
+             (long long)c->B, (long long)c->T, (long long)c->Hk, (long long)c->Hv, (long long)c->K,
+             (long long)c->V, c->layout == GDN_STATE_KV ? "KV" : "VK",
+             c->map == GDN_HEAD_MAP_TILED ? "tiled" : "block", c->with_h0,
+             c->cu ? " varlen" : "", c->opt & OPT_SCALE ? " scale" : "",
+             c->opt & OPT_L2 ? " l2norm" : "", c->opt & OPT_SIG ? " sigmoid" : "",
+             c->opt & OPT_QWEN ? " qwen" : "");
+}
+
+/* The op vs the oracle on one case; verbose prints a line. */
+static void check_case(gdn_context *ctx, const fw_case *c, uint64_t seed, int verbose) {
+    char name[256];
+    describe(c, name, sizeof name);
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, c, seed) == 0, "%s: inputs", name)) return;
+    const gdn_ref_inputs *in = &f.in;
+    fw_out o;
+    fw_out_alloc(&o, in, 1, 1);
+    if (!CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx)) {
+        fw_out_free(&o);
+        fw_inputs_free(&f);
+        return;
+    }
+    double *ro = gdn_test_alloc(o.n_o, sizeof(double));
+    double *rf = gdn_test_alloc(o.n_f, sizeof(double));
+    double *rc = gdn_test_alloc(o.n_c, sizeof(double));
+    gdn_ref_forward_f64(&in->p, &f.opts, in->q, in->k, in->v, in->g, in->beta, in->h0, ro, rf, rc);
+    const double eo = gdn_rel_err_bf16(o.o, ro, o.n_o);
+    const double ef = gdn_rel_err_f32(o.fs, rf, o.n_f);
+    const double ec = gdn_rel_err_f32(o.cs, rc, o.n_c);
+    if (verbose) printf("  %-86s o %.2e  final %.2e  chunk states %.2e\n", name, eo, ef, ec);
+    CHECK(gdn_test_count_nan_bf16(o.o, o.n_o) == 0, "%s: o has unwritten/NaN elements", name);
+    CHECK(gdn_test_count_nan_f32(o.fs, o.n_f) == 0, "%s: final_state has unwritten/NaN elements",
+          name);
+    CHECK(gdn_test_count_nan_f32(o.cs, o.n_c) == 0, "%s: chunk_states has unwritten/NaN elements",
+          name);
+    CHECK(eo <= BOUND_O, "%s: o rel err %.3e > %.1e", name, eo, BOUND_O);
+    CHECK(ef <= BOUND_FINAL, "%s: final_state rel err %.3e > %.1e", name, ef, BOUND_FINAL);
+    CHECK(ec <= BOUND_CS, "%s: chunk_states rel err %.3e > %.1e", name, ec, BOUND_CS);
+    worst[c->cls][0] = fmax(worst[c->cls][0], eo);
+    worst[c->cls][1] = fmax(worst[c->cls][1], ef);
+    worst[c->cls][2] = fmax(worst[c->cls][2], ec);
+    class_cases[c->cls]++;
+
+    /* Every sequence's first chunk state is its h0, exactly; an empty
+     * sequence's final state too. */
+    const gdn_problem *p = &in->p;
+    const int64_t S = p->Hv * p->V * p->K;
+    int64_t chunk = 0;
+    for (int64_t n = 0; n < in->N; n++) {
+        int64_t bos, eos;
+        if (p->cu_seqlens) {
+            bos = p->cu_seqlens[n];
+            eos = p->cu_seqlens[n + 1];
+        } else {
+            bos = n * p->T;
+            eos = bos + p->T;
+        }
+        int same = 1;
+        const float *want = in->h0 ? in->h0 + n * S : NULL;
+        if (eos > bos) {
+            for (int64_t x = 0; x < S; x++) same &= o.cs[chunk * S + x] == (want ? want[x] : 0.0f);
+            CHECK(same, "%s: sequence %lld: chunk_states of its first chunk is not h0", name,
+                  (long long)n);
+        } else {
+            for (int64_t x = 0; x < S; x++) same &= o.fs[n * S + x] == (want ? want[x] : 0.0f);
+            CHECK(same, "%s: empty sequence %lld: final state is not h0", name, (long long)n);
+        }
+        chunk += (eos - bos + 63) / 64;
+    }
+
+    free(ro);
+    free(rf);
+    free(rc);
+    fw_out_free(&o);
+    fw_inputs_free(&f);
+}
+
+/* ---- FLA fixtures --------------------------------------------------------- */
+
+typedef struct fixture_case {
+    const char *name;
+    int64_t B, T, Hk, Hv, K, V;
+} fixture_case;
+
+static const fixture_case FIXTURES[] = {
+    {"seed_t128", 1, 128, 2, 4, 128, 128},
+    {"odd_t300_b2", 2, 300, 2, 4, 128, 128},
+};
+
+static double *to_f64_bf16(const npy_array *a) {
+    double *d = gdn_test_alloc(a->count, sizeof(double));
+    const gdn_bf16 *x = a->data;
+    for (int64_t i = 0; i < a->count; i++) d[i] = gdn_bf16_to_f32(x[i]);
+    return d;
+}
+
+static double *to_f64_f32(const npy_array *a) {
+    double *d = gdn_test_alloc(a->count, sizeof(double));
+    const float *x = a->data;
+    for (int64_t i = 0; i < a->count; i++) d[i] = x[i];
+    return d;
+}
+
+static void check_fixture(gdn_context *ctx, const char *root, const fixture_case *c) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", root, c->name);
+    const int64_t B = c->B, T = c->T, Hk = c->Hk, Hv = c->Hv, K = c->K, V = c->V;
+    const int64_t s_q[] = {B, T, Hk, K}, s_v[] = {B, T, Hv, V}, s_g[] = {B, T, Hv};
+    const int64_t s_state[] = {B, Hv, V, K};
+    npy_array q, k, v, g, beta, h0, o_fla, o_ref, ht_fla, ht_ref;
+    npy_array *all[] = {&q, &k, &v, &g, &beta, &h0, &o_fla, &o_ref, &ht_fla, &ht_ref};
+    const int n_all = (int)(sizeof all / sizeof all[0]);
+    for (int i = 0; i < n_all; i++) memset(all[i], 0, sizeof *all[i]);
+    int ok = gdn_test_load_npy(dir, "q.npy", "<u2", 4, s_q, &q) == 0;
+    ok = ok && gdn_test_load_npy(dir, "k.npy", "<u2", 4, s_q, &k) == 0;
+    ok = ok && gdn_test_load_npy(dir, "v.npy", "<u2", 4, s_v, &v) == 0;
+    ok = ok && gdn_test_load_npy(dir, "g.npy", "<f4", 3, s_g, &g) == 0;
+    ok = ok && gdn_test_load_npy(dir, "beta.npy", "<f4", 3, s_g, &beta) == 0;
+    ok = ok && gdn_test_load_npy(dir, "h0_vk.npy", "<f4", 4, s_state, &h0) == 0;
+    ok = ok && gdn_test_load_npy(dir, "o.npy", "<u2", 4, s_v, &o_fla) == 0;
+    ok = ok && gdn_test_load_npy(dir, "o_ref.npy", "<f4", 4, s_v, &o_ref) == 0;
+    ok = ok && gdn_test_load_npy(dir, "ht_vk.npy", "<f4", 4, s_state, &ht_fla) == 0;
+    ok = ok && gdn_test_load_npy(dir, "ht_ref_vk.npy", "<f4", 4, s_state, &ht_ref) == 0;
+    if (!CHECK(ok, "%s: fixture files missing or of the wrong shape (see above)", c->name)) {
+        for (int i = 0; i < n_all; i++) npy_free(all[i]);
+        return;
+    }
+    gdn_problem p;
+    gdn_problem_init(&p, B, T, Hk, Hv, K, V);
+    const int64_t n_o = B * T * Hv * V, n_f = B * Hv * V * K;
+    gdn_bf16 *o = gdn_test_alloc(n_o, sizeof(gdn_bf16));
+    float *fs = gdn_test_alloc(n_f, sizeof(float));
+    gdn_test_poison(o, (size_t)n_o * sizeof(gdn_bf16));
+    gdn_test_poison(fs, (size_t)n_f * sizeof(float));
+    CHECK_STATUS(gdn_chunk_forward(ctx, &p, NULL, q.data, k.data, v.data, g.data, beta.data,
+                                   h0.data, o, fs, NULL, NULL, 0),
+                 GDN_SUCCESS, ctx);
+    double *ro = to_f64_f32(&o_ref), *rf = to_f64_f32(&ht_ref);
+    double *fo = to_f64_bf16(&o_fla), *ff = to_f64_f32(&ht_fla);
+    const double eo = gdn_rel_err_bf16(o, ro, n_o), ef = gdn_rel_err_f32(fs, rf, n_f);
+    printf("  %-12s libgdn vs o_ref: o %.3e (bound %.1e)  final vs ht_ref_vk %.3e (bound %.1e)\n",
+           c->name, eo, BOUND_O, ef, BOUND_FINAL);
+    printf("  %-12s FLA    vs o_ref: o %.3e                final vs ht_ref_vk %.3e\n", c->name,
+           gdn_rel_err_f64(fo, ro, n_o), gdn_rel_err_f64(ff, rf, n_f));
+    printf("  %-12s libgdn vs FLA:   o %.3e                final vs ht_vk     %.3e\n", c->name,
+           gdn_rel_err_bf16(o, fo, n_o), gdn_rel_err_f32(fs, ff, n_f));
+    CHECK(eo <= BOUND_O, "%s: o vs o_ref %.3e > %.1e", c->name, eo, BOUND_O);
+    CHECK(ef <= BOUND_FINAL, "%s: final vs ht_ref_vk %.3e > %.1e", c->name, ef, BOUND_FINAL);
+    /* Against FLA itself: two approximations of the same oracle, each
+     * within the bounds, are within their sum of each other (measured
+     * 4.0e-3 for o, 3.1e-3 for the final state: FLA rounds at points this
+     * library keeps in f32, see src/cpu/chunk_forward_cpu.c). */
+    const double xo = gdn_rel_err_bf16(o, fo, n_o), xf = gdn_rel_err_f32(fs, ff, n_f);
+    CHECK(xo <= 2 * BOUND_O && xf <= 2 * BOUND_FINAL,
+          "%s: libgdn vs FLA: o %.3e, final %.3e: further apart than both bounds", c->name, xo,
+          xf);
+    /* The stored oracle is this library's oracle (f32-rounded). */
+    double *mo = gdn_test_alloc(n_o, sizeof(double)), *mf = gdn_test_alloc(n_f, sizeof(double));
+    gdn_ref_forward_f64(&p, NULL, q.data, k.data, v.data, g.data, beta.data, h0.data, mo, mf, NULL);
+    const double so = gdn_rel_err_f64(ro, mo, n_o), sf = gdn_rel_err_f64(rf, mf, n_f);
+    CHECK(so < 1e-6 && sf < 1e-6, "%s: o_ref / ht_ref_vk differ from gdn_ref_forward_f64: %.2e %.2e",
+          c->name, so, sf);
+    free(mo);
+    free(mf);
+    free(ro);
+    free(rf);
+    free(fo);
+    free(ff);
+    free(o);
+    free(fs);
+    for (int i = 0; i < n_all; i++) npy_free(all[i]);
+}
+
+static void check_fixtures(gdn_context *ctx) {
+    const char *root = gdn_test_fixtures_dir();
+    struct stat st;
+    if (!CHECK(stat(root, &st) == 0 && S_ISDIR(st.st_mode),
+               "fixtures directory %s not found: set GDN_FIXTURES or configure with "
+               "-DGDN_FIXTURES_DIR=<shared>/fixtures/fla",
+               root))
+        return;
+    printf("fixtures (%s):\n", root);
+    /* every case of the manifest is one of FIXTURES (count the "name" keys) */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/manifest.json", root);
+    FILE *f = fopen(path, "rb");
+    if (CHECK(f != NULL, "cannot open %s", path)) {
+        static char text[1 << 16];
+        const size_t n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        text[n] = '\0';
+        int names = 0;
+        for (const char *q = text; (q = strstr(q, "\"name\"")) != NULL; q++) names++;
+        const int want = (int)(sizeof FIXTURES / sizeof FIXTURES[0]);
+        CHECK(names == want, "%s lists %d cases, this test knows %d: add the new ones to FIXTURES",
+              path, names, want);
+        for (int i = 0; i < want; i++) {
+            char quoted[128];
+            snprintf(quoted, sizeof quoted, "\"%s\"", FIXTURES[i].name);
+            CHECK(strstr(text, quoted) != NULL, "%s does not list case %s", path, FIXTURES[i].name);
+        }
+    }
+    for (unsigned i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++)
+        check_fixture(ctx, root, &FIXTURES[i]);
+}
+
+/* ---- bitwise properties --------------------------------------------------- */
+
+/* Same call twice, and 1 or 3 threads vs all: the same bits. */
+static void check_determinism(gdn_context *ctx) {
+    static const int32_t cu[] = {0, 10, 200, 200, 333, 500};
+    const fw_case c = {C_VARLEN, 1, 500, 2, 4, 100, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, cu, 5,
+                       OPT_L2 | OPT_QWEN | OPT_SIG};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 99) == 0, "inputs")) return;
+    fw_out a, b, d;
+    fw_out_alloc(&a, &f.in, 1, 1);
+    fw_out_alloc(&b, &f.in, 1, 1);
+    fw_out_alloc(&d, &f.in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &a), GDN_SUCCESS, ctx);
+    CHECK_STATUS(run_op(ctx, &f, &b), GDN_SUCCESS, ctx);
+    CHECK(fw_out_equal(&a, &b), "two identical calls differ");
+    const int threads[] = {1, 3};
+    for (int i = 0; i < 2; i++) {
+        gdn_test_poison(d.o, (size_t)d.n_o * sizeof(gdn_bf16));
+        CHECK_STATUS(gdn_context_set_num_threads(ctx, threads[i]), GDN_SUCCESS, ctx);
+        CHECK_STATUS(run_op(ctx, &f, &d), GDN_SUCCESS, ctx);
+        CHECK(fw_out_equal(&a, &d), "%d thread(s) and all threads differ", threads[i]);
+    }
+    CHECK_STATUS(gdn_context_set_num_threads(ctx, 0), GDN_SUCCESS, ctx);
+    fw_out_free(&a);
+    fw_out_free(&b);
+    fw_out_free(&d);
+    fw_inputs_free(&f);
+}
+
+/* Each sequence of a varlen batch, computed alone, gives the same bits;
+ * B=2 equals the same tokens as two varlen sequences. */
+static void check_batch_invariance(gdn_context *ctx) {
+    static const int32_t cu[] = {0, 0, 70, 71, 71, 200, 264};
+    const fw_case c = {C_VARLEN, 1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
+                       OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 31) == 0, "inputs")) return;
+    const gdn_ref_inputs *in = &f.in;
+    const gdn_problem *p = &in->p;
+    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
+    fw_out all;
+    fw_out_alloc(&all, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &all), GDN_SUCCESS, ctx);
+    int64_t chunk = 0;
+    for (int64_t n = 0; n < in->N; n++) {
+        const int64_t bos = cu[n], len = cu[n + 1] - cu[n], nt = (len + 63) / 64;
+        if (len > 0) {
+            gdn_problem one = *p;
+            one.cu_seqlens = NULL;
+            one.num_seqs = 0;
+            one.T = len;
+            gdn_bf16 *o = gdn_test_alloc(len * Hv * V, 2);
+            float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
+            gdn_test_poison(o, (size_t)(len * Hv * V) * 2);
+            CHECK_STATUS(gdn_chunk_forward(ctx, &one, &f.opts, in->q + bos * Hk * K,
+                                           in->k + bos * Hk * K, in->v + bos * Hv * V,
+                                           in->g + bos * Hv, in->beta + bos * Hv, in->h0 + n * S,
+                                           o, fs, cs, NULL, 0),
+                         GDN_SUCCESS, ctx);
+            CHECK(memcmp(o, all.o + bos * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
+                      memcmp(fs, all.fs + n * S, (size_t)S * 4) == 0 &&
+                      memcmp(cs, all.cs + chunk * S, (size_t)(nt * S) * 4) == 0,
+                  "sequence %lld alone differs from the same sequence in a varlen batch",
+                  (long long)n);
+            free(o);
+            free(fs);
+            free(cs);
+        }
+        chunk += nt;
+    }
+    fw_out_free(&all);
+    fw_inputs_free(&f);
+
+    /* B=2 x T=150 vs varlen {0,150,300}: the same memory, the same bits. */
+    const fw_case cb = {C_VARLEN, 2, 150, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL,
+                        0, 0};
+    if (!CHECK(fw_inputs_make(&f, &cb, 32) == 0, "inputs")) return;
+    fw_out ob, ov;
+    fw_out_alloc(&ob, &f.in, 1, 1);
+    fw_out_alloc(&ov, &f.in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &ob), GDN_SUCCESS, ctx);
+    static const int32_t cu2[] = {0, 150, 300};
+    const gdn_problem saved = f.in.p;
+    f.in.p.B = 1;
+    f.in.p.T = 300;
+    f.in.p.cu_seqlens = cu2;
+    f.in.p.num_seqs = 2;
+    CHECK_STATUS(run_op(ctx, &f, &ov), GDN_SUCCESS, ctx);
+    f.in.p = saved;
+    CHECK(fw_out_equal(&ob, &ov), "B=2 differs from the same tokens as two varlen sequences");
+    fw_out_free(&ob);
+    fw_out_free(&ov);
+    fw_inputs_free(&f);
+}
+
+/* Prefix caching: a run resumed at chunk c with h0 = chunk_states[c] gives
+ * the same o for the remaining tokens and the same final state, bitwise. */
+static void check_resume(gdn_context *ctx) {
+    const fw_case c = {C_LONG, 1, 300, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       OPT_QWEN | OPT_L2};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 77) == 0, "inputs")) return;
+    const gdn_ref_inputs *in = &f.in;
+    const gdn_problem *p = &in->p;
+    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
+    fw_out full;
+    fw_out_alloc(&full, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &full), GDN_SUCCESS, ctx);
+    for (int64_t cidx = 1; cidx < in->NT; cidx += 2) {
+        const int64_t t0 = cidx * 64, len = p->T - t0;
+        gdn_problem tail = *p;
+        tail.T = len;
+        gdn_bf16 *o = gdn_test_alloc(len * Hv * V, 2);
+        float *fs = gdn_test_alloc(S, 4);
+        CHECK_STATUS(gdn_chunk_forward(ctx, &tail, &f.opts, in->q + t0 * Hk * K,
+                                       in->k + t0 * Hk * K, in->v + t0 * Hv * V, in->g + t0 * Hv,
+                                       in->beta + t0 * Hv, full.cs + cidx * S, o, fs, NULL, NULL,
+                                       0),
+                     GDN_SUCCESS, ctx);
+        CHECK(memcmp(o, full.o + t0 * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
+                  memcmp(fs, full.fs, (size_t)S * 4) == 0,
+              "resuming at chunk %lld from chunk_states does not reproduce o and the final state",
+              (long long)cidx);
+        free(o);
+        free(fs);
+    }
+    fw_out_free(&full);
+    fw_inputs_free(&f);
+}
+
+/* Leaving out final_state / chunk_states changes nothing else; NULL
+ * options are the defaults, and scale 0 is 1/sqrt(K); KV outputs are the
+ * transpose of VK outputs, bitwise. */
+static void check_optional_and_layout(gdn_context *ctx) {
+    const fw_case c = {C_LONG, 2, 130, 1, 2, 64, 100, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       0};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 5) == 0, "inputs")) return;
+    gdn_ref_inputs *in = &f.in;
+    fw_out full, no_f, no_c, none, dflt;
+    fw_out_alloc(&full, in, 1, 1);
+    fw_out_alloc(&no_f, in, 0, 1);
+    fw_out_alloc(&no_c, in, 1, 0);
+    fw_out_alloc(&none, in, 0, 0);
+    fw_out_alloc(&dflt, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &full), GDN_SUCCESS, ctx);
+    CHECK_STATUS(run_op(ctx, &f, &no_f), GDN_SUCCESS, ctx);
+    CHECK_STATUS(run_op(ctx, &f, &no_c), GDN_SUCCESS, ctx);
+    CHECK_STATUS(run_op(ctx, &f, &none), GDN_SUCCESS, ctx);
+    CHECK(fw_out_equal(&full, &no_f) && fw_out_equal(&full, &no_c) && fw_out_equal(&full, &none),
+          "leaving out final_state or chunk_states changes the other outputs");
+    CHECK_STATUS(gdn_chunk_forward(ctx, &in->p, NULL, in->q, in->k, in->v, in->g, in->beta,
+                                   in->h0, dflt.o, dflt.fs, dflt.cs, NULL, 0),
+                 GDN_SUCCESS, ctx);
+    CHECK(fw_out_equal(&full, &dflt), "opts = NULL differs from gdn_forward_options_init");
+    f.opts.scale = (float)(1.0 / sqrt((double)in->p.K));
+    gdn_test_poison(dflt.o, (size_t)dflt.n_o * 2);
+    CHECK_STATUS(run_op(ctx, &f, &dflt), GDN_SUCCESS, ctx);
+    CHECK(fw_out_equal(&full, &dflt), "scale 1/sqrt(K) given differs from scale 0");
+    f.opts.scale = 0.0f;
+
+    /* The same problem in KV layout, h0 transposed. */
+    const int64_t Hv = in->p.Hv, K = in->p.K, V = in->p.V;
+    float *h0_vk = in->h0;
+    float *h0_kv = gdn_test_alloc(in->N * Hv * V * K, sizeof(float));
+    for (int64_t m = 0; m < in->N * Hv; m++)
+        for (int64_t j = 0; j < V; j++)
+            for (int64_t i = 0; i < K; i++) h0_kv[(m * K + i) * V + j] = h0_vk[(m * V + j) * K + i];
+    in->h0 = h0_kv;
+    in->p.state_layout = GDN_STATE_KV;
+    fw_out kv;
+    fw_out_alloc(&kv, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &kv), GDN_SUCCESS, ctx);
+    int tr = memcmp(kv.o, full.o, (size_t)kv.n_o * 2) == 0;
+    for (int64_t m = 0; m < in->NT * Hv; m++)
+        for (int64_t j = 0; j < V; j++)
+            for (int64_t i = 0; i < K; i++)
+                tr &= kv.cs[(m * K + i) * V + j] == full.cs[(m * V + j) * K + i];
+    for (int64_t m = 0; m < in->N * Hv; m++)
+        for (int64_t j = 0; j < V; j++)
+            for (int64_t i = 0; i < K; i++)
+                tr &= kv.fs[(m * K + i) * V + j] == full.fs[(m * V + j) * K + i];
+    CHECK(tr, "KV outputs are not the transpose of VK outputs");
+    in->h0 = h0_vk;
+    free(h0_kv);
+    fw_out_free(&kv);
+    fw_out_free(&full);
+    fw_out_free(&no_f);
+    fw_out_free(&no_c);
+    fw_out_free(&none);
+    fw_out_free(&dflt);
+    fw_inputs_free(&f);
+}
+
+static int64_t count_nonfinite_bf16(const gdn_bf16 *x, int64_t n) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++) c += !isfinite(gdn_bf16_to_f32(x[i]));
+    return c;
+}
+
+/* NaN / Inf in one input element: the outputs that depend on it (its
+ * sequence and value head(s), from its token on) go non-finite, every
+ * other output keeps its bits, and nothing crashes. */
+static void check_nonfinite(gdn_context *ctx) {
+    static const int32_t cu[] = {0, 100, 250, 300};
+    const fw_case c = {C_VARLEN, 1, 300, 1, 2, 32, 32, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 3,
+                       OPT_L2 | OPT_QWEN | OPT_SIG};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 404) == 0, "inputs")) return;
+    gdn_ref_inputs *in = &f.in;
+    const gdn_problem *p = &in->p;
+    const int64_t Hv = p->Hv, K = p->K, V = p->V;
+    fw_out clean;
+    fw_out_alloc(&clean, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &clean), GDN_SUCCESS, ctx);
+
+    /* the poisoned token: sequence 1 (tokens 100..249), token 170 (chunk 1
+     * of the sequence, row 6); value head 1 for v, g, beta; q, k (the only
+     * key head) reach both value heads */
+    const int64_t n = 1, tok = 170, eos = 250;
+    const struct {
+        const char *what;
+        int tensor; /* 0 q, 1 k, 2 v, 3 g, 4 beta */
+        float value;
+    } pokes[] = {{"NaN in v", 2, NAN},    {"Inf in v", 2, INFINITY}, {"NaN in k", 1, NAN},
+                 {"Inf in q", 0, INFINITY}, {"NaN in g", 3, NAN},    {"NaN in beta", 4, NAN}};
+    for (unsigned i = 0; i < sizeof pokes / sizeof pokes[0]; i++) {
+        const int t = pokes[i].tensor;
+        const int64_t h_hit = 1;
+        gdn_bf16 *bx = t == 0 ? in->q : t == 1 ? in->k : t == 2 ? in->v : NULL;
+        float *fx = t == 3 ? in->g : t == 4 ? in->beta : NULL;
+        const int64_t at = t <= 1 ? (tok * p->Hk + 0) * K + 3
+                           : t == 2 ? (tok * Hv + h_hit) * V + 5
+                                    : tok * Hv + h_hit;
+        gdn_bf16 saved_b = 0;
+        float saved_f = 0;
+        if (bx) {
+            saved_b = bx[at];
+            bx[at] = gdn_f32_to_bf16(pokes[i].value);
+        } else {
+            saved_f = fx[at];
+            fx[at] = pokes[i].value;
+        }
+        fw_out d;
+        fw_out_alloc(&d, in, 1, 1);
+        CHECK_STATUS(run_op(ctx, &f, &d), GDN_SUCCESS, ctx);
+        /* Dependent: sequence n, the heads that read the element, tokens
+         * from tok on (only tok itself for q, which feeds no state). */
+        int others_same = 1, hit_nonfinite = 1;
+        for (int64_t x = 0; x < p->T; x++)
+            for (int64_t h = 0; h < Hv; h++) {
+                const int head = t <= 1 || h == h_hit;
+                const int dep = head && x >= tok && x < eos && (t != 0 || x == tok);
+                const gdn_bf16 *a = d.o + (x * Hv + h) * V, *b = clean.o + (x * Hv + h) * V;
+                if (!dep)
+                    others_same &= memcmp(a, b, (size_t)V * 2) == 0;
+                else if (x == tok)
+                    hit_nonfinite &= count_nonfinite_bf16(a, V) > 0;
+            }
+        for (int64_t m = 0; m < in->N; m++)
+            for (int64_t h = 0; h < Hv; h++) {
+                const float *a = d.fs + (m * Hv + h) * V * K, *b = clean.fs + (m * Hv + h) * V * K;
+                if (m == n && (t <= 1 || h == h_hit) && t != 0) {
+                    int64_t bad = 0;
+                    for (int64_t x = 0; x < V * K; x++) bad += !isfinite(a[x]);
+                    hit_nonfinite &= bad > 0;
+                } else {
+                    others_same &= memcmp(a, b, (size_t)(V * K) * 4) == 0;
+                }
+            }
+        CHECK(others_same, "%s: an output that does not depend on it changed (other sequences, "
+              "heads or earlier tokens)", pokes[i].what);
+        CHECK(hit_nonfinite, "%s: the dependent outputs are not all non-finite", pokes[i].what);
+        fw_out_free(&d);
+        if (bx)
+            bx[at] = saved_b;
+        else
+            fx[at] = saved_f;
+    }
+    fw_out_free(&clean);
+    fw_inputs_free(&f);
+}
+
+/* The bounds catch real bugs: compared with the oracle of a subtly wrong
+ * problem, the op's output must exceed them. */
+static void check_bound_sensitivity(gdn_context *ctx) {
+    const fw_case c = {C_LONG, 1, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       0};
+    fw_inputs f;
+    if (!CHECK(fw_inputs_make(&f, &c, 4242) == 0, "inputs")) return;
+    gdn_ref_inputs *in = &f.in;
+    fw_out o;
+    fw_out_alloc(&o, in, 1, 1);
+    CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx);
+    double *ro = gdn_test_alloc(o.n_o, sizeof(double)), *rf = gdn_test_alloc(o.n_f, sizeof(double));
+    const int64_t ng = in->p.T * in->p.Hv;
+    float *g2 = gdn_test_alloc(ng, sizeof(float)), *b2 = gdn_test_alloc(ng, sizeof(float));
+    for (int64_t x = 0; x < ng; x++) {
+        g2[x] = in->g[x] * 1.02f;
+        b2[x] = in->beta[x] * 1.01f;
+    }
+    gdn_ref_forward_f64(&in->p, NULL, in->q, in->k, in->v, g2, in->beta, in->h0, ro, rf, NULL);
+    double eo = gdn_rel_err_bf16(o.o, ro, o.n_o), ef = gdn_rel_err_f32(o.fs, rf, o.n_f);
+    printf("  sensitivity: gate x1.02: o %.2e final %.2e\n", eo, ef);
+    CHECK(eo > BOUND_O && ef > BOUND_FINAL, "a 2%% gate error stays within the bounds");
+    gdn_ref_forward_f64(&in->p, NULL, in->q, in->k, in->v, in->g, b2, in->h0, ro, rf, NULL);
+    eo = gdn_rel_err_bf16(o.o, ro, o.n_o);
+    ef = gdn_rel_err_f32(o.fs, rf, o.n_f);
+    printf("  sensitivity: beta x1.01: o %.2e final %.2e\n", eo, ef);
+    CHECK(eo > BOUND_O && ef > BOUND_FINAL, "a 1%% beta error stays within the bounds");
+    in->p.head_map = GDN_HEAD_MAP_TILED;
+    gdn_ref_forward_f64(&in->p, NULL, in->q, in->k, in->v, in->g, in->beta, in->h0, ro, rf, NULL);
+    in->p.head_map = GDN_HEAD_MAP_BLOCK;
+    eo = gdn_rel_err_bf16(o.o, ro, o.n_o);
+    ef = gdn_rel_err_f32(o.fs, rf, o.n_f);
+    printf("  sensitivity: wrong head map: o %.2e final %.2e\n", eo, ef);
+    CHECK(eo > BOUND_O && ef > BOUND_FINAL, "the wrong head map stays within the bounds");
+    gdn_forward_options s2;
+    gdn_forward_options_init(&s2);
+    s2.scale = (float)(1.01 / sqrt((double)in->p.K));
+    gdn_ref_forward_f64(&in->p, &s2, in->q, in->k, in->v, in->g, in->beta, in->h0, ro, NULL, NULL);
+    eo = gdn_rel_err_bf16(o.o, ro, o.n_o);
+    printf("  sensitivity: scale x1.01: o %.2e\n", eo);
+    CHECK(eo > BOUND_O, "a 1%% scale error stays within the o bound");
+    free(g2);
+    free(b2);
+    free(ro);
+    free(rf);
+    fw_out_free(&o);
+    fw_inputs_free(&f);
+}
+
+int main(void) {
+    const double t0 = gdn_test_seconds();
+    gdn_context *ctx = NULL;
+    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CPU, 0), GDN_SUCCESS, NULL))
+        return gdn_test_finish("test_chunk_forward_cpu");
+    uint64_t seed = 2000;
+
+    /* Every T from 1 to 130, small heads; layouts, head maps, h0 and the
+     * options rotate with T. */
+    printf("T = 1..130 (K = V = 32, Hk = 1, Hv = 2; one line per 10):\n");
+    for (int64_t T = 1; T <= 130; T++) {
+        const unsigned opts[] = {0, OPT_L2, OPT_QWEN | OPT_SIG, OPT_SCALE, 0};
+        const fw_case c = {C_TSWEEP, 1, T, 1, 2, 32, 32,
+                           T % 2 ? GDN_STATE_VK : GDN_STATE_KV,
+                           T % 3 ? GDN_HEAD_MAP_BLOCK : GDN_HEAD_MAP_TILED,
+                           T % 4 != 1, NULL, 0, opts[T % 5]};
+        check_case(ctx, &c, seed++, T % 10 == 0 || T <= 2 || T == 63 || T == 64 || T == 65 ||
+                                        T == 127 || T == 128 || T == 129);
+    }
+
+    static const int32_t cu_a[] = {0, 0, 5, 5, 70, 200, 200}; /* empty first and last */
+    static const int32_t cu_b[] = {0, 64, 128, 129, 193};     /* chunk-aligned edges */
+    static const int32_t cu_c[] = {0, 0, 0, 3, 3};            /* mostly empty */
+    static const int32_t cu_d[] = {0, 1000};                  /* one long sequence */
+    static const int32_t cu_e[] = {0, 1, 2, 66, 130, 131, 300, 300, 433}; /* ragged */
+    const fw_case cases[] = {
+        /* head dims */
+        {C_DIMS, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 300, 2, 4, 100, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 0, NULL, 0, 0},
+        {C_DIMS, 1, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 300, 1, 2, 256, 256, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 150, 2, 4, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, 0},
+        {C_DIMS, 1, 100, 1, 2, 100, 36, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 70, 1, 1, 256, 16, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 70, 1, 1, 16, 256, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        /* head ratios, both maps */
+        {C_RATIO, 1, 200, 3, 3, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_RATIO, 1, 200, 2, 4, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, 0},
+        {C_RATIO, 1, 200, 2, 6, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_RATIO, 1, 200, 2, 6, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0, 0},
+        {C_RATIO, 1, 200, 2, 8, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, 0},
+        {C_RATIO, 1, 200, 2, 8, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0, 0},
+        /* variable length */
+        {C_VARLEN, 1, 200, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, cu_a, 6, 0},
+        {C_VARLEN, 1, 200, 1, 2, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, cu_a, 6,
+         OPT_L2 | OPT_SIG},
+        {C_VARLEN, 1, 193, 1, 4, 128, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu_b, 4, OPT_QWEN},
+        {C_VARLEN, 1, 3, 1, 2, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, cu_c, 4, 0},
+        {C_VARLEN, 1, 433, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, cu_e, 8,
+         OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE},
+        /* each option alone and all together, both layouts and maps */
+        {C_OPTS, 1, 200, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_SCALE},
+        {C_OPTS, 1, 200, 2, 4, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_L2},
+        {C_OPTS, 1, 200, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_SIG},
+        {C_OPTS, 1, 200, 2, 4, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_QWEN},
+        {C_OPTS, 1, 200, 2, 4, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 0, NULL, 0,
+         OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE},
+        {C_OPTS, 2, 130, 1, 3, 64, 100, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+         OPT_L2 | OPT_QWEN | OPT_SIG},
+        /* long, and batches */
+        {C_LONG, 1, 1000, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu_d, 1, 0},
+        {C_LONG, 1, 1000, 1, 2, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0,
+         OPT_L2 | OPT_QWEN},
+        {C_LONG, 1, 1000, 1, 1, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+         OPT_SIG | OPT_SCALE},
+        {C_LONG, 2, 300, 1, 2, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_LONG, 3, 65, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 0, NULL, 0, OPT_SIG},
+    };
+    printf("cases:\n");
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        check_case(ctx, &cases[i], seed++, 1);
+
+    printf("worst relative error per class (bounds: o %.1e, final %.1e, chunk states %.1e):\n",
+           BOUND_O, BOUND_FINAL, BOUND_CS);
+    for (int c = 0; c < C_COUNT; c++)
+        printf("  %-26s %3d cases  o %.2e  final %.2e  chunk states %.2e\n", CLASS_NAME[c],
+               class_cases[c], worst[c][0], worst[c][1], worst[c][2]);
+
+    check_fixtures(ctx);
+    check_bound_sensitivity(ctx);
+    check_determinism(ctx);
+    check_batch_invariance(ctx);
+    check_resume(ctx);
+    check_optional_and_layout(ctx);
+    check_nonfinite(ctx);
+
+    gdn_context_destroy(ctx);
+    printf("time %.1f s\n", gdn_test_seconds() - t0);
+    return gdn_test_finish("test_chunk_forward_cpu");
+}
