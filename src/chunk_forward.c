@@ -55,12 +55,9 @@ gdn_status gdn_chunk_forward(gdn_context *ctx, const gdn_problem *p,
     if (st != GDN_SUCCESS) return st;
 
     if (ctx->backend == GDN_BACKEND_CUDA) {
-        size_t need = gdn_cuda_chunk_forward_workspace_size(ctx, p);
-        if (need > 0 && (!workspace || workspace_bytes < need))
-            return gdn_fail(ctx, GDN_ERROR_WORKSPACE,
-                            "%s: workspace (%zu bytes at %p) must hold at least %zu bytes "
-                            "(gdn_chunk_forward_workspace_size)",
-                            OP, workspace_bytes, workspace, need);
+        st = gdn_validate_workspace(ctx, OP, OP_WS, workspace, workspace_bytes,
+                                    gdn_cuda_chunk_forward_workspace_size(ctx, p));
+        if (st != GDN_SUCCESS) return st;
         return gdn_cuda_chunk_forward(ctx, &a);
     }
     return gdn_cpu_chunk_forward(ctx, &a);

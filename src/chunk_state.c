@@ -2,15 +2,14 @@
 #include "gdn_internal.h"
 
 static const char *const OP = "gdn_chunk_state";
+static const char *const OP_WS = "gdn_chunk_state_workspace_size";
 
 gdn_status gdn_chunk_state_workspace_size(gdn_context *ctx, const gdn_problem *p, size_t *bytes) {
     if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
     gdn_clear_error(ctx);
-    if (!bytes)
-        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
-                        "gdn_chunk_state_workspace_size: bytes is NULL");
+    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", OP_WS);
     *bytes = 0;
-    gdn_status st = gdn_validate_problem(ctx, "gdn_chunk_state_workspace_size", p);
+    gdn_status st = gdn_validate_problem(ctx, OP_WS, p);
     if (st != GDN_SUCCESS) return st;
     if (ctx->backend == GDN_BACKEND_CUDA) *bytes = gdn_cuda_chunk_state_workspace_size(ctx, p);
     return GDN_SUCCESS;
@@ -44,12 +43,9 @@ gdn_status gdn_chunk_state(gdn_context *ctx, const gdn_problem *p, const gdn_bf1
         .workspace = workspace, .workspace_bytes = workspace_bytes,
     };
     if (ctx->backend == GDN_BACKEND_CUDA) {
-        size_t need = gdn_cuda_chunk_state_workspace_size(ctx, p);
-        if (need > 0 && (!workspace || workspace_bytes < need))
-            return gdn_fail(ctx, GDN_ERROR_WORKSPACE,
-                            "%s: workspace (%zu bytes at %p) must hold at least %zu bytes "
-                            "(gdn_chunk_state_workspace_size)",
-                            OP, workspace_bytes, workspace, need);
+        st = gdn_validate_workspace(ctx, OP, OP_WS, workspace, workspace_bytes,
+                                    gdn_cuda_chunk_state_workspace_size(ctx, p));
+        if (st != GDN_SUCCESS) return st;
         return gdn_cuda_chunk_state(ctx, &a);
     }
     return gdn_cpu_chunk_state(ctx, &a);

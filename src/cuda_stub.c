@@ -1,6 +1,11 @@
 /* The CUDA backend's entry points when libgdn is built without CUDA. */
 #include "gdn_internal.h"
 
+/* What the operations that need CUDA report. */
+static gdn_status without_cuda(gdn_context *ctx) {
+    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+}
+
 gdn_status gdn_cuda_context_init(gdn_context *ctx, int device) {
     (void)ctx;
     (void)device;
@@ -13,7 +18,7 @@ gdn_memory_kind gdn_cuda_pointer_kind(const void *ptr) {
 }
 gdn_status gdn_cuda_set_stream(gdn_context *ctx, void *stream) {
     (void)stream;
-    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+    return without_cuda(ctx);
 }
 size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
     (void)ctx;
@@ -22,7 +27,7 @@ size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_pro
 }
 gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
     (void)a;
-    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+    return without_cuda(ctx);
 }
 size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
     (void)ctx;
@@ -31,9 +36,9 @@ size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx, const gdn_p
 }
 gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a) {
     (void)a;
-    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+    return without_cuda(ctx);
 }
 gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a) {
     (void)a;
-    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED, "libgdn was built without CUDA");
+    return without_cuda(ctx);
 }

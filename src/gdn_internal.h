@@ -3,6 +3,8 @@
 #ifndef GDN_INTERNAL_H
 #define GDN_INTERNAL_H
 
+#include <stdint.h>
+
 #include "gdn.h"
 
 #ifdef __cplusplus
@@ -46,6 +48,13 @@ static inline void gdn_seq_bounds(const gdn_problem *p, int64_t n, int64_t *bos,
 
 static inline int64_t gdn_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* a * b into *out; 0 on int64 overflow (operands are >= 0). */
+static inline int gdn_mul_ok(int64_t a, int64_t b, int64_t *out) {
+    if (a != 0 && b > INT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
 /* Validates the problem description alone (dims, enums, cu_seqlens,
  * overflow). op names the calling operation in messages. */
 gdn_status gdn_validate_problem(gdn_context *ctx, const char *op, const gdn_problem *p);
@@ -58,6 +67,11 @@ typedef struct gdn_ptr_arg {
 } gdn_ptr_arg;
 gdn_status gdn_validate_pointers(gdn_context *ctx, const char *op, const gdn_ptr_arg *args,
                                  int count);
+
+/* The caller's workspace (workspace_bytes at workspace) against the need
+ * bytes of a backend; size_fn names the function that reports the size. */
+gdn_status gdn_validate_workspace(gdn_context *ctx, const char *op, const char *size_fn,
+                                  const void *workspace, size_t workspace_bytes, size_t need);
 
 /* Validated arguments of gdn_chunk_state, with the derived sizes. */
 typedef struct gdn_chunk_state_args {

@@ -39,17 +39,10 @@ int64_t gdn_problem_num_chunks(const gdn_problem *p) {
     return nt;
 }
 
-/* a * b into *out; 0 on int64 overflow (operands are >= 0). */
-static int mul_ok(int64_t a, int64_t b, int64_t *out) {
-    if (a != 0 && b > INT64_MAX / a) return 0;
-    *out = a * b;
-    return 1;
-}
-
 static int product_ok(const int64_t *f, int n, int64_t *out) {
     int64_t acc = 1;
     for (int i = 0; i < n; i++)
-        if (!mul_ok(acc, f[i], &acc)) return 0;
+        if (!gdn_mul_ok(acc, f[i], &acc)) return 0;
     *out = acc;
     return 1;
 }
@@ -155,6 +148,15 @@ gdn_status gdn_validate_pointers(gdn_context *ctx, const char *op, const gdn_ptr
                             "%s: %s is a device pointer, but the CPU backend needs host memory", op,
                             a->name);
     }
+    return GDN_SUCCESS;
+}
+
+gdn_status gdn_validate_workspace(gdn_context *ctx, const char *op, const char *size_fn,
+                                  const void *workspace, size_t workspace_bytes, size_t need) {
+    if (need > 0 && (!workspace || workspace_bytes < need))
+        return gdn_fail(ctx, GDN_ERROR_WORKSPACE,
+                        "%s: workspace (%zu bytes at %p) must hold at least %zu bytes (%s)", op,
+                        workspace_bytes, workspace, need, size_fn);
     return GDN_SUCCESS;
 }
 

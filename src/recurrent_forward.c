@@ -10,18 +10,11 @@
 
 static const char *const OP = "gdn_recurrent_forward";
 
-/* a * b into *out; 0 on int64 overflow (operands are >= 0). */
-static int mul_ok(int64_t a, int64_t b, int64_t *out) {
-    if (a != 0 && b > INT64_MAX / a) return 0;
-    *out = a * b;
-    return 1;
-}
-
 /* Bytes of count states of Hv*V*K elements of elem bytes; 0 on overflow. */
 static int state_bytes_ok(const gdn_problem *p, int64_t count, int64_t elem) {
     int64_t x = count;
-    return mul_ok(x, p->Hv, &x) && mul_ok(x, p->V, &x) && mul_ok(x, p->K, &x) &&
-           mul_ok(x, elem, &x);
+    return gdn_mul_ok(x, p->Hv, &x) && gdn_mul_ok(x, p->V, &x) && gdn_mul_ok(x, p->K, &x) &&
+           gdn_mul_ok(x, elem, &x);
 }
 
 typedef struct slot_ref {
@@ -35,20 +28,23 @@ static int slot_ref_cmp(const void *a, const void *b) {
     return x->n < y->n ? -1 : (x->n > y->n);
 }
 
+/* Without state_indices, sequence n uses slot n: the pool must hold N. */
+static gdn_status check_identity_slots(gdn_context *ctx, int64_t N, int64_t pool_size) {
+    if (pool_size < N)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "%s: state_indices is NULL (sequence n uses pool slot n), so "
+                        "pool_size (%lld) must be >= the number of sequences (%lld)",
+                        OP, (long long)pool_size, (long long)N);
+    return GDN_SUCCESS;
+}
+
 /* Host-side index rules (CPU backend): every index < pool_size, and no
  * slot named by two sequences. Reports the first offender in index
  * order; for duplicates the smallest repeated slot. */
 static gdn_status check_indices(gdn_context *ctx, const int32_t *idx, int64_t N,
                                 int64_t pool_size) {
     const gdn_status bad = GDN_ERROR_INVALID_ARGUMENT;
-    if (!idx) {
-        if (pool_size < N)
-            return gdn_fail(ctx, bad,
-                            "%s: state_indices is NULL (sequence n uses pool slot n), so "
-                            "pool_size (%lld) must be >= the number of sequences (%lld)",
-                            OP, (long long)pool_size, (long long)N);
-        return GDN_SUCCESS;
-    }
+    if (!idx) return check_identity_slots(ctx, N, pool_size);
     int64_t used = 0;
     for (int64_t n = 0; n < N; n++) {
         if (idx[n] >= pool_size)
@@ -143,11 +139,10 @@ gdn_status gdn_recurrent_forward(gdn_context *ctx, const gdn_problem *p,
                             "cu_seqlens) when cu_seqlens is given; this operation takes no "
                             "workspace to copy it into",
                             OP);
-        if (!state_indices && pool_size < a.N)
-            return gdn_fail(ctx, bad,
-                            "%s: state_indices is NULL (sequence n uses pool slot n), so "
-                            "pool_size (%lld) must be >= the number of sequences (%lld)",
-                            OP, (long long)pool_size, (long long)a.N);
+        if (!state_indices) {
+            st = check_identity_slots(ctx, a.N, pool_size);
+            if (st != GDN_SUCCESS) return st;
+        }
         return gdn_cuda_recurrent_forward(ctx, &a);
     }
     st = check_indices(ctx, state_indices, a.N, pool_size);

@@ -19,7 +19,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "bf16.h"
 #include "gdn_ref.h"
@@ -51,30 +50,12 @@ static int class_cases[C_COUNT];
 
 /* The inputs of one case: the SPEC 5 draw, then what the options need in
  * place of the pre-processed tensors. */
-typedef struct fw_inputs {
-    gdn_ref_inputs in; /* q, k, v, g, beta, h0; p */
-    gdn_forward_options opts;
-    float *A_log, *dt_bias;
-} fw_inputs;
-
-static void fw_inputs_free(fw_inputs *f) {
-    free(f->A_log);
-    free(f->dt_bias);
-    gdn_ref_inputs_free(&f->in);
-}
-
-static void make_shape(gdn_problem *shape, const fw_case *c) {
-    gdn_problem_init(shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape->state_layout = c->layout;
-    shape->head_map = c->map;
-    shape->cu_seqlens = c->cu;
-    shape->num_seqs = c->num_seqs;
-}
+typedef gdn_test_fw_inputs fw_inputs;
 
 static int fw_inputs_make(fw_inputs *f, const fw_case *c, uint64_t seed) {
     memset(f, 0, sizeof *f);
-    gdn_problem shape;
-    make_shape(&shape, c);
+    const gdn_problem shape = gdn_test_problem(c->B, c->T, c->Hk, c->Hv, c->K, c->V, c->layout,
+                                               c->map, c->cu, c->num_seqs);
     if (gdn_ref_inputs_make(&f->in, &shape, seed, c->with_h0) != 0) return 1;
     gdn_forward_options_init(&f->opts);
     const gdn_problem *p = &f->in.p;
@@ -128,12 +109,9 @@ static void fw_out_alloc(fw_out *o, const gdn_ref_inputs *in, int want_final, in
     o->n_o = p->B * p->T * p->Hv * p->V;
     o->n_f = in->N * p->Hv * p->V * p->K;
     o->n_c = in->NT * p->Hv * p->V * p->K;
-    o->o = gdn_test_alloc(o->n_o, sizeof(gdn_bf16));
-    o->fs = want_final ? gdn_test_alloc(o->n_f, sizeof(float)) : NULL;
-    o->cs = want_cs ? gdn_test_alloc(o->n_c, sizeof(float)) : NULL;
-    gdn_test_poison(o->o, (size_t)o->n_o * sizeof(gdn_bf16));
-    gdn_test_poison(o->fs, (size_t)o->n_f * sizeof(float));
-    gdn_test_poison(o->cs, (size_t)o->n_c * sizeof(float));
+    o->o = gdn_test_alloc_poisoned(o->n_o, sizeof(gdn_bf16));
+    o->fs = want_final ? gdn_test_alloc_poisoned(o->n_f, sizeof(float)) : NULL;
+    o->cs = want_cs ? gdn_test_alloc_poisoned(o->n_c, sizeof(float)) : NULL;
 }
 
 static void fw_out_free(fw_out *o) {
@@ -146,6 +124,15 @@ static gdn_status run_op(gdn_context *ctx, const fw_inputs *f, fw_out *o) {
     const gdn_ref_inputs *in = &f->in;
     return gdn_chunk_forward(ctx, &in->p, &f->opts, in->q, in->k, in->v, in->g, in->beta, in->h0,
                              o->o, o->fs, o->cs, NULL, 0);
+}
+
+/* The case's inputs and its outputs from one run of the op (two counted
+ * checks); 0 when the inputs could not be made (nothing to free then). */
+static int fw_setup(gdn_context *ctx, const fw_case *c, uint64_t seed, fw_inputs *f, fw_out *o) {
+    if (!CHECK(fw_inputs_make(f, c, seed) == 0, "inputs")) return 0;
+    fw_out_alloc(o, &f->in, 1, 1);
+    CHECK_STATUS(run_op(ctx, f, o), GDN_SUCCESS, ctx);
+    return 1;
 }
 
 static int fw_out_equal(const fw_out *a, const fw_out *b) {
@@ -176,7 +163,7 @@ static void check_case(gdn_context *ctx, const fw_case *c, uint64_t seed, int ve
     fw_out_alloc(&o, in, 1, 1);
     if (!CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx)) {
         fw_out_free(&o);
-        fw_inputs_free(&f);
+        gdn_test_fw_inputs_free(&f);
         return;
     }
     double *ro = gdn_test_alloc(o.n_o, sizeof(double));
@@ -231,71 +218,38 @@ static void check_case(gdn_context *ctx, const fw_case *c, uint64_t seed, int ve
     free(rf);
     free(rc);
     fw_out_free(&o);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 /* ---- FLA fixtures --------------------------------------------------------- */
 
-typedef struct fixture_case {
-    const char *name;
-    int64_t B, T, Hk, Hv, K, V;
-} fixture_case;
-
-static const fixture_case FIXTURES[] = {
-    {"seed_t128", 1, 128, 2, 4, 128, 128},
-    {"odd_t300_b2", 2, 300, 2, 4, 128, 128},
-};
-
-static double *to_f64_bf16(const npy_array *a) {
-    double *d = gdn_test_alloc(a->count, sizeof(double));
-    const gdn_bf16 *x = a->data;
-    for (int64_t i = 0; i < a->count; i++) d[i] = gdn_bf16_to_f32(x[i]);
-    return d;
-}
-
-static double *to_f64_f32(const npy_array *a) {
-    double *d = gdn_test_alloc(a->count, sizeof(double));
-    const float *x = a->data;
-    for (int64_t i = 0; i < a->count; i++) d[i] = x[i];
-    return d;
-}
-
-static void check_fixture(gdn_context *ctx, const char *root, const fixture_case *c) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/%s", root, c->name);
+static void check_fixture(gdn_context *ctx, const char *root, const gdn_test_fixture *c) {
     const int64_t B = c->B, T = c->T, Hk = c->Hk, Hv = c->Hv, K = c->K, V = c->V;
-    const int64_t s_q[] = {B, T, Hk, K}, s_v[] = {B, T, Hv, V}, s_g[] = {B, T, Hv};
-    const int64_t s_state[] = {B, Hv, V, K};
     npy_array q, k, v, g, beta, h0, o_fla, o_ref, ht_fla, ht_ref;
-    npy_array *all[] = {&q, &k, &v, &g, &beta, &h0, &o_fla, &o_ref, &ht_fla, &ht_ref};
-    const int n_all = (int)(sizeof all / sizeof all[0]);
-    for (int i = 0; i < n_all; i++) memset(all[i], 0, sizeof *all[i]);
-    int ok = gdn_test_load_npy(dir, "q.npy", "<u2", 4, s_q, &q) == 0;
-    ok = ok && gdn_test_load_npy(dir, "k.npy", "<u2", 4, s_q, &k) == 0;
-    ok = ok && gdn_test_load_npy(dir, "v.npy", "<u2", 4, s_v, &v) == 0;
-    ok = ok && gdn_test_load_npy(dir, "g.npy", "<f4", 3, s_g, &g) == 0;
-    ok = ok && gdn_test_load_npy(dir, "beta.npy", "<f4", 3, s_g, &beta) == 0;
-    ok = ok && gdn_test_load_npy(dir, "h0_vk.npy", "<f4", 4, s_state, &h0) == 0;
-    ok = ok && gdn_test_load_npy(dir, "o.npy", "<u2", 4, s_v, &o_fla) == 0;
-    ok = ok && gdn_test_load_npy(dir, "o_ref.npy", "<f4", 4, s_v, &o_ref) == 0;
-    ok = ok && gdn_test_load_npy(dir, "ht_vk.npy", "<f4", 4, s_state, &ht_fla) == 0;
-    ok = ok && gdn_test_load_npy(dir, "ht_ref_vk.npy", "<f4", 4, s_state, &ht_ref) == 0;
-    if (!CHECK(ok, "%s: fixture files missing or of the wrong shape (see above)", c->name)) {
-        for (int i = 0; i < n_all; i++) npy_free(all[i]);
-        return;
-    }
+    gdn_test_npy_file files[] = {
+        {"q.npy", "<u2", 4, {B, T, Hk, K}, &q},
+        {"k.npy", "<u2", 4, {B, T, Hk, K}, &k},
+        {"v.npy", "<u2", 4, {B, T, Hv, V}, &v},
+        {"g.npy", "<f4", 3, {B, T, Hv}, &g},
+        {"beta.npy", "<f4", 3, {B, T, Hv}, &beta},
+        {"h0_vk.npy", "<f4", 4, {B, Hv, V, K}, &h0},
+        {"o.npy", "<u2", 4, {B, T, Hv, V}, &o_fla},
+        {"o_ref.npy", "<f4", 4, {B, T, Hv, V}, &o_ref},
+        {"ht_vk.npy", "<f4", 4, {B, Hv, V, K}, &ht_fla},
+        {"ht_ref_vk.npy", "<f4", 4, {B, Hv, V, K}, &ht_ref},
+    };
+    const int n_files = (int)(sizeof files / sizeof files[0]);
+    if (!gdn_test_load_fixture(root, c, files, n_files)) return;
     gdn_problem p;
     gdn_problem_init(&p, B, T, Hk, Hv, K, V);
     const int64_t n_o = B * T * Hv * V, n_f = B * Hv * V * K;
-    gdn_bf16 *o = gdn_test_alloc(n_o, sizeof(gdn_bf16));
-    float *fs = gdn_test_alloc(n_f, sizeof(float));
-    gdn_test_poison(o, (size_t)n_o * sizeof(gdn_bf16));
-    gdn_test_poison(fs, (size_t)n_f * sizeof(float));
+    gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, sizeof(gdn_bf16));
+    float *fs = gdn_test_alloc_poisoned(n_f, sizeof(float));
     CHECK_STATUS(gdn_chunk_forward(ctx, &p, NULL, q.data, k.data, v.data, g.data, beta.data,
                                    h0.data, o, fs, NULL, NULL, 0),
                  GDN_SUCCESS, ctx);
-    double *ro = to_f64_f32(&o_ref), *rf = to_f64_f32(&ht_ref);
-    double *fo = to_f64_bf16(&o_fla), *ff = to_f64_f32(&ht_fla);
+    double *ro = gdn_test_npy_to_f64(&o_ref), *rf = gdn_test_npy_to_f64(&ht_ref);
+    double *fo = gdn_test_npy_to_f64(&o_fla), *ff = gdn_test_npy_to_f64(&ht_fla);
     const double eo = gdn_rel_err_bf16(o, ro, n_o), ef = gdn_rel_err_f32(fs, rf, n_f);
     printf("  %-12s libgdn vs o_ref: o %.3e (bound %.1e)  final vs ht_ref_vk %.3e (bound %.1e)\n",
            c->name, eo, BOUND_O, ef, BOUND_FINAL);
@@ -327,40 +281,13 @@ static void check_fixture(gdn_context *ctx, const char *root, const fixture_case
     free(ff);
     free(o);
     free(fs);
-    for (int i = 0; i < n_all; i++) npy_free(all[i]);
+    gdn_test_free_fixture(files, n_files);
 }
 
 static void check_fixtures(gdn_context *ctx) {
-    const char *root = gdn_test_fixtures_dir();
-    struct stat st;
-    if (!CHECK(stat(root, &st) == 0 && S_ISDIR(st.st_mode),
-               "fixtures directory %s not found: set GDN_FIXTURES or configure with "
-               "-DGDN_FIXTURES_DIR=<shared>/fixtures/fla",
-               root))
-        return;
-    printf("fixtures (%s):\n", root);
-    /* every case of the manifest is one of FIXTURES (count the "name" keys) */
-    char path[4096];
-    snprintf(path, sizeof path, "%s/manifest.json", root);
-    FILE *f = fopen(path, "rb");
-    if (CHECK(f != NULL, "cannot open %s", path)) {
-        static char text[1 << 16];
-        const size_t n = fread(text, 1, sizeof text - 1, f);
-        fclose(f);
-        text[n] = '\0';
-        int names = 0;
-        for (const char *q = text; (q = strstr(q, "\"name\"")) != NULL; q++) names++;
-        const int want = (int)(sizeof FIXTURES / sizeof FIXTURES[0]);
-        CHECK(names == want, "%s lists %d cases, this test knows %d: add the new ones to FIXTURES",
-              path, names, want);
-        for (int i = 0; i < want; i++) {
-            char quoted[128];
-            snprintf(quoted, sizeof quoted, "\"%s\"", FIXTURES[i].name);
-            CHECK(strstr(text, quoted) != NULL, "%s does not list case %s", path, FIXTURES[i].name);
-        }
-    }
-    for (unsigned i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++)
-        check_fixture(ctx, root, &FIXTURES[i]);
+    const char *root = gdn_test_fixtures_checked();
+    if (!root) return;
+    for (int i = 0; i < gdn_test_num_fixtures; i++) check_fixture(ctx, root, &gdn_test_fixtures[i]);
 }
 
 /* ---- bitwise properties --------------------------------------------------- */
@@ -371,12 +298,10 @@ static void check_determinism(gdn_context *ctx) {
     const fw_case c = {C_VARLEN, 1, 500, 2, 4, 100, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, cu, 5,
                        OPT_L2 | OPT_QWEN | OPT_SIG};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 99) == 0, "inputs")) return;
     fw_out a, b, d;
-    fw_out_alloc(&a, &f.in, 1, 1);
+    if (!fw_setup(ctx, &c, 99, &f, &a)) return;
     fw_out_alloc(&b, &f.in, 1, 1);
     fw_out_alloc(&d, &f.in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &a), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &f, &b), GDN_SUCCESS, ctx);
     CHECK(fw_out_equal(&a, &b), "two identical calls differ");
     const int threads[] = {1, 3};
@@ -390,7 +315,7 @@ static void check_determinism(gdn_context *ctx) {
     fw_out_free(&a);
     fw_out_free(&b);
     fw_out_free(&d);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 /* Each sequence of a varlen batch, computed alone, gives the same bits;
@@ -400,13 +325,11 @@ static void check_batch_invariance(gdn_context *ctx) {
     const fw_case c = {C_VARLEN, 1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
                        OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 31) == 0, "inputs")) return;
+    fw_out all;
+    if (!fw_setup(ctx, &c, 31, &f, &all)) return;
     const gdn_ref_inputs *in = &f.in;
     const gdn_problem *p = &in->p;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
-    fw_out all;
-    fw_out_alloc(&all, in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &all), GDN_SUCCESS, ctx);
     int64_t chunk = 0;
     for (int64_t n = 0; n < in->N; n++) {
         const int64_t bos = cu[n], len = cu[n + 1] - cu[n], nt = (len + 63) / 64;
@@ -415,9 +338,8 @@ static void check_batch_invariance(gdn_context *ctx) {
             one.cu_seqlens = NULL;
             one.num_seqs = 0;
             one.T = len;
-            gdn_bf16 *o = gdn_test_alloc(len * Hv * V, 2);
+            gdn_bf16 *o = gdn_test_alloc_poisoned(len * Hv * V, 2);
             float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
-            gdn_test_poison(o, (size_t)(len * Hv * V) * 2);
             CHECK_STATUS(gdn_chunk_forward(ctx, &one, &f.opts, in->q + bos * Hk * K,
                                            in->k + bos * Hk * K, in->v + bos * Hv * V,
                                            in->g + bos * Hv, in->beta + bos * Hv, in->h0 + n * S,
@@ -435,16 +357,14 @@ static void check_batch_invariance(gdn_context *ctx) {
         chunk += nt;
     }
     fw_out_free(&all);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 
     /* B=2 x T=150 vs varlen {0,150,300}: the same memory, the same bits. */
     const fw_case cb = {C_VARLEN, 2, 150, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL,
                         0, 0};
-    if (!CHECK(fw_inputs_make(&f, &cb, 32) == 0, "inputs")) return;
     fw_out ob, ov;
-    fw_out_alloc(&ob, &f.in, 1, 1);
+    if (!fw_setup(ctx, &cb, 32, &f, &ob)) return;
     fw_out_alloc(&ov, &f.in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &ob), GDN_SUCCESS, ctx);
     static const int32_t cu2[] = {0, 150, 300};
     const gdn_problem saved = f.in.p;
     f.in.p.B = 1;
@@ -456,7 +376,7 @@ static void check_batch_invariance(gdn_context *ctx) {
     CHECK(fw_out_equal(&ob, &ov), "B=2 differs from the same tokens as two varlen sequences");
     fw_out_free(&ob);
     fw_out_free(&ov);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 /* Prefix caching: a run resumed at chunk c with h0 = chunk_states[c] gives
@@ -465,13 +385,11 @@ static void check_resume(gdn_context *ctx) {
     const fw_case c = {C_LONG, 1, 300, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
                        OPT_QWEN | OPT_L2};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 77) == 0, "inputs")) return;
+    fw_out full;
+    if (!fw_setup(ctx, &c, 77, &f, &full)) return;
     const gdn_ref_inputs *in = &f.in;
     const gdn_problem *p = &in->p;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
-    fw_out full;
-    fw_out_alloc(&full, in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &full), GDN_SUCCESS, ctx);
     for (int64_t cidx = 1; cidx < in->NT; cidx += 2) {
         const int64_t t0 = cidx * 64, len = p->T - t0;
         gdn_problem tail = *p;
@@ -491,7 +409,7 @@ static void check_resume(gdn_context *ctx) {
         free(fs);
     }
     fw_out_free(&full);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 /* Leaving out final_state / chunk_states changes nothing else; NULL
@@ -501,15 +419,13 @@ static void check_optional_and_layout(gdn_context *ctx) {
     const fw_case c = {C_LONG, 2, 130, 1, 2, 64, 100, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
                        0};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 5) == 0, "inputs")) return;
-    gdn_ref_inputs *in = &f.in;
     fw_out full, no_f, no_c, none, dflt;
-    fw_out_alloc(&full, in, 1, 1);
+    if (!fw_setup(ctx, &c, 5, &f, &full)) return;
+    gdn_ref_inputs *in = &f.in;
     fw_out_alloc(&no_f, in, 0, 1);
     fw_out_alloc(&no_c, in, 1, 0);
     fw_out_alloc(&none, in, 0, 0);
     fw_out_alloc(&dflt, in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &full), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &f, &no_f), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &f, &no_c), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &f, &none), GDN_SUCCESS, ctx);
@@ -528,24 +444,15 @@ static void check_optional_and_layout(gdn_context *ctx) {
     /* The same problem in KV layout, h0 transposed. */
     const int64_t Hv = in->p.Hv, K = in->p.K, V = in->p.V;
     float *h0_vk = in->h0;
-    float *h0_kv = gdn_test_alloc(in->N * Hv * V * K, sizeof(float));
-    for (int64_t m = 0; m < in->N * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++) h0_kv[(m * K + i) * V + j] = h0_vk[(m * V + j) * K + i];
+    float *h0_kv = gdn_test_vk_to_kv(h0_vk, in->N * Hv, V, K);
     in->h0 = h0_kv;
     in->p.state_layout = GDN_STATE_KV;
     fw_out kv;
     fw_out_alloc(&kv, in, 1, 1);
     CHECK_STATUS(run_op(ctx, &f, &kv), GDN_SUCCESS, ctx);
-    int tr = memcmp(kv.o, full.o, (size_t)kv.n_o * 2) == 0;
-    for (int64_t m = 0; m < in->NT * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++)
-                tr &= kv.cs[(m * K + i) * V + j] == full.cs[(m * V + j) * K + i];
-    for (int64_t m = 0; m < in->N * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++)
-                tr &= kv.fs[(m * K + i) * V + j] == full.fs[(m * V + j) * K + i];
+    const int tr = memcmp(kv.o, full.o, (size_t)kv.n_o * 2) == 0 &&
+                   gdn_test_kv_is_vk(kv.cs, full.cs, sizeof(float), in->NT * Hv, V, K) &&
+                   gdn_test_kv_is_vk(kv.fs, full.fs, sizeof(float), in->N * Hv, V, K);
     CHECK(tr, "KV outputs are not the transpose of VK outputs");
     in->h0 = h0_vk;
     free(h0_kv);
@@ -555,7 +462,7 @@ static void check_optional_and_layout(gdn_context *ctx) {
     fw_out_free(&no_c);
     fw_out_free(&none);
     fw_out_free(&dflt);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 static int64_t count_nonfinite_bf16(const gdn_bf16 *x, int64_t n) {
@@ -572,13 +479,11 @@ static void check_nonfinite(gdn_context *ctx) {
     const fw_case c = {C_VARLEN, 1, 300, 1, 2, 32, 32, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 3,
                        OPT_L2 | OPT_QWEN | OPT_SIG};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 404) == 0, "inputs")) return;
+    fw_out clean;
+    if (!fw_setup(ctx, &c, 404, &f, &clean)) return;
     gdn_ref_inputs *in = &f.in;
     const gdn_problem *p = &in->p;
     const int64_t Hv = p->Hv, K = p->K, V = p->V;
-    fw_out clean;
-    fw_out_alloc(&clean, in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &clean), GDN_SUCCESS, ctx);
 
     /* the poisoned token: sequence 1 (tokens 100..249), token 170 (chunk 1
      * of the sequence, row 6); value head 1 for v, g, beta; q, k (the only
@@ -644,7 +549,7 @@ static void check_nonfinite(gdn_context *ctx) {
             fx[at] = saved_f;
     }
     fw_out_free(&clean);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 /* The bounds catch real bugs: compared with the oracle of a subtly wrong
@@ -653,11 +558,9 @@ static void check_bound_sensitivity(gdn_context *ctx) {
     const fw_case c = {C_LONG, 1, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
                        0};
     fw_inputs f;
-    if (!CHECK(fw_inputs_make(&f, &c, 4242) == 0, "inputs")) return;
-    gdn_ref_inputs *in = &f.in;
     fw_out o;
-    fw_out_alloc(&o, in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx);
+    if (!fw_setup(ctx, &c, 4242, &f, &o)) return;
+    gdn_ref_inputs *in = &f.in;
     double *ro = gdn_test_alloc(o.n_o, sizeof(double)), *rf = gdn_test_alloc(o.n_f, sizeof(double));
     const int64_t ng = in->p.T * in->p.Hv;
     float *g2 = gdn_test_alloc(ng, sizeof(float)), *b2 = gdn_test_alloc(ng, sizeof(float));
@@ -693,7 +596,7 @@ static void check_bound_sensitivity(gdn_context *ctx) {
     free(ro);
     free(rf);
     fw_out_free(&o);
-    fw_inputs_free(&f);
+    gdn_test_fw_inputs_free(&f);
 }
 
 int main(void) {

@@ -62,12 +62,9 @@ static void outputs_alloc(outputs *o, const gdn_ref_inputs *in, int want_vnew, i
     o->n_h = in->NT * p->Hv * p->V * p->K;
     o->n_v = p->B * p->T * p->Hv * p->V;
     o->n_f = in->N * p->Hv * p->V * p->K;
-    o->h_out = gdn_test_alloc(o->n_h, sizeof(gdn_bf16));
-    o->v_new = want_vnew ? gdn_test_alloc(o->n_v, sizeof(gdn_bf16)) : NULL;
-    o->final_state = want_final ? gdn_test_alloc(o->n_f, sizeof(float)) : NULL;
-    gdn_test_poison(o->h_out, (size_t)o->n_h * sizeof(gdn_bf16));
-    gdn_test_poison(o->v_new, (size_t)o->n_v * sizeof(gdn_bf16));
-    gdn_test_poison(o->final_state, (size_t)o->n_f * sizeof(float));
+    o->h_out = gdn_test_alloc_poisoned(o->n_h, sizeof(gdn_bf16));
+    o->v_new = want_vnew ? gdn_test_alloc_poisoned(o->n_v, sizeof(gdn_bf16)) : NULL;
+    o->final_state = want_final ? gdn_test_alloc_poisoned(o->n_f, sizeof(float)) : NULL;
 }
 
 static void outputs_free(outputs *o) {
@@ -91,14 +88,6 @@ static int outputs_equal(const outputs *a, const outputs *b) {
     return 1;
 }
 
-static void make_shape(gdn_problem *shape, const cs_case *c) {
-    gdn_problem_init(shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape->state_layout = c->layout;
-    shape->head_map = c->map;
-    shape->cu_seqlens = c->cu;
-    shape->num_seqs = c->num_seqs;
-}
-
 static void describe(const cs_case *c, char *buf, size_t len) {
     snprintf(buf, len, "B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld %s %s h0=%d vnew=%d final=%d%s",
              (long long)c->B, (long long)c->T, (long long)c->Hk, (long long)c->Hv, (long long)c->K,
@@ -107,15 +96,31 @@ static void describe(const cs_case *c, char *buf, size_t len) {
              c->want_final, c->cu ? " varlen" : "");
 }
 
+/* The case's SPEC 5 inputs; a counted check that they were made. */
+static int inputs_make(gdn_ref_inputs *in, const cs_case *c, uint64_t seed) {
+    char name[256];
+    describe(c, name, sizeof name);
+    const gdn_problem shape = gdn_test_problem(c->B, c->T, c->Hk, c->Hv, c->K, c->V, c->layout,
+                                               c->map, c->cu, c->num_seqs);
+    return CHECK(gdn_ref_inputs_make(in, &shape, seed, c->with_h0) == 0, "%s: inputs_make", name);
+}
+
+/* The case's inputs and its outputs from one run of the op (two counted
+ * checks); 0 when the inputs could not be made (nothing to free then). */
+static int setup(gdn_context *ctx, const cs_case *c, uint64_t seed, gdn_ref_inputs *in,
+                 outputs *o) {
+    if (!inputs_make(in, c, seed)) return 0;
+    outputs_alloc(o, in, c->want_vnew, c->want_final);
+    CHECK_STATUS(run_op(ctx, in, in->g_cumsum, o), GDN_SUCCESS, ctx);
+    return 1;
+}
+
 /* The op vs the fp64 reference on one case. */
 static void check_case(gdn_context *ctx, const cs_case *c, uint64_t seed) {
     char name[256];
     describe(c, name, sizeof name);
-    gdn_problem shape;
-    make_shape(&shape, c);
     gdn_ref_inputs in;
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, seed, c->with_h0) == 0, "%s: inputs_make", name))
-        return;
+    if (!inputs_make(&in, c, seed)) return;
     outputs o;
     outputs_alloc(&o, &in, c->want_vnew, c->want_final);
     if (!CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &o), GDN_SUCCESS, ctx)) {
@@ -173,13 +178,9 @@ static void check_case(gdn_context *ctx, const cs_case *c, uint64_t seed) {
  * of a subtly wrong computation must exceed it. */
 static void check_bound_sensitivity(gdn_context *ctx) {
     const cs_case c = {1, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0};
-    gdn_problem shape;
-    make_shape(&shape, &c);
     gdn_ref_inputs in;
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 4242, 1) == 0, "inputs_make")) return;
     outputs o;
-    outputs_alloc(&o, &in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &o), GDN_SUCCESS, ctx);
+    if (!setup(ctx, &c, 4242, &in, &o)) return;
     double *rh = gdn_test_alloc(o.n_h, sizeof(double));
     double *rv = gdn_test_alloc(o.n_v, sizeof(double));
     double *rf = gdn_test_alloc(o.n_f, sizeof(double));
@@ -233,25 +234,20 @@ static void check_bound_sensitivity(gdn_context *ctx) {
 static void check_determinism(gdn_context *ctx) {
     static const int32_t cu[] = {0, 10, 200, 200, 333, 500};
     const cs_case c = {1, 500, 2, 4, 100, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1, cu, 5};
-    gdn_problem shape;
-    make_shape(&shape, &c);
     gdn_ref_inputs in;
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 99, 1) == 0, "inputs_make")) return;
     outputs a, b, d;
-    outputs_alloc(&a, &in, 1, 1);
+    if (!setup(ctx, &c, 99, &in, &a)) return;
     outputs_alloc(&b, &in, 1, 1);
     outputs_alloc(&d, &in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &a), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &b), GDN_SUCCESS, ctx);
     CHECK(outputs_equal(&a, &b), "two identical calls differ");
-    CHECK_STATUS(gdn_context_set_num_threads(ctx, 1), GDN_SUCCESS, ctx);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &d), GDN_SUCCESS, ctx);
-    CHECK_STATUS(gdn_context_set_num_threads(ctx, 0), GDN_SUCCESS, ctx);
-    CHECK(outputs_equal(&a, &d), "1 thread and all threads differ");
-    CHECK_STATUS(gdn_context_set_num_threads(ctx, 3), GDN_SUCCESS, ctx);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &d), GDN_SUCCESS, ctx);
-    CHECK_STATUS(gdn_context_set_num_threads(ctx, 0), GDN_SUCCESS, ctx);
-    CHECK(outputs_equal(&a, &d), "3 threads and all threads differ");
+    const int threads[] = {1, 3};
+    for (int i = 0; i < 2; i++) {
+        CHECK_STATUS(gdn_context_set_num_threads(ctx, threads[i]), GDN_SUCCESS, ctx);
+        CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &d), GDN_SUCCESS, ctx);
+        CHECK_STATUS(gdn_context_set_num_threads(ctx, 0), GDN_SUCCESS, ctx);
+        CHECK(outputs_equal(&a, &d), "%d thread(s) and all threads differ", threads[i]);
+    }
     outputs_free(&a);
     outputs_free(&b);
     outputs_free(&d);
@@ -262,16 +258,12 @@ static void check_determinism(gdn_context *ctx) {
  * KV outputs are the transpose of VK outputs, bitwise. */
 static void check_optional_and_layout(gdn_context *ctx) {
     const cs_case c = {2, 130, 1, 2, 64, 100, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0};
-    gdn_problem shape;
-    make_shape(&shape, &c);
     gdn_ref_inputs in;
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 5, 1) == 0, "inputs_make")) return;
     outputs full, no_v, no_f, none;
-    outputs_alloc(&full, &in, 1, 1);
+    if (!setup(ctx, &c, 5, &in, &full)) return;
     outputs_alloc(&no_v, &in, 0, 1);
     outputs_alloc(&no_f, &in, 1, 0);
     outputs_alloc(&none, &in, 0, 0);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &full), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &no_v), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &no_f), GDN_SUCCESS, ctx);
     CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &none), GDN_SUCCESS, ctx);
@@ -281,24 +273,16 @@ static void check_optional_and_layout(gdn_context *ctx) {
     /* The same problem in KV layout, h0 transposed. */
     const int64_t Hv = in.p.Hv, K = in.p.K, V = in.p.V;
     float *h0_vk = in.h0;
-    float *h0_kv = gdn_test_alloc(in.N * Hv * V * K, sizeof(float));
-    for (int64_t m = 0; m < in.N * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++) h0_kv[(m * K + i) * V + j] = h0_vk[(m * V + j) * K + i];
+    float *h0_kv = gdn_test_vk_to_kv(h0_vk, in.N * Hv, V, K);
     in.h0 = h0_kv;
     in.p.state_layout = GDN_STATE_KV;
     outputs kv;
     outputs_alloc(&kv, &in, 1, 1);
     CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &kv), GDN_SUCCESS, ctx);
-    int tr = memcmp(kv.v_new, full.v_new, (size_t)kv.n_v * sizeof(gdn_bf16)) == 0;
-    for (int64_t m = 0; m < in.NT * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++)
-                tr &= kv.h_out[(m * K + i) * V + j] == full.h_out[(m * V + j) * K + i];
-    for (int64_t m = 0; m < in.N * Hv; m++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++)
-                tr &= kv.final_state[(m * K + i) * V + j] == full.final_state[(m * V + j) * K + i];
+    const int tr =
+        memcmp(kv.v_new, full.v_new, (size_t)kv.n_v * sizeof(gdn_bf16)) == 0 &&
+        gdn_test_kv_is_vk(kv.h_out, full.h_out, sizeof(gdn_bf16), in.NT * Hv, V, K) &&
+        gdn_test_kv_is_vk(kv.final_state, full.final_state, sizeof(float), in.N * Hv, V, K);
     CHECK(tr, "KV outputs are not the transpose of VK outputs");
     in.h0 = h0_vk;
     free(h0_kv);
@@ -315,15 +299,11 @@ static void check_optional_and_layout(gdn_context *ctx) {
 static void check_batch_invariance(gdn_context *ctx) {
     static const int32_t cu[] = {0, 0, 70, 71, 71, 200, 264};
     const cs_case c = {1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, cu, 6};
-    gdn_problem shape;
-    make_shape(&shape, &c);
     gdn_ref_inputs in;
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 31, 1) == 0, "inputs_make")) return;
+    outputs all;
+    if (!setup(ctx, &c, 31, &in, &all)) return;
     const gdn_problem *p = &in.p;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
-    outputs all;
-    outputs_alloc(&all, &in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &all), GDN_SUCCESS, ctx);
     int64_t chunk = 0;
     for (int64_t n = 0; n < in.N; n++) {
         const int64_t bos = cu[n], len = cu[n + 1] - cu[n];
@@ -337,10 +317,9 @@ static void check_batch_invariance(gdn_context *ctx) {
             o.n_h = nt * S;
             o.n_v = len * Hv * V;
             o.n_f = S;
-            o.h_out = gdn_test_alloc(o.n_h, 2);
+            o.h_out = gdn_test_alloc_poisoned(o.n_h, 2);
             o.v_new = gdn_test_alloc(o.n_v, 2);
             o.final_state = gdn_test_alloc(o.n_f, 4);
-            gdn_test_poison(o.h_out, (size_t)o.n_h * 2);
             CHECK_STATUS(gdn_chunk_state(ctx, &one, in.k + bos * Hk * K, in.w + bos * Hv * K,
                                          in.u + bos * Hv * V, in.g_cumsum + bos * Hv, in.h0 + n * S,
                                          o.h_out, o.v_new, o.final_state, NULL, 0),
@@ -359,12 +338,9 @@ static void check_batch_invariance(gdn_context *ctx) {
 
     /* B=2 x T=150 vs varlen {0,150,300}: the same memory, the same bits. */
     const cs_case cb = {2, 150, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1, NULL, 0};
-    make_shape(&shape, &cb);
-    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 32, 1) == 0, "inputs_make")) return;
     outputs ob, ov;
-    outputs_alloc(&ob, &in, 1, 1);
+    if (!setup(ctx, &cb, 32, &in, &ob)) return;
     outputs_alloc(&ov, &in, 1, 1);
-    CHECK_STATUS(run_op(ctx, &in, in.g_cumsum, &ob), GDN_SUCCESS, ctx);
     static const int32_t cu2[] = {0, 150, 300};
     gdn_problem saved = in.p;
     in.p.B = 1;

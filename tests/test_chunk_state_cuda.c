@@ -58,12 +58,8 @@ static void download(void *dst, const void *src, size_t n) {
 }
 
 static void run_case(const dev_case *c, uint64_t seed) {
-    gdn_problem shape;
-    gdn_problem_init(&shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
-    shape.cu_seqlens = c->cu;
-    shape.num_seqs = c->num_seqs;
+    const gdn_problem shape = gdn_test_problem(c->B, c->T, c->Hk, c->Hv, c->K, c->V, c->layout,
+                                               c->map, c->cu, c->num_seqs);
     gdn_ref_inputs in;
     if (!CHECK(gdn_ref_inputs_make(&in, &shape, seed, c->with_h0) == 0, "%s: inputs", c->name))
         return;

@@ -335,6 +335,7 @@ static const char *gdn_stdout(void) {
     return read_text(path);
 }
 
+/* A case of `gdn run`: the problem, and how its inputs are written. */
 typedef struct cli_case {
     const char *name;
     int64_t B, T, Hk, Hv, K, V;
@@ -343,8 +344,8 @@ typedef struct cli_case {
     gdn_state_layout layout;
     gdn_head_map map;
     int with_h0;
-    int cu_i8;  /* write cu_seqlens as <i8 */
-    int k_f32;  /* write k, w, u as <f4 */
+    int cu_i8;       /* write cu_seqlens as <i8 */
+    int bf16_as_f32; /* write the bf16 inputs (k, w, u; q, k, v) as <f4 */
 } cli_case;
 
 static int put(const char *dir, const char *name, const char *dtype, int ndim,
@@ -365,28 +366,29 @@ static int put_bf16(const char *dir, const char *name, int as_f32, const int64_t
     return ok;
 }
 
-/* Writes the case's inputs into dir; returns the made inputs. */
-static int write_inputs(const cli_case *c, const char *dir, gdn_ref_inputs *in, uint64_t seed) {
-    gdn_problem shape;
-    gdn_problem_init(&shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
-    shape.cu_seqlens = c->cu;
-    shape.num_seqs = c->num_seqs;
-    if (!CHECK(gdn_ref_inputs_make(in, &shape, seed, c->with_h0) == 0, "%s: inputs_make failed",
-               c->name))
-        return 0;
-    const gdn_problem *p = &in->p;
-    make_dir(dir);
-    const int64_t ks[] = {p->B, p->T, p->Hk, p->K}, ws[] = {p->B, p->T, p->Hv, p->K},
-                  us[] = {p->B, p->T, p->Hv, p->V}, gs[] = {p->B, p->T, p->Hv};
+/* The dims of n states of p: [n, Hv, V, K], or [n, Hv, K, V] with kv. */
+static void state_dims(const gdn_problem *p, int64_t n, int64_t dims[4]) {
     const int kv = p->state_layout == GDN_STATE_KV;
-    const int64_t hs[] = {in->N, p->Hv, kv ? p->K : p->V, kv ? p->V : p->K};
-    int ok = put_bf16(dir, "k.npy", c->k_f32, ks, in->k) &&
-             put_bf16(dir, "w.npy", c->k_f32, ws, in->w) &&
-             put_bf16(dir, "u.npy", c->k_f32, us, in->u) &&
-             put(dir, "g_cumsum.npy", "<f4", 3, gs, in->g_cumsum);
-    if (ok && in->h0) ok = put(dir, "h0.npy", "<f4", 4, hs, in->h0);
+    dims[0] = n;
+    dims[1] = p->Hv;
+    dims[2] = kv ? p->K : p->V;
+    dims[3] = kv ? p->V : p->K;
+}
+
+/* Makes the case's inputs; 0 after a failed check. */
+static int make_inputs(const cli_case *c, gdn_ref_inputs *in, uint64_t seed) {
+    const gdn_problem shape = gdn_test_problem(c->B, c->T, c->Hk, c->Hv, c->K, c->V, c->layout,
+                                               c->map, c->cu, c->num_seqs);
+    return CHECK(gdn_ref_inputs_make(in, &shape, seed, c->with_h0) == 0,
+                 "%s: inputs_make failed", c->name);
+}
+
+/* Writes the inputs every op reads alike into dir: h0.npy when the inputs
+ * have one, cu_seqlens.npy when the case has one. */
+static int put_h0_cu(const cli_case *c, const char *dir, const gdn_ref_inputs *in) {
+    int64_t hs[4];
+    state_dims(&in->p, in->N, hs);
+    int ok = !in->h0 || put(dir, "h0.npy", "<f4", 4, hs, in->h0);
     if (ok && c->cu) {
         const int64_t cs[] = {c->num_seqs + 1};
         if (c->cu_i8) {
@@ -400,17 +402,48 @@ static int write_inputs(const cli_case *c, const char *dir, gdn_ref_inputs *in, 
     return ok;
 }
 
-/* Read dir/name and compare its bytes with want (nbytes) and its shape. */
-static void expect_file(const cli_case *c, const char *dir, const char *name, const char *dtype,
+/* Writes the case's inputs of --op state into dir; returns the made inputs. */
+static int write_inputs(const cli_case *c, const char *dir, gdn_ref_inputs *in, uint64_t seed) {
+    if (!make_inputs(c, in, seed)) return 0;
+    const gdn_problem *p = &in->p;
+    make_dir(dir);
+    const int64_t ks[] = {p->B, p->T, p->Hk, p->K}, ws[] = {p->B, p->T, p->Hv, p->K},
+                  us[] = {p->B, p->T, p->Hv, p->V}, gs[] = {p->B, p->T, p->Hv};
+    return put_bf16(dir, "k.npy", c->bf16_as_f32, ks, in->k) &&
+           put_bf16(dir, "w.npy", c->bf16_as_f32, ws, in->w) &&
+           put_bf16(dir, "u.npy", c->bf16_as_f32, us, in->u) &&
+           put(dir, "g_cumsum.npy", "<f4", 3, gs, in->g_cumsum) && put_h0_cu(c, dir, in);
+}
+
+/* Read dir/name and compare its bytes with want (nbytes) and its shape;
+ * what names the case in messages. */
+static void expect_file(const char *what, const char *dir, const char *name, const char *dtype,
                         int ndim, const int64_t *shape, const void *want, size_t nbytes) {
     npy_array a;
     if (gdn_test_load_npy(dir, name, dtype, ndim, shape, &a) != 0) {
-        CHECK(0, "%s: %s missing or of the wrong dtype/shape", c->name, name);
+        CHECK(0, "%s: %s missing or of the wrong dtype/shape", what, name);
         return;
     }
     CHECK(a.nbytes == nbytes && memcmp(a.data, want, nbytes) == 0,
-          "%s: %s differs from gdn_chunk_state called directly", c->name, name);
+          "%s: %s differs from gdn_chunk_state called directly", what, name);
     npy_free(&a);
+}
+
+/* "run --op OP --backend BACKEND --in 'IN' --out 'OUT'", p's state layout
+ * and head map, then extra (more options) into args. */
+static void run_args(char *args, size_t len, const char *op, const char *backend,
+                     const char *in_dir, const char *out_dir, const gdn_problem *p,
+                     const char *extra) {
+    snprintf(args, len,
+             "run --op %s --backend %s --in '%s' --out '%s' --state-layout %s --head-map=%s %s",
+             op, backend, in_dir, out_dir, p->state_layout == GDN_STATE_KV ? "kv" : "vk",
+             p->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", extra);
+}
+
+/* Runs gdn with args: a counted check that it exited 0. */
+static int run_ok(const char *what, const char *args) {
+    int rc = gdn_cmd(args);
+    return CHECK(rc == 0, "%s: gdn run exited %d: %s", what, rc, gdn_stderr());
 }
 
 /* gdn_chunk_state on the CUDA backend through device copies; 1 on success. */
@@ -457,26 +490,20 @@ static void cli_vs_direct(const cli_case *c, const gdn_ref_inputs *in, const cha
     const gdn_problem *p = &in->p;
     char args[12288], what[256];
     snprintf(what, sizeof what, "%s (%s)", c->name, backend);
-    cli_case cb = *c;
-    cb.name = what;
-    snprintf(args, sizeof args,
-             "run --op state --backend %s --in '%s' --out '%s' --state-layout %s --head-map=%s",
-             backend, in_dir, out_dir, p->state_layout == GDN_STATE_KV ? "kv" : "vk",
-             p->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block");
-    int rc = gdn_cmd(args);
-    if (!CHECK(rc == 0, "%s: gdn run exited %d: %s", what, rc, gdn_stderr())) return;
+    run_args(args, sizeof args, "state", backend, in_dir, out_dir, p, "");
+    if (!run_ok(what, args)) return;
     const int kv = p->state_layout == GDN_STATE_KV;
     const int64_t s1 = kv ? p->K : p->V, s2 = kv ? p->V : p->K;
     if (!p->cu_seqlens && p->B > 1) {
         const int64_t hs[] = {p->B, in->NT / p->B, p->Hv, s1, s2};
-        expect_file(&cb, out_dir, "h.npy", "<u2", 5, hs, h, hb);
+        expect_file(what, out_dir, "h.npy", "<u2", 5, hs, h, hb);
     } else {
         const int64_t hs[] = {in->NT, p->Hv, s1, s2};
-        expect_file(&cb, out_dir, "h.npy", "<u2", 4, hs, h, hb);
+        expect_file(what, out_dir, "h.npy", "<u2", 4, hs, h, hb);
     }
     const int64_t vs[] = {p->B, p->T, p->Hv, p->V}, fs[] = {in->N, p->Hv, s1, s2};
-    expect_file(&cb, out_dir, "v_new.npy", "<u2", 4, vs, v, vb);
-    expect_file(&cb, out_dir, "final_state.npy", "<f4", 4, fs, f, fb);
+    expect_file(what, out_dir, "v_new.npy", "<u2", 4, vs, v, vb);
+    expect_file(what, out_dir, "final_state.npy", "<f4", 4, fs, f, fb);
     CHECK(strstr(gdn_stdout(), "h.npy") != NULL, "%s: no summary on stdout", what);
 }
 
@@ -656,172 +683,192 @@ static void test_errors(void) {
 /* ---- gdn run --op forward -------------------------------------------------- */
 
 typedef struct fwd_cli_case {
-    const char *name;
-    int64_t B, T, Hk, Hv, K, V;
-    const int32_t *cu;
-    int64_t num_seqs;
-    gdn_state_layout layout;
-    gdn_head_map map;
-    int with_h0;
-    int cu_i8, q_f32; /* cu_seqlens as <i8; q, k, v as <f4 */
+    cli_case base;     /* the problem; bf16_as_f32 writes q, k, v as <f4 */
     const char *flags; /* option flags, also applied to the direct call */
     float scale;
     int l2norm, sigmoid, qwen;
 } fwd_cli_case;
 
-/* Writes the case's inputs into dir and fills opts (with host A_log and
- * dt_bias in *alog, *dtb when the gate is on). */
-static int write_forward_inputs(const fwd_cli_case *c, const char *dir, gdn_ref_inputs *in,
-                                uint64_t seed, gdn_forward_options *opts, float **alog,
-                                float **dtb) {
-    gdn_problem shape;
-    gdn_problem_init(&shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
-    shape.cu_seqlens = c->cu;
-    shape.num_seqs = c->num_seqs;
-    if (!CHECK(gdn_ref_inputs_make(in, &shape, seed, c->with_h0) == 0, "%s: inputs_make failed",
-               c->name))
-        return 0;
+/* Makes the case's inputs and options into *fi and writes them into dir. */
+static int write_forward_inputs(const fwd_cli_case *fc, const char *dir, uint64_t seed,
+                                gdn_test_fw_inputs *fi) {
+    const cli_case *c = &fc->base;
+    gdn_ref_inputs *in = &fi->in;
+    gdn_forward_options *opts = &fi->opts;
+    fi->A_log = fi->dt_bias = NULL;
+    if (!make_inputs(c, in, seed)) return 0;
     const gdn_problem *p = &in->p;
     gdn_forward_options_init(opts);
-    opts->scale = c->scale;
-    opts->l2norm_qk = c->l2norm;
-    opts->beta_sigmoid = c->sigmoid;
-    opts->qwen_gate = c->qwen;
-    *alog = *dtb = NULL;
-    if (c->qwen) {
-        *alog = gdn_test_alloc(p->Hv, sizeof(float));
-        *dtb = gdn_test_alloc(p->Hv, sizeof(float));
+    opts->scale = fc->scale;
+    opts->l2norm_qk = fc->l2norm;
+    opts->beta_sigmoid = fc->sigmoid;
+    opts->qwen_gate = fc->qwen;
+    if (fc->qwen) {
+        fi->A_log = gdn_test_alloc(p->Hv, sizeof(float));
+        fi->dt_bias = gdn_test_alloc(p->Hv, sizeof(float));
         for (int64_t h = 0; h < p->Hv; h++) {
-            (*alog)[h] = -1.5f + 0.25f * (float)h;
-            (*dtb)[h] = 0.3f - 0.1f * (float)h;
+            fi->A_log[h] = -1.5f + 0.25f * (float)h;
+            fi->dt_bias[h] = 0.3f - 0.1f * (float)h;
         }
         /* g as raw a: some positive, some negative */
         for (int64_t x = 0; x < p->B * p->T * p->Hv; x++) in->g[x] = in->g[x] * 8.0f + 0.7f;
-        opts->A_log = *alog;
-        opts->dt_bias = *dtb;
+        opts->A_log = fi->A_log;
+        opts->dt_bias = fi->dt_bias;
     }
-    if (c->sigmoid)
+    if (fc->sigmoid)
         for (int64_t x = 0; x < p->B * p->T * p->Hv; x++) in->beta[x] = 4.0f * in->beta[x] - 2.5f;
     make_dir(dir);
     const int64_t qs[] = {p->B, p->T, p->Hk, p->K}, vs[] = {p->B, p->T, p->Hv, p->V},
                   gs[] = {p->B, p->T, p->Hv}, hv[] = {p->Hv};
-    const int kv = p->state_layout == GDN_STATE_KV;
-    const int64_t hs[] = {in->N, p->Hv, kv ? p->K : p->V, kv ? p->V : p->K};
-    int ok = put_bf16(dir, "q.npy", c->q_f32, qs, in->q) &&
-             put_bf16(dir, "k.npy", c->q_f32, qs, in->k) &&
-             put_bf16(dir, "v.npy", c->q_f32, vs, in->v) &&
+    int ok = put_bf16(dir, "q.npy", c->bf16_as_f32, qs, in->q) &&
+             put_bf16(dir, "k.npy", c->bf16_as_f32, qs, in->k) &&
+             put_bf16(dir, "v.npy", c->bf16_as_f32, vs, in->v) &&
              put(dir, "g.npy", "<f4", 3, gs, in->g) && put(dir, "beta.npy", "<f4", 3, gs, in->beta);
-    if (ok && in->h0) ok = put(dir, "h0.npy", "<f4", 4, hs, in->h0);
-    if (ok && c->qwen)
-        ok = put(dir, "A_log.npy", "<f4", 1, hv, *alog) && put(dir, "dt_bias.npy", "<f4", 1, hv, *dtb);
-    if (ok && c->cu) {
-        const int64_t cs[] = {c->num_seqs + 1};
-        if (c->cu_i8) {
-            int64_t cu8[64];
-            for (int64_t i = 0; i <= c->num_seqs; i++) cu8[i] = c->cu[i];
-            ok = put(dir, "cu_seqlens.npy", "<i8", 1, cs, cu8);
-        } else {
-            ok = put(dir, "cu_seqlens.npy", "<i4", 1, cs, c->cu);
-        }
+    if (ok && fc->qwen)
+        ok = put(dir, "A_log.npy", "<f4", 1, hv, fi->A_log) &&
+             put(dir, "dt_bias.npy", "<f4", 1, hv, fi->dt_bias);
+    return ok && put_h0_cu(c, dir, in);
+}
+
+/* After a direct call gave o and f on the inputs in in_dir: `gdn run --op
+ * OP --backend cpu` with the case's flags (and extra options before them)
+ * must write the same o.npy and final_state.npy into out_dir. */
+static void forward_cli_vs_direct(const fwd_cli_case *fc, const char *op, const char *extra,
+                                  const gdn_ref_inputs *in, const char *in_dir,
+                                  const char *out_dir, const gdn_bf16 *o, size_t ob,
+                                  const float *f, size_t fb) {
+    const cli_case *c = &fc->base;
+    const gdn_problem *p = &in->p;
+    char args[12288], options[1024], what[256], summary[64];
+    snprintf(what, sizeof what, "%s %s", op, c->name);
+    snprintf(options, sizeof options, "%s%s", extra, fc->flags);
+    run_args(args, sizeof args, op, "cpu", in_dir, out_dir, p, options);
+    if (run_ok(what, args)) {
+        const int64_t os[] = {p->B, p->T, p->Hv, p->V};
+        int64_t fs[4];
+        state_dims(p, in->N, fs);
+        expect_file(c->name, out_dir, "o.npy", "<u2", 4, os, o, ob);
+        expect_file(c->name, out_dir, "final_state.npy", "<f4", 4, fs, f, fb);
+        snprintf(summary, sizeof summary, "--op %s", op);
+        CHECK(strstr(gdn_stdout(), summary) && strstr(gdn_stdout(), "o.npy"),
+              "%s: no summary on stdout", what);
     }
+    if (gdn_dev_available()) {
+        /* Until the CUDA kernels exist the CUDA backend refuses the op
+         * (exit 1, the library's message); a GPU session replaces this
+         * with a comparison against a direct CUDA call. */
+        snprintf(args, sizeof args, "run --op %s --backend cuda --in '%s' --out '%s/c' %s", op,
+                 in_dir, out_dir, fc->flags);
+        int rc = gdn_cmd(args);
+        CHECK(rc == 1 && strstr(gdn_stderr(), "GDN_ERROR_NOT_SUPPORTED") &&
+                  strstr(gdn_stderr(), "does not implement"),
+              "%s --backend cuda: exit %d: %s", what, rc, gdn_stderr());
+    }
+}
+
+/* gdn_chunk_forward on the case's inputs into o and f; 1 on success. */
+static int direct_forward(gdn_context *ctx, const gdn_test_fw_inputs *fi, gdn_bf16 *o, float *f) {
+    const gdn_ref_inputs *in = &fi->in;
+    return CHECK_STATUS(gdn_chunk_forward(ctx, &in->p, &fi->opts, in->q, in->k, in->v, in->g,
+                                          in->beta, in->h0, o, f, NULL, NULL, 0),
+                        GDN_SUCCESS, ctx);
+}
+
+/* gdn_recurrent_forward on the case's inputs into o, on a pool of pool_dtype
+ * built as `gdn run --op recurrent` builds it (h0 or zeros, sequence n in
+ * slot n); f is the pool afterwards, as f32. 1 on success. */
+static int direct_recurrent(gdn_context *ctx, const gdn_test_fw_inputs *fi, gdn_dtype pool_dtype,
+                            gdn_bf16 *o, float *f) {
+    const gdn_ref_inputs *in = &fi->in;
+    const gdn_problem *p = &in->p;
+    const int64_t n = in->N * p->Hv * p->V * p->K;
+    float *pf = gdn_test_alloc(n, 4);
+    gdn_bf16 *pb = gdn_test_alloc(n, 2);
+    for (int64_t x = 0; x < n; x++) {
+        pf[x] = in->h0 ? in->h0[x] : 0.0f;
+        pb[x] = gdn_f32_to_bf16(pf[x]);
+    }
+    void *pool = pool_dtype == GDN_DTYPE_F32 ? (void *)pf : (void *)pb;
+    const int ok = CHECK_STATUS(gdn_recurrent_forward(ctx, p, &fi->opts, in->q, in->k, in->v,
+                                                      in->g, in->beta, pool, pool_dtype, in->N,
+                                                      NULL, o, NULL),
+                                GDN_SUCCESS, ctx);
+    if (ok)
+        for (int64_t x = 0; x < n; x++)
+            f[x] = pool_dtype == GDN_DTYPE_F32 ? pf[x] : gdn_bf16_to_f32(pb[x]);
+    free(pf);
+    free(pb);
     return ok;
 }
 
-static void test_forward_case(const fwd_cli_case *c, uint64_t seed) {
-    char in_dir[2048], out_dir[2048], args[12288];
-    snprintf(in_dir, sizeof in_dir, "%s/fwd_%s_in", tmp_root, c->name);
-    snprintf(out_dir, sizeof out_dir, "%s/fwd_%s_out/nested", tmp_root, c->name);
-    gdn_ref_inputs in;
-    gdn_forward_options opts;
-    float *alog = NULL, *dtb = NULL;
-    if (!write_forward_inputs(c, in_dir, &in, seed, &opts, &alog, &dtb)) return;
-    const gdn_problem *p = &in.p;
+/* `gdn run --op OP` (forward, or recurrent on a pool of pool_dtype) on the
+ * case's inputs against the op called directly on the CPU: o.npy and
+ * final_state.npy bit-identical. */
+static void test_forward_case(const fwd_cli_case *fc, const char *op, gdn_dtype pool_dtype,
+                              uint64_t seed) {
+    const int recurrent = strcmp(op, "recurrent") == 0;
+    const char *prefix = recurrent ? "rec" : "fwd", *name = fc->base.name;
+    char in_dir[2048], out_dir[2048];
+    snprintf(in_dir, sizeof in_dir, "%s/%s_%s_in", tmp_root, prefix, name);
+    snprintf(out_dir, sizeof out_dir, "%s/%s_%s_out/nested", tmp_root, prefix, name);
+    gdn_test_fw_inputs fi;
+    if (!write_forward_inputs(fc, in_dir, seed, &fi)) return;
+    const gdn_ref_inputs *in = &fi.in;
+    const gdn_problem *p = &in->p;
 
-    gdn_context *ctx = NULL;
     const size_t ob = (size_t)(p->B * p->T * p->Hv * p->V) * 2,
-                 fb = (size_t)(in.N * p->Hv * p->V * p->K) * 4;
+                 fb = (size_t)(in->N * p->Hv * p->V * p->K) * 4;
     gdn_bf16 *o = gdn_test_alloc((int64_t)ob, 1);
     float *f = gdn_test_alloc((int64_t)fb, 1);
+    const char *extra = !recurrent                    ? ""
+                        : pool_dtype == GDN_DTYPE_F32 ? "--pool-dtype f32 "
+                                                      : "--pool-dtype bf16 ";
+    gdn_context *ctx = NULL;
     if (CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CPU, 0), GDN_SUCCESS, NULL) &&
-        CHECK_STATUS(gdn_chunk_forward(ctx, p, &opts, in.q, in.k, in.v, in.g, in.beta, in.h0, o, f,
-                                       NULL, NULL, 0),
-                     GDN_SUCCESS, ctx)) {
-        snprintf(args, sizeof args,
-                 "run --op forward --backend cpu --in '%s' --out '%s' --state-layout %s "
-                 "--head-map=%s %s",
-                 in_dir, out_dir, p->state_layout == GDN_STATE_KV ? "kv" : "vk",
-                 p->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", c->flags);
-        int rc = gdn_cmd(args);
-        if (CHECK(rc == 0, "forward %s: gdn run exited %d: %s", c->name, rc, gdn_stderr())) {
-            const int kv = p->state_layout == GDN_STATE_KV;
-            const int64_t os[] = {p->B, p->T, p->Hv, p->V},
-                          fs[] = {in.N, p->Hv, kv ? p->K : p->V, kv ? p->V : p->K};
-            cli_case cc;
-            memset(&cc, 0, sizeof cc);
-            cc.name = c->name;
-            expect_file(&cc, out_dir, "o.npy", "<u2", 4, os, o, ob);
-            expect_file(&cc, out_dir, "final_state.npy", "<f4", 4, fs, f, fb);
-            CHECK(strstr(gdn_stdout(), "o.npy") != NULL, "forward %s: no summary on stdout",
-                  c->name);
-        }
-        if (gdn_dev_available()) {
-            /* Until the CUDA kernels exist the CUDA backend refuses the op
-             * (exit 1, the library's message); a GPU session replaces this
-             * with a comparison against a direct CUDA call. */
-            snprintf(args, sizeof args, "run --op forward --backend cuda --in '%s' --out '%s/c' %s",
-                     in_dir, out_dir, c->flags);
-            rc = gdn_cmd(args);
-            CHECK(rc == 1 && strstr(gdn_stderr(), "GDN_ERROR_NOT_SUPPORTED") &&
-                      strstr(gdn_stderr(), "does not implement"),
-                  "forward %s --backend cuda: exit %d: %s", c->name, rc, gdn_stderr());
-        }
-    }
+        (recurrent ? direct_recurrent(ctx, &fi, pool_dtype, o, f) : direct_forward(ctx, &fi, o, f)))
+        forward_cli_vs_direct(fc, op, extra, in, in_dir, out_dir, o, ob, f, fb);
     gdn_context_destroy(ctx);
     free(o);
     free(f);
-    free(alog);
-    free(dtb);
-    gdn_ref_inputs_free(&in);
+    gdn_test_fw_inputs_free(&fi);
 }
 
 static void test_forward(void) {
     static const int32_t cu[] = {0, 50, 50, 180, 200};
     const fwd_cli_case cases[] = {
         /* batch, h0, defaults */
-        {"batch", 2, 100, 2, 4, 32, 48, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 0, 0, "",
+        {{"batch", 2, 100, 2, 4, 32, 48, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 0, 0}, "",
          0.0f, 0, 0, 0},
         /* varlen with an empty sequence, every option, int64 cu_seqlens,
          * f32 q/k/v, kv, tiled */
-        {"varlen_opts", 1, 200, 2, 6, 40, 24, cu, 4, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1,
+        {{"varlen_opts", 1, 200, 2, 6, 40, 24, cu, 4, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1},
          "--scale 0.3 --l2norm-qk --beta-sigmoid --qwen-gate", 0.3f, 1, 1, 1},
         /* no h0, one option, --scale=0 (the default) */
-        {"single", 1, 130, 3, 3, 64, 32, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, 0, 0,
+        {{"single", 1, 130, 3, 3, 64, 32, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, 0, 0},
          "--scale=0 --beta-sigmoid", 0.0f, 0, 1, 0},
     };
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        test_forward_case(&cases[i], 300 + i);
+        test_forward_case(&cases[i], "forward", GDN_DTYPE_F32, 300 + i);
 
     /* Errors: exit 2 with a message naming the file or the option. */
     char dir[2048], args[12288];
     snprintf(dir, sizeof dir, "%s/fwd_err_in", tmp_root);
-    const fwd_cli_case c = {"err", 1, 96, 2, 4, 16, 16, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK,
-                            1, 0, 0, "", 0.0f, 0, 0, 0};
-    gdn_ref_inputs in;
-    gdn_forward_options opts;
-    float *alog = NULL, *dtb = NULL;
-    if (!write_forward_inputs(&c, dir, &in, 9, &opts, &alog, &dtb)) return;
-    const gdn_problem *p = &in.p;
+    const fwd_cli_case c = {
+        {"err", 1, 96, 2, 4, 16, 16, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 0, 0},
+        "", 0.0f, 0, 0, 0};
+    gdn_test_fw_inputs fi;
+    if (!write_forward_inputs(&c, dir, 9, &fi)) return;
+    const gdn_ref_inputs *in = &fi.in;
+    const gdn_problem *p = &in->p;
     const char *base = "run --op forward --backend cpu --in";
     snprintf(args, sizeof args, "%s '%s' --out '%s/fo'", base, dir, tmp_root);
     CHECK(gdn_cmd(args) == 0, "forward err baseline: %s", gdn_stderr());
     /* v with the wrong T */
     const int64_t bad_v[] = {p->B, p->T - 1, p->Hv, p->V};
-    put(dir, "v.npy", "<u2", 4, bad_v, in.v);
+    put(dir, "v.npy", "<u2", 4, bad_v, in->v);
     expect_usage_error("forward: v/q mismatch", args, "v.npy", "does not match");
     const int64_t vs[] = {p->B, p->T, p->Hv, p->V};
-    put(dir, "v.npy", "<u2", 4, vs, in.v);
+    put(dir, "v.npy", "<u2", 4, vs, in->v);
     /* k not the shape of q */
     const int64_t bad_k[] = {p->B, p->T, p->Hk, p->K + 1};
     gdn_bf16 *kz = gdn_test_alloc(p->T * p->Hk * (p->K + 1), 2);
@@ -830,13 +877,13 @@ static void test_forward(void) {
     free(kz);
     expect_usage_error("forward: k/q mismatch", args, "k.npy", "q.npy");
     const int64_t ks[] = {p->B, p->T, p->Hk, p->K};
-    put(dir, "k.npy", "<u2", 4, ks, in.k);
+    put(dir, "k.npy", "<u2", 4, ks, in->k);
     /* beta with Hv off by one */
     const int64_t bad_b[] = {p->B, p->T, p->Hv - 1};
-    put(dir, "beta.npy", "<f4", 3, bad_b, in.beta);
+    put(dir, "beta.npy", "<f4", 3, bad_b, in->beta);
     expect_usage_error("forward: beta shape", args, "beta.npy", "does not match");
     const int64_t gs[] = {p->B, p->T, p->Hv};
-    put(dir, "beta.npy", "<f4", 3, gs, in.beta);
+    put(dir, "beta.npy", "<f4", 3, gs, in->beta);
     /* --qwen-gate without A_log.npy */
     snprintf(args, sizeof args, "%s '%s' --out '%s/fo' --qwen-gate", base, dir, tmp_root);
     expect_usage_error("forward: qwen without A_log", args, "A_log.npy", "--qwen-gate");
@@ -859,99 +906,27 @@ static void test_forward(void) {
     CHECK(gdn_cmd("run --help") == 0 && strstr(gdn_stdout(), "--op forward") &&
               strstr(gdn_stdout(), "--qwen-gate"),
           "gdn run --help lacks --op forward");
-    free(alog);
-    free(dtb);
-    gdn_ref_inputs_free(&in);
+    gdn_test_fw_inputs_free(&fi);
 }
 
 /* ---- gdn run --op recurrent ------------------------------------------------ */
-
-/* The forward inputs through `gdn run --op recurrent` against
- * gdn_recurrent_forward called directly on a pool built the same way (h0
- * or zeros, identity slots): o.npy and final_state.npy bit-identical. */
-static void test_recurrent_case(const fwd_cli_case *c, gdn_dtype pool_dtype, uint64_t seed) {
-    char in_dir[2048], out_dir[2048], args[12288];
-    snprintf(in_dir, sizeof in_dir, "%s/rec_%s_in", tmp_root, c->name);
-    snprintf(out_dir, sizeof out_dir, "%s/rec_%s_out/nested", tmp_root, c->name);
-    gdn_ref_inputs in;
-    gdn_forward_options opts;
-    float *alog = NULL, *dtb = NULL;
-    if (!write_forward_inputs(c, in_dir, &in, seed, &opts, &alog, &dtb)) return;
-    const gdn_problem *p = &in.p;
-    const int64_t S = p->Hv * p->V * p->K, n_o = p->B * p->T * p->Hv * p->V;
-    gdn_bf16 *o = gdn_test_alloc(n_o, 2);
-    float *pf = gdn_test_alloc(in.N * S, 4), *f = gdn_test_alloc(in.N * S, 4);
-    gdn_bf16 *pb = gdn_test_alloc(in.N * S, 2);
-    for (int64_t x = 0; x < in.N * S; x++) {
-        pf[x] = in.h0 ? in.h0[x] : 0.0f;
-        pb[x] = gdn_f32_to_bf16(pf[x]);
-    }
-    void *pool = pool_dtype == GDN_DTYPE_F32 ? (void *)pf : (void *)pb;
-    gdn_context *ctx = NULL;
-    if (CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CPU, 0), GDN_SUCCESS, NULL) &&
-        CHECK_STATUS(gdn_recurrent_forward(ctx, p, &opts, in.q, in.k, in.v, in.g, in.beta, pool,
-                                           pool_dtype, in.N, NULL, o, NULL),
-                     GDN_SUCCESS, ctx)) {
-        for (int64_t x = 0; x < in.N * S; x++)
-            f[x] = pool_dtype == GDN_DTYPE_F32 ? pf[x] : gdn_bf16_to_f32(pb[x]);
-        snprintf(args, sizeof args,
-                 "run --op recurrent --backend cpu --in '%s' --out '%s' --state-layout %s "
-                 "--head-map=%s --pool-dtype %s %s",
-                 in_dir, out_dir, p->state_layout == GDN_STATE_KV ? "kv" : "vk",
-                 p->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block",
-                 pool_dtype == GDN_DTYPE_F32 ? "f32" : "bf16", c->flags);
-        int rc = gdn_cmd(args);
-        if (CHECK(rc == 0, "recurrent %s: gdn run exited %d: %s", c->name, rc, gdn_stderr())) {
-            const int kv = p->state_layout == GDN_STATE_KV;
-            const int64_t os[] = {p->B, p->T, p->Hv, p->V},
-                          fs[] = {in.N, p->Hv, kv ? p->K : p->V, kv ? p->V : p->K};
-            cli_case cc;
-            memset(&cc, 0, sizeof cc);
-            cc.name = c->name;
-            expect_file(&cc, out_dir, "o.npy", "<u2", 4, os, o, (size_t)n_o * 2);
-            expect_file(&cc, out_dir, "final_state.npy", "<f4", 4, fs, f, (size_t)(in.N * S) * 4);
-            CHECK(strstr(gdn_stdout(), "--op recurrent") && strstr(gdn_stdout(), "o.npy"),
-                  "recurrent %s: no summary on stdout", c->name);
-        }
-        if (gdn_dev_available()) {
-            /* Until the CUDA kernel exists the CUDA backend refuses the op
-             * (exit 1, the library's message); a GPU session replaces this
-             * with a comparison against a direct CUDA call. */
-            snprintf(args, sizeof args,
-                     "run --op recurrent --backend cuda --in '%s' --out '%s/c' %s", in_dir,
-                     out_dir, c->flags);
-            rc = gdn_cmd(args);
-            CHECK(rc == 1 && strstr(gdn_stderr(), "GDN_ERROR_NOT_SUPPORTED") &&
-                      strstr(gdn_stderr(), "does not implement"),
-                  "recurrent %s --backend cuda: exit %d: %s", c->name, rc, gdn_stderr());
-        }
-    }
-    gdn_context_destroy(ctx);
-    free(o);
-    free(pf);
-    free(pb);
-    free(f);
-    free(alog);
-    free(dtb);
-    gdn_ref_inputs_free(&in);
-}
 
 static void test_recurrent(void) {
     static const int32_t cu[] = {0, 3, 3, 8, 9};
     const fwd_cli_case cases[] = {
         /* decode: a batch of one token each, h0, defaults */
-        {"decode", 4, 1, 2, 4, 32, 48, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 0, 0, "",
+        {{"decode", 4, 1, 2, 4, 32, 48, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 0, 0}, "",
          0.0f, 0, 0, 0},
         /* varlen with an empty sequence, every option, kv, tiled, f32 q/k/v */
-        {"varlen_opts", 1, 9, 2, 6, 40, 24, cu, 4, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1,
+        {{"varlen_opts", 1, 9, 2, 6, 40, 24, cu, 4, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1},
          "--scale 0.3 --l2norm-qk --beta-sigmoid --qwen-gate", 0.3f, 1, 1, 1},
         /* one sequence, no h0 */
-        {"single", 1, 5, 3, 3, 64, 32, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, 0, 0,
+        {{"single", 1, 5, 3, 3, 64, 32, NULL, 0, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, 0, 0},
          "--beta-sigmoid", 0.0f, 0, 1, 0},
     };
-    test_recurrent_case(&cases[0], GDN_DTYPE_F32, 400);
-    test_recurrent_case(&cases[1], GDN_DTYPE_BF16, 401);
-    test_recurrent_case(&cases[2], GDN_DTYPE_F32, 402);
+    test_forward_case(&cases[0], "recurrent", GDN_DTYPE_F32, 400);
+    test_forward_case(&cases[1], "recurrent", GDN_DTYPE_BF16, 401);
+    test_forward_case(&cases[2], "recurrent", GDN_DTYPE_F32, 402);
 
     /* Errors: exit 2 with a message naming the option. */
     char dir[2048], args[12288];

@@ -34,10 +34,8 @@ typedef struct cp_case {
 static gdn_context *ctx;
 
 static void run_case(const cp_case *c, uint64_t seed) {
-    gdn_problem shape;
-    gdn_problem_init(&shape, 1, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
+    const gdn_problem shape =
+        gdn_test_problem(1, c->T, c->Hk, c->Hv, c->K, c->V, c->layout, c->map, NULL, 0);
     gdn_ref_inputs in;
     if (!CHECK(gdn_ref_inputs_make(&in, &shape, seed, 1) == 0, "%s: inputs", c->name)) return;
     const gdn_problem *p = &in.p;
@@ -85,15 +83,11 @@ static void run_case(const cp_case *c, uint64_t seed) {
                  GDN_SUCCESS, ctx);
 
     /* split: summaries, fold, forward per slice */
-    gdn_bf16 *o_cp = gdn_test_alloc(no, 2);
-    float *fs_cp = gdn_test_alloc(ns, 4), *folded = gdn_test_alloc(ns, 4);
-    float *tr = gdn_test_alloc((int64_t)c->P * Hv * K * K, 4);
-    float *part = gdn_test_alloc((int64_t)c->P * ns, 4);
+    gdn_bf16 *o_cp = gdn_test_alloc_poisoned(no, 2);
+    float *fs_cp = gdn_test_alloc_poisoned(ns, 4), *folded = gdn_test_alloc(ns, 4);
+    float *tr = gdn_test_alloc_poisoned((int64_t)c->P * Hv * K * K, 4);
+    float *part = gdn_test_alloc_poisoned((int64_t)c->P * ns, 4);
     float *start = gdn_test_alloc((int64_t)c->P * ns, 4);
-    gdn_test_poison(o_cp, (size_t)no * 2);
-    gdn_test_poison(fs_cp, (size_t)ns * 4);
-    gdn_test_poison(tr, (size_t)c->P * Hv * K * K * 4);
-    gdn_test_poison(part, (size_t)c->P * ns * 4);
     for (int r = 0; r < c->P; r++) {
         const int64_t t0 = c->cuts[r], Tr = c->cuts[r + 1] - t0;
         gdn_problem ps = *p;

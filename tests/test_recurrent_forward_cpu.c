@@ -123,7 +123,7 @@ static int problem_make(rf_problem *r, const rf_case *c, uint64_t seed) {
     memset(r, 0, sizeof *r);
     gdn_rng rng;
     gdn_rng_seed(&rng, seed ^ 0x9e3779b97f4a7c15ull);
-    gdn_problem shape;
+    int64_t B = c->N, T = c->T; /* without varlen: B = N sequences of T tokens */
     if (c->varlen) {
         r->cu = gdn_test_alloc(c->N + 1, sizeof(int32_t));
         r->cu[0] = 0;
@@ -131,16 +131,12 @@ static int problem_make(rf_problem *r, const rf_case *c, uint64_t seed) {
         for (int64_t n = 0; n < c->N; n++)
             r->cu[n + 1] =
                 r->cu[n] + c->tmin + (int32_t)(gdn_rng_uniform(&rng) * (tmax + 1 - c->tmin));
-        const int64_t T = r->cu[c->N] > 0 ? r->cu[c->N] : 1;
+        B = 1;
+        T = r->cu[c->N] > 0 ? r->cu[c->N] : 1;
         if (r->cu[c->N] == 0) r->cu[c->N] = 1; /* at least one token overall */
-        gdn_problem_init(&shape, 1, T, c->Hk, c->Hv, c->K, c->V);
-        shape.cu_seqlens = r->cu;
-        shape.num_seqs = c->N;
-    } else {
-        gdn_problem_init(&shape, c->N, c->T, c->Hk, c->Hv, c->K, c->V);
     }
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
+    const gdn_problem shape = gdn_test_problem(B, T, c->Hk, c->Hv, c->K, c->V, c->layout, c->map,
+                                               r->cu, c->varlen ? c->N : 0);
     if (!CHECK(gdn_ref_inputs_make(&r->in, &shape, seed, 1) == 0, "inputs_make")) return 0;
     const gdn_problem *p = &r->in.p;
     r->tokens = p->B * p->T;
@@ -334,12 +330,8 @@ static void oracle_prefix_states(const rf_problem *r, int64_t L, double *out) {
  * (gdn_ref_recurrent_f64) when no option is set. */
 static void check_oracles_agree(void) {
     const int32_t cu[] = {0, 3, 3, 10, 12};
-    gdn_problem shape;
-    gdn_problem_init(&shape, 1, 12, 2, 4, 48, 40);
-    shape.cu_seqlens = cu;
-    shape.num_seqs = 4;
-    shape.state_layout = GDN_STATE_KV;
-    shape.head_map = GDN_HEAD_MAP_TILED;
+    const gdn_problem shape =
+        gdn_test_problem(1, 12, 2, 4, 48, 40, GDN_STATE_KV, GDN_HEAD_MAP_TILED, cu, 4);
     gdn_ref_inputs in;
     if (!CHECK(gdn_ref_inputs_make(&in, &shape, 11, 1) == 0, "inputs_make")) return;
     const int64_t n_o = 12 * 4 * 40, n_s = 4 * 4 * 48 * 40;
@@ -367,10 +359,8 @@ static void check_case(gdn_context *ctx, gdn_context *ctx1, const rf_case *c, ui
     const gdn_problem *p = &r.in.p;
     const int64_t N = r.in.N, Hv = p->Hv, V = p->V, S = r.S;
     const int64_t n_o = r.tokens * Hv * V, n_hist = r.tokens * S;
-    gdn_bf16 *o = gdn_test_alloc(n_o, 2);
-    void *hist = c->history ? gdn_test_alloc(n_hist, r.elem) : NULL;
-    gdn_test_poison(o, (size_t)n_o * 2);
-    if (hist) gdn_test_poison(hist, (size_t)n_hist * r.elem);
+    gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, 2);
+    void *hist = c->history ? gdn_test_alloc_poisoned(n_hist, r.elem) : NULL;
     if (!CHECK_STATUS(run_op(ctx, &r, c->dtype, o, hist), GDN_SUCCESS, ctx)) {
         free(o);
         free(hist);
@@ -489,10 +479,8 @@ static void check_case(gdn_context *ctx, gdn_context *ctx1, const rf_case *c, ui
     void *pool_a = gdn_test_alloc(r.P * S, r.elem);
     memcpy(pool_a, r.pool, (size_t)(r.P * S) * r.elem);
     memcpy(r.pool, r.pool0, (size_t)(r.P * S) * r.elem);
-    gdn_bf16 *o2 = gdn_test_alloc(n_o, 2);
-    void *hist2 = hist ? gdn_test_alloc(n_hist, r.elem) : NULL;
-    gdn_test_poison(o2, (size_t)n_o * 2);
-    if (hist2) gdn_test_poison(hist2, (size_t)n_hist * r.elem);
+    gdn_bf16 *o2 = gdn_test_alloc_poisoned(n_o, 2);
+    void *hist2 = hist ? gdn_test_alloc_poisoned(n_hist, r.elem) : NULL;
     if (CHECK_STATUS(run_op(ctx1, &r, c->dtype, o2, hist2), GDN_SUCCESS, ctx1)) {
         CHECK(memcmp(o, o2, (size_t)n_o * 2) == 0, "%s: o differs between two runs", name);
         CHECK(memcmp(pool_a, r.pool, (size_t)(r.P * S) * r.elem) == 0,
@@ -568,8 +556,7 @@ static void check_all_padding(gdn_context *ctx) {
     if (!problem_make(&r, &c, 77)) return;
     for (int64_t n = 0; n < r.in.N; n++) r.idx[n] = r.slot_of[n] = -1 - (int32_t)n;
     const int64_t n_o = r.tokens * r.in.p.Hv * r.in.p.V;
-    gdn_bf16 *o = gdn_test_alloc(n_o, 2);
-    gdn_test_poison(o, (size_t)n_o * 2);
+    gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, 2);
     if (CHECK_STATUS(run_op(ctx, &r, c.dtype, o, NULL), GDN_SUCCESS, ctx)) {
         int zero = 1;
         for (int64_t x = 0; x < n_o; x++) zero &= o[x] == 0;
@@ -832,12 +819,10 @@ static void check_vs_chunked(gdn_context *ctx) {
         if (!problem_make(&r, c, 7000 + i)) continue;
         const gdn_problem *p = &r.in.p;
         const int64_t N = r.in.N, S = r.S, n_o = r.tokens * p->Hv * p->V;
-        gdn_bf16 *o_r = gdn_test_alloc(n_o, 2), *o_c = gdn_test_alloc(n_o, 2);
-        float *fs_c = gdn_test_alloc(N * S, sizeof(float));
+        gdn_bf16 *o_r = gdn_test_alloc(n_o, 2), *o_c = gdn_test_alloc_poisoned(n_o, 2);
+        float *fs_c = gdn_test_alloc_poisoned(N * S, sizeof(float));
         double *o_rd = gdn_test_alloc(n_o, sizeof(double)), *fs_rd = gdn_test_alloc(N * S, 8);
         double *o_ref = gdn_test_alloc(n_o, sizeof(double)), *fs_ref = gdn_test_alloc(N * S, 8);
-        gdn_test_poison(o_c, (size_t)n_o * 2);
-        gdn_test_poison(fs_c, (size_t)(N * S) * sizeof(float));
         if (CHECK_STATUS(run_op(ctx, &r, c->dtype, o_r, NULL), GDN_SUCCESS, ctx) &&
             CHECK_STATUS(gdn_chunk_forward(ctx, p, r.opts_arg, r.in.q, r.in.k, r.in.v, r.in.g,
                                            r.in.beta, r.h0, o_c, fs_c, NULL, NULL, 0),

@@ -28,12 +28,8 @@ typedef struct ref_case {
 static const double TOL = 1e-10;
 
 static void run_case(const ref_case *c, uint64_t seed) {
-    gdn_problem shape;
-    gdn_problem_init(&shape, c->B, c->T, c->Hk, c->Hv, c->K, c->V);
-    shape.state_layout = c->layout;
-    shape.head_map = c->map;
-    shape.cu_seqlens = c->cu;
-    shape.num_seqs = c->num_seqs;
+    const gdn_problem shape = gdn_test_problem(c->B, c->T, c->Hk, c->Hv, c->K, c->V, c->layout,
+                                               c->map, c->cu, c->num_seqs);
 
     gdn_ref_inputs in;
     if (!CHECK(gdn_ref_inputs_make(&in, &shape, seed, c->with_h0) == 0, "inputs_make failed"))
@@ -180,9 +176,7 @@ static void test_rel_err(void) {
  * bitwise; and the KV final state is the transpose of the VK one. */
 static void test_head_map_and_layout(gdn_head_map map) {
     const int64_t T = 70, Hk = 2, Hv = 6, K = 24, V = 20;
-    gdn_problem shape;
-    gdn_problem_init(&shape, 1, T, Hk, Hv, K, V);
-    shape.head_map = map;
+    const gdn_problem shape = gdn_test_problem(1, T, Hk, Hv, K, V, GDN_STATE_VK, map, NULL, 0);
     gdn_ref_inputs in;
     if (!CHECK(gdn_ref_inputs_make(&in, &shape, 55, 1) == 0, "inputs_make failed")) return;
     double *o = gdn_test_alloc(T * Hv * V, sizeof(double));
@@ -216,18 +210,12 @@ static void test_head_map_and_layout(gdn_head_map map) {
           map == GDN_HEAD_MAP_TILED ? "tiled" : "block");
 
     /* KV: h0 and final state transposed, same numbers. */
-    float *h0t = gdn_test_alloc(Hv * V * K, 4);
-    for (int64_t h = 0; h < Hv; h++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++) h0t[(h * K + i) * V + j] = in.h0[(h * V + j) * K + i];
+    float *h0t = gdn_test_vk_to_kv(in.h0, Hv, V, K);
     in.p.state_layout = GDN_STATE_KV;
     double *o_kv = gdn_test_alloc(T * Hv * V, sizeof(double));
     gdn_ref_recurrent_f64(&in.p, in.q, in.k, in.v, in.g, in.beta, h0t, in.scale, o_kv, fs_kv);
-    int tr = memcmp(o_kv, o, (size_t)(T * Hv * V) * sizeof(double)) == 0;
-    for (int64_t h = 0; h < Hv; h++)
-        for (int64_t j = 0; j < V; j++)
-            for (int64_t i = 0; i < K; i++)
-                tr &= fs_kv[(h * K + i) * V + j] == fs[(h * V + j) * K + i];
+    const int tr = memcmp(o_kv, o, (size_t)(T * Hv * V) * sizeof(double)) == 0 &&
+                   gdn_test_kv_is_vk(fs_kv, fs, sizeof(double), Hv, V, K);
     CHECK(tr, "KV layout is not the transpose of VK");
 
     free(h0t);

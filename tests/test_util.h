@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "gdn.h"
+#include "gdn_ref.h"
 #include "npy.h"
 
 #ifdef __cplusplus
@@ -47,11 +48,68 @@ const char *gdn_test_fixtures_dir(void);
 int gdn_test_load_npy(const char *dir, const char *name, const char *dtype, int ndim,
                       const int64_t *shape, npy_array *arr);
 
+/* The FLA fixture cases (shared/fixtures/fla/manifest.json): B, T, Hk (its
+ * "H"), Hv ("HV"), K, V; none uses cu_seqlens. */
+typedef struct gdn_test_fixture {
+    const char *name;
+    int64_t B, T, Hk, Hv, K, V;
+} gdn_test_fixture;
+extern const gdn_test_fixture gdn_test_fixtures[];
+extern const int gdn_test_num_fixtures;
+
+/* Counted checks that the fixtures directory exists and that its manifest
+ * lists exactly the cases of gdn_test_fixtures. Returns the directory, or
+ * NULL when it is not there. */
+const char *gdn_test_fixtures_checked(void);
+
+/* One file of a fixture case: name, dtype, shape and where it goes. */
+typedef struct gdn_test_npy_file {
+    const char *name;
+    const char *dtype;
+    int ndim;
+    int64_t shape[5];
+    npy_array *arr;
+} gdn_test_npy_file;
+
+/* Load every file of case c (in root/c->name), all or none: a counted
+ * check that they all loaded; on a failure none is left loaded. */
+int gdn_test_load_fixture(const char *root, const gdn_test_fixture *c, gdn_test_npy_file *files,
+                          int n);
+void gdn_test_free_fixture(gdn_test_npy_file *files, int n);
+
+/* A malloc'd fp64 copy of an "<u2" (bf16) or "<f4" array. */
+double *gdn_test_npy_to_f64(const npy_array *a);
+
 /* Fill bytes with 0xFF: bf16 and f32 NaN, so unwritten outputs show. */
 void gdn_test_poison(void *ptr, size_t bytes);
+/* gdn_test_alloc, then gdn_test_poison: an output buffer of n elements. */
+void *gdn_test_alloc_poisoned(int64_t n, size_t size);
 /* Number of NaN elements (a poisoned, unwritten element is NaN). */
 int64_t gdn_test_count_nan_bf16(const gdn_bf16 *x, int64_t n);
 int64_t gdn_test_count_nan_f32(const float *x, int64_t n);
+
+/* The inputs of a forward call: the SPEC 5 draw (in, with its problem p)
+ * and the options; with the Qwen gate on, opts points at A_log and dt_bias
+ * (malloc'd, else NULL). */
+typedef struct gdn_test_fw_inputs {
+    gdn_ref_inputs in;
+    gdn_forward_options opts;
+    float *A_log, *dt_bias;
+} gdn_test_fw_inputs;
+void gdn_test_fw_inputs_free(gdn_test_fw_inputs *f);
+
+/* A problem of the given shape, state layout and head map; cu (NULL for
+ * none) and num_seqs are its cu_seqlens. */
+gdn_problem gdn_test_problem(int64_t B, int64_t T, int64_t Hk, int64_t Hv, int64_t K, int64_t V,
+                             gdn_state_layout layout, gdn_head_map map, const int32_t *cu,
+                             int64_t num_seqs);
+
+/* States [M, V, K] (the VK layout) transposed into a malloc'd [M, K, V]
+ * (KV). */
+float *gdn_test_vk_to_kv(const float *vk, int64_t M, int64_t V, int64_t K);
+/* 1 when kv [M, K, V] is vk [M, V, K] transposed, element by element with
+ * ==; elem picks the type: 2 bf16 (bits), 4 float, 8 double. */
+int gdn_test_kv_is_vk(const void *kv, const void *vk, size_t elem, int64_t M, int64_t V, int64_t K);
 
 /* malloc that aborts the test on failure (with n elements of size). */
 void *gdn_test_alloc(int64_t n, size_t size);

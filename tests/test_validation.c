@@ -50,6 +50,13 @@ static void expect_msg(gdn_context *ctx, gdn_status got, gdn_status want, const 
               gdn_last_error(ctx), *s);
 }
 
+/* No message on ctx (when: a fresh context, or a success after a failure,
+ * which must clear the failure's message). */
+static void expect_no_message(gdn_context *ctx, const char *when) {
+    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "%s: gdn_last_error is \"%s\", expected \"\"",
+          when, gdn_last_error(ctx));
+}
+
 #define EXPECT(ctx, expr, want, rule, ...)                                                         \
     do {                                                                                           \
         const char *const subs_[] = {__VA_ARGS__, NULL};                                           \
@@ -57,6 +64,16 @@ static void expect_msg(gdn_context *ctx, gdn_status got, gdn_status want, const 
     } while (0)
 
 #define BAD GDN_ERROR_INVALID_ARGUMENT
+
+/* A required pointer NULL: with c = valid() but c.field NULL (c, ctx and p
+ * from the caller), run refuses the call and the message names the pointer;
+ * the rule is "<prefix>field NULL". */
+#define EXPECT_NULL(prefix, op, run, valid, field)                                                 \
+    do {                                                                                           \
+        c = valid(), c.field = NULL;                                                               \
+        EXPECT(ctx, run(ctx, &p, &c), BAD, prefix #field " NULL", op, ": " #field " is NULL");     \
+    } while (0)
+
 #define OP "gdn_chunk_state"
 
 static void test_null_ctx_and_problem(gdn_context *ctx) {
@@ -75,16 +92,11 @@ static void test_required_pointers(gdn_context *ctx) {
     gdn_problem p;
     valid_problem(&p);
     call c;
-    c = valid_call(), c.k = NULL;
-    EXPECT(ctx, run(ctx, &p, &c), BAD, "k NULL", OP, ": k is NULL");
-    c = valid_call(), c.w = NULL;
-    EXPECT(ctx, run(ctx, &p, &c), BAD, "w NULL", OP, ": w is NULL");
-    c = valid_call(), c.u = NULL;
-    EXPECT(ctx, run(ctx, &p, &c), BAD, "u NULL", OP, ": u is NULL");
-    c = valid_call(), c.g = NULL;
-    EXPECT(ctx, run(ctx, &p, &c), BAD, "g NULL", OP, ": g is NULL");
-    c = valid_call(), c.h_out = NULL;
-    EXPECT(ctx, run(ctx, &p, &c), BAD, "h_out NULL", OP, ": h_out is NULL");
+    EXPECT_NULL("", OP, run, valid_call, k);
+    EXPECT_NULL("", OP, run, valid_call, w);
+    EXPECT_NULL("", OP, run, valid_call, u);
+    EXPECT_NULL("", OP, run, valid_call, g);
+    EXPECT_NULL("", OP, run, valid_call, h_out);
     /* the optional ones may be NULL */
     c = valid_call(), c.h0 = NULL, c.v_new = NULL, c.final_state = NULL;
     CHECK_STATUS(run(ctx, &p, &c), GDN_SUCCESS, ctx);
@@ -253,8 +265,7 @@ static void test_context(void) {
 
     CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CPU, 0), GDN_SUCCESS, NULL);
     CHECK(gdn_context_backend(ctx) == GDN_BACKEND_CPU, "CPU context is not CPU");
-    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "fresh context has an error \"%s\"",
-          gdn_last_error(ctx));
+    expect_no_message(ctx, "a fresh context");
     int dummy;
     EXPECT(ctx, gdn_context_set_stream(ctx, &dummy), BAD, "stream on CPU", "gdn_context_set_stream",
            "stream", "CPU");
@@ -324,13 +335,11 @@ static void test_error_cleared(gdn_context *ctx) {
     CHECK(gdn_last_error(ctx)[0] != '\0', "no message after a failure");
     p.K = K0;
     CHECK_STATUS(run(ctx, &p, &c), GDN_SUCCESS, ctx);
-    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "message \"%s\" kept after a success",
-          gdn_last_error(ctx));
+    expect_no_message(ctx, "a success after a failure");
     CHECK_STATUS(gdn_context_set_num_threads(ctx, -5), BAD, ctx);
     size_t bytes;
     CHECK_STATUS(gdn_chunk_state_workspace_size(ctx, &p, &bytes), GDN_SUCCESS, ctx);
-    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "workspace_size kept the old message \"%s\"",
-          gdn_last_error(ctx));
+    expect_no_message(ctx, "workspace_size after a failure");
 }
 
 /* ---- gdn_chunk_forward ---------------------------------------------------- */
@@ -390,18 +399,12 @@ static void test_chunk_forward(gdn_context *ctx) {
     valid_problem(&p);
 
     /* required pointers */
-    c = valid_fcall(), c.q = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: q NULL", OPF, ": q is NULL");
-    c = valid_fcall(), c.k = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: k NULL", OPF, ": k is NULL");
-    c = valid_fcall(), c.v = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: v NULL", OPF, ": v is NULL");
-    c = valid_fcall(), c.g = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: g NULL", OPF, ": g is NULL");
-    c = valid_fcall(), c.beta = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: beta NULL", OPF, ": beta is NULL");
-    c = valid_fcall(), c.o = NULL;
-    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward: o NULL", OPF, ": o is NULL");
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, q);
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, k);
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, v);
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, g);
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, beta);
+    EXPECT_NULL("forward: ", OPF, frun, valid_fcall, o);
     /* the optional ones may be NULL */
     c = valid_fcall(), c.h0 = NULL, c.final_state = NULL, c.chunk_states = NULL;
     CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
@@ -487,49 +490,57 @@ static void test_chunk_forward(gdn_context *ctx) {
     CHECK_STATUS(frun(ctx, &p, &c), BAD, ctx);
     c.q = q_buf;
     CHECK_STATUS(frun(ctx, &p, &c), GDN_SUCCESS, ctx);
-    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "forward kept the old message \"%s\"",
-          gdn_last_error(ctx));
+    expect_no_message(ctx, "gdn_chunk_forward after a failure");
+}
+
+static void cuda_teardown(gdn_context *ctx, int n, void **d) {
+    for (int i = 0; i < n; i++) gdn_dev_free(d[i]);
+    gdn_context_destroy(ctx);
+}
+
+/* For the CUDA-only checks of op: a CUDA context and n device buffers of
+ * the given sizes in d (zeroed by the caller), a counted check each. NULL
+ * (with nothing left to free) without a GPU, after a note, or when a check
+ * failed. */
+static gdn_context *cuda_setup(const char *op, int n, const size_t *bytes, void **d) {
+    if (!gdn_cuda_available()) {
+        printf("note: no GPU: the CUDA %s checks were skipped\n", op);
+        return NULL;
+    }
+    gdn_context *ctx = NULL;
+    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0), GDN_SUCCESS, NULL)) return NULL;
+    for (int i = 0; i < n; i++)
+        if (!CHECK(gdn_dev_alloc(&d[i], bytes[i]) == 0, "device buffer: %s", gdn_dev_error())) {
+            cuda_teardown(ctx, n, d);
+            return NULL;
+        }
+    return ctx;
 }
 
 /* On a CUDA context the operation is validated, then refused with
  * NOT_SUPPORTED until the CUDA kernels exist: never run on the CPU. */
 static void test_chunk_forward_cuda_not_supported(void) {
-    if (!gdn_cuda_available()) {
-        printf("note: no GPU: the CUDA gdn_chunk_forward NOT_SUPPORTED check was skipped\n");
-        return;
-    }
-    gdn_context *ctx = NULL;
-    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0), GDN_SUCCESS, NULL)) return;
-    gdn_problem p;
-    valid_problem(&p);
     enum { Q, KK, VV, G, BETA, H0, O, FS, CS, COUNT };
     const size_t bytes[COUNT] = {sizeof q_buf, sizeof k_buf,  sizeof v_buf,
                                  sizeof g_buf, sizeof beta_buf, sizeof h0_buf,
                                  sizeof o_buf, sizeof fs_buf, sizeof cs_buf};
     void *d[COUNT] = {0};
-    int ok = 1;
-    for (int i = 0; ok && i < COUNT; i++)
-        ok = CHECK(gdn_dev_alloc(&d[i], bytes[i]) == 0, "device buffer: %s", gdn_dev_error());
-    if (ok) {
-        size_t ws = 7;
-        CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, NULL, &ws), GDN_SUCCESS, ctx);
-        EXPECT(ctx,
-               gdn_chunk_forward(ctx, &p, NULL, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0], d[O],
-                                 d[FS], d[CS], NULL, 0),
-               GDN_ERROR_NOT_SUPPORTED, "forward on CUDA",
-               "gdn_chunk_forward: the CUDA backend does not implement this operation yet");
-        /* validation still comes first */
-        EXPECT(ctx,
-               gdn_chunk_forward(ctx, &p, NULL, d[Q], d[KK], d[VV], d[G], NULL, d[H0], d[O],
-                                 d[FS], d[CS], NULL, 0),
-               BAD, "forward on CUDA: beta NULL", OPF, ": beta is NULL");
-        EXPECT(ctx,
-               gdn_chunk_forward(ctx, &p, NULL, q_buf, d[KK], d[VV], d[G], d[BETA], d[H0], d[O],
-                                 d[FS], d[CS], NULL, 0),
-               BAD, "forward on CUDA: host q", OPF, "q is a host pointer");
-    }
-    for (int i = 0; i < COUNT; i++) gdn_dev_free(d[i]);
-    gdn_context_destroy(ctx);
+    gdn_context *ctx = cuda_setup(OPF, COUNT, bytes, d);
+    if (!ctx) return;
+    gdn_problem p;
+    valid_problem(&p);
+    size_t ws = 7;
+    CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, NULL, &ws), GDN_SUCCESS, ctx);
+    const fcall dc = {NULL, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0], d[O], d[FS], d[CS]};
+    fcall c = dc;
+    EXPECT(ctx, frun(ctx, &p, &c), GDN_ERROR_NOT_SUPPORTED, "forward on CUDA",
+           "gdn_chunk_forward: the CUDA backend does not implement this operation yet");
+    /* validation still comes first */
+    c = dc, c.beta = NULL;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward on CUDA: beta NULL", OPF, ": beta is NULL");
+    c = dc, c.q = q_buf;
+    EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward on CUDA: host q", OPF, "q is a host pointer");
+    cuda_teardown(ctx, COUNT, d);
 }
 
 /* ---- gdn_recurrent_forward ------------------------------------------------ */
@@ -547,7 +558,7 @@ typedef struct rcall {
     const gdn_forward_options *opts;
     const gdn_bf16 *q, *k, *v;
     const float *g, *beta;
-    void *pool;
+    void *state_pool;
     gdn_dtype dtype;
     int64_t pool_size;
     const int32_t *idx;
@@ -570,7 +581,7 @@ static void valid_rproblem(gdn_problem *p) {
 }
 
 static gdn_status rrun(gdn_context *ctx, const gdn_problem *p, const rcall *c) {
-    return gdn_recurrent_forward(ctx, p, c->opts, c->q, c->k, c->v, c->g, c->beta, c->pool,
+    return gdn_recurrent_forward(ctx, p, c->opts, c->q, c->k, c->v, c->g, c->beta, c->state_pool,
                                  c->dtype, c->pool_size, c->idx, c->o, c->hist);
 }
 
@@ -606,21 +617,13 @@ static void test_recurrent_forward(gdn_context *ctx) {
     valid_rproblem(&p);
 
     /* required pointers; state_indices and state_history may be NULL */
-    c = valid_rcall(), c.q = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: q NULL", OPR, ": q is NULL");
-    c = valid_rcall(), c.k = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: k NULL", OPR, ": k is NULL");
-    c = valid_rcall(), c.v = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: v NULL", OPR, ": v is NULL");
-    c = valid_rcall(), c.g = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: g NULL", OPR, ": g is NULL");
-    c = valid_rcall(), c.beta = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: beta NULL", OPR, ": beta is NULL");
-    c = valid_rcall(), c.pool = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: state_pool NULL", OPR,
-           ": state_pool is NULL");
-    c = valid_rcall(), c.o = NULL;
-    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent: o NULL", OPR, ": o is NULL");
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, q);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, k);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, v);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, g);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, beta);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, state_pool);
+    EXPECT_NULL("recurrent: ", OPR, rrun, valid_rcall, o);
     c = valid_rcall(), c.idx = NULL, c.hist = NULL;
     CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
 
@@ -696,53 +699,39 @@ static void test_recurrent_forward(gdn_context *ctx) {
     r_idx[0] = -1;
     r_idx[2] = -7;
     CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
-    CHECK(strcmp(gdn_last_error(ctx), "") == 0, "recurrent kept the old message \"%s\"",
-          gdn_last_error(ctx));
+    expect_no_message(ctx, "gdn_recurrent_forward after a failure");
 }
 
 /* On a CUDA context: validated (including the rules only CUDA has), then
  * refused with NOT_SUPPORTED until the kernel exists; never run on the CPU. */
 static void test_recurrent_forward_cuda_not_supported(void) {
-    if (!gdn_cuda_available()) {
-        printf("note: no GPU: the CUDA gdn_recurrent_forward checks were skipped\n");
-        return;
-    }
-    gdn_context *ctx = NULL;
-    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0), GDN_SUCCESS, NULL)) return;
-    gdn_problem p;
-    valid_rproblem(&p);
     enum { Q, G, BETA, VV, POOL, IDX, O, HIST, CU, COUNT };
     const size_t bytes[COUNT] = {sizeof k_buf,  sizeof g_buf, sizeof r_beta,
                                  sizeof r_v,    sizeof r_pool, sizeof r_idx,
                                  sizeof r_o,    sizeof r_hist, sizeof r_cu};
     void *d[COUNT] = {0};
-    int ok = 1;
-    for (int i = 0; ok && i < COUNT; i++)
-        ok = CHECK(gdn_dev_alloc(&d[i], bytes[i]) == 0, "device buffer: %s", gdn_dev_error());
-    if (ok) {
-        p.cu_seqlens_device = (const int32_t *)d[CU];
-        EXPECT(ctx,
-               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
-                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
-               GDN_ERROR_NOT_SUPPORTED, "recurrent on CUDA",
-               "gdn_recurrent_forward: the CUDA backend does not implement this operation yet");
-        /* validation comes first */
-        EXPECT(ctx,
-               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], r_pool,
-                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
-               BAD, "recurrent on CUDA: host pool", OPR, "state_pool is a host pointer");
-        EXPECT(ctx,
-               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
-                                     GDN_DTYPE_F32, RP0, r_idx, d[O], d[HIST]),
-               BAD, "recurrent on CUDA: host indices", OPR, "state_indices is a host pointer");
-        p.cu_seqlens_device = NULL;
-        EXPECT(ctx,
-               gdn_recurrent_forward(ctx, &p, NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL],
-                                     GDN_DTYPE_F32, RP0, d[IDX], d[O], d[HIST]),
-               BAD, "recurrent on CUDA: no cu_seqlens_device", OPR, "cu_seqlens_device");
-    }
-    for (int i = 0; i < COUNT; i++) gdn_dev_free(d[i]);
-    gdn_context_destroy(ctx);
+    gdn_context *ctx = cuda_setup(OPR, COUNT, bytes, d);
+    if (!ctx) return;
+    gdn_problem p;
+    valid_rproblem(&p);
+    p.cu_seqlens_device = (const int32_t *)d[CU];
+    const rcall dc = {NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL], GDN_DTYPE_F32, RP0,
+                      d[IDX], d[O], d[HIST]};
+    rcall c = dc;
+    EXPECT(ctx, rrun(ctx, &p, &c), GDN_ERROR_NOT_SUPPORTED, "recurrent on CUDA",
+           "gdn_recurrent_forward: the CUDA backend does not implement this operation yet");
+    /* validation comes first */
+    c = dc, c.state_pool = r_pool;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent on CUDA: host pool", OPR,
+           "state_pool is a host pointer");
+    c = dc, c.idx = r_idx;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent on CUDA: host indices", OPR,
+           "state_indices is a host pointer");
+    c = dc;
+    p.cu_seqlens_device = NULL;
+    EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent on CUDA: no cu_seqlens_device", OPR,
+           "cu_seqlens_device");
+    cuda_teardown(ctx, COUNT, d);
 }
 
 int main(void) {

@@ -70,6 +70,7 @@ static int check_dtype(const char *path, const npy_array *a, const char *const *
 static const char *const BF16_DTYPES[] = {"<u2", "<f4"};
 static const char *const BF16_WHAT = "bf16 as '<u2' (raw bits) or '<f4' (rounded to bf16)";
 static const char *const F32_DTYPES[] = {"<f4"};
+static const char *const F32_WHAT = "'<f4' (float32)";
 static const char *const INT_DTYPES[] = {"<i4", "<i8"};
 
 /* The shape must have ndim dims, and dim i must equal want[i] where that
@@ -98,6 +99,35 @@ static int check_shape(const char *path, const npy_array *a, int ndim, const cha
                          a->ndim, got, ndim, expect);
     return cli_error(CLI_USAGE, CMD, "%s: shape %s does not match the expected %s (%s)", path, got,
                      expect, source);
+}
+
+/* What a tensor file holds: bf16 ('<u2' raw bits, or '<f4' to be rounded)
+ * or float32 ('<f4'). */
+typedef enum { AS_BF16, AS_F32 } elem_kind;
+
+/* a's dtype must be of kind, and its shape as check_shape says. */
+static int check_array(const char *path, const npy_array *a, elem_kind kind, int ndim,
+                       const char *const *names, const int64_t *want, const char *source) {
+    int rc = kind == AS_BF16 ? check_dtype(path, a, BF16_DTYPES, 2, BF16_WHAT)
+                             : check_dtype(path, a, F32_DTYPES, 1, F32_WHAT);
+    return rc ? rc : check_shape(path, a, ndim, names, want, source);
+}
+
+/* load, then check_array. */
+static int load_array(const char *path, npy_array *a, elem_kind kind, int ndim,
+                      const char *const *names, const int64_t *want, const char *source) {
+    int rc = load(path, a);
+    return rc ? rc : check_array(path, a, kind, ndim, names, want, source);
+}
+
+/* Hv value heads (from path) must be a multiple of Hk key heads (from hk_from). */
+static int check_heads(const char *path, int64_t Hv, int64_t Hk, const char *hk_from) {
+    if (Hk > 0 && Hv % Hk != 0)
+        return cli_error(CLI_USAGE, CMD,
+                         "%s: Hv = %lld value heads is not a multiple of Hk = %lld key heads "
+                         "(from %s)",
+                         path, (long long)Hv, (long long)Hk, hk_from);
+    return CLI_OK;
 }
 
 /* A '<f4' array given for a bf16 tensor becomes '<u2', rounded. */
@@ -135,10 +165,19 @@ static int make_dirs(const char *dir) {
     return CLI_OK;
 }
 
-/* Load the optional cu_seqlens file and check it against B and T (whose
- * source names the file they came from); *N becomes its sequence count. */
-static int load_cu_seqlens(const char *path, npy_array *cu_arr, int *have, int64_t B, int64_t T,
-                           const char *source, int64_t *N) {
+/* The dims of n states of p: [n, Hv, V, K], or [n, Hv, K, V] with kv. */
+static void state_dims(const gdn_problem *p, int64_t n, int64_t dims[4]) {
+    const int kv = p->state_layout == GDN_STATE_KV;
+    dims[0] = n;
+    dims[1] = p->Hv;
+    dims[2] = kv ? p->K : p->V;
+    dims[3] = kv ? p->V : p->K;
+}
+
+/* Load the optional cu_seqlens file and check it against p's B and T (whose
+ * source names the file they came from); if present, p takes its sequences. */
+static int load_cu_seqlens(const char *path, npy_array *cu_arr, int *have, gdn_problem *p,
+                           const char *source) {
     int rc;
     if ((rc = load_optional(path, cu_arr, have))) return rc;
     if (!*have) return CLI_OK;
@@ -154,11 +193,11 @@ static int load_cu_seqlens(const char *path, npy_array *cu_arr, int *have, int64
         return cli_error(CLI_USAGE, CMD,
                          "%s: has %lld entries; it needs N+1 >= 2 (at least one sequence)", path,
                          (long long)cu_arr->count);
-    if (B != 1)
+    if (p->B != 1)
         return cli_error(CLI_USAGE, CMD,
                          "%s is given, so the batch dim B of %s must be 1 (packed sequences "
                          "along T), but it is %lld",
-                         path, source, (long long)B);
+                         path, source, (long long)p->B);
     const int32_t *cu = (const int32_t *)cu_arr->data;
     const int64_t n_seq = cu_arr->count - 1;
     if (cu[0] != 0)
@@ -169,12 +208,33 @@ static int load_cu_seqlens(const char *path, npy_array *cu_arr, int *have, int64
                              "%s: must be non-decreasing, but cu_seqlens[%lld] = %d < "
                              "cu_seqlens[%lld] = %d",
                              path, (long long)(n + 1), cu[n + 1], (long long)n, cu[n]);
-    if (cu[n_seq] != T)
+    if (cu[n_seq] != p->T)
         return cli_error(CLI_USAGE, CMD,
                          "%s: the last entry cu_seqlens[%lld] = %d must equal T = %lld (from %s)",
-                         path, (long long)n_seq, cu[n_seq], (long long)T, source);
-    *N = n_seq;
+                         path, (long long)n_seq, cu[n_seq], (long long)p->T, source);
+    p->cu_seqlens = cu;
+    p->num_seqs = n_seq;
     return CLI_OK;
+}
+
+/* Load the optional h0 file: '<f4', the dims of p's N states. Without
+ * cu_seqlens N is the B of the file b_from; dims_from says where Hv, K and V
+ * came from. */
+static int load_h0(const char *path, npy_array *h0, int *have, const gdn_problem *p,
+                   const char *b_from, const char *dims_from) {
+    int rc;
+    if ((rc = load_optional(path, h0, have))) return rc;
+    if (!*have) return CLI_OK;
+    static const char *const HVK[] = {"N", "Hv", "V", "K"};
+    static const char *const HKV[] = {"N", "Hv", "K", "V"};
+    const int kv = p->state_layout == GDN_STATE_KV;
+    int64_t want[4];
+    state_dims(p, gdn_problem_num_seqs(p), want);
+    char src[160];
+    snprintf(src, sizeof src, "N from %s%s, %s; state layout %s",
+             p->cu_seqlens ? "cu_seqlens.npy" : b_from, p->cu_seqlens ? "" : "'s B", dims_from,
+             kv ? "kv" : "vk");
+    return check_array(path, h0, AS_F32, 4, kv ? HKV : HVK, want, src);
 }
 
 /* Read and cross-check the inputs; fills the problem's shape. */
@@ -189,68 +249,38 @@ static int load_state_inputs(const char *dir, state_inputs *in, gdn_problem *p,
     /* k fixes B, T, Hk, K. */
     static const char *const KN[] = {"B", "T", "Hk", "K"};
     const int64_t any4[] = {-1, -1, -1, -1};
-    if ((rc = load(in->path_k, &in->k)) || (rc = check_dtype(in->path_k, &in->k, BF16_DTYPES, 2,
-                                                              BF16_WHAT)) ||
-        (rc = check_shape(in->path_k, &in->k, 4, KN, any4, "")))
-        return rc;
+    if ((rc = load_array(in->path_k, &in->k, AS_BF16, 4, KN, any4, ""))) return rc;
     const int64_t B = in->k.shape[0], T = in->k.shape[1], Hk = in->k.shape[2],
                   K = in->k.shape[3];
 
     /* w fixes Hv. */
     static const char *const WN[] = {"B", "T", "Hv", "K"};
     const int64_t ww[] = {B, T, -1, K};
-    if ((rc = load(in->path_w, &in->w)) ||
-        (rc = check_dtype(in->path_w, &in->w, BF16_DTYPES, 2, BF16_WHAT)) ||
-        (rc = check_shape(in->path_w, &in->w, 4, WN, ww, "B, T and K from k.npy")))
+    if ((rc = load_array(in->path_w, &in->w, AS_BF16, 4, WN, ww, "B, T and K from k.npy")))
         return rc;
     const int64_t Hv = in->w.shape[2];
-    if (Hk > 0 && Hv % Hk != 0)
-        return cli_error(CLI_USAGE, CMD,
-                         "%s: Hv = %lld value heads is not a multiple of Hk = %lld key heads "
-                         "(from k.npy)",
-                         in->path_w, (long long)Hv, (long long)Hk);
+    if ((rc = check_heads(in->path_w, Hv, Hk, "k.npy"))) return rc;
 
     /* u fixes V. */
     static const char *const UN[] = {"B", "T", "Hv", "V"};
     const int64_t wu[] = {B, T, Hv, -1};
-    if ((rc = load(in->path_u, &in->u)) ||
-        (rc = check_dtype(in->path_u, &in->u, BF16_DTYPES, 2, BF16_WHAT)) ||
-        (rc = check_shape(in->path_u, &in->u, 4, UN, wu, "B, T from k.npy, Hv from w.npy")))
+    if ((rc = load_array(in->path_u, &in->u, AS_BF16, 4, UN, wu,
+                         "B, T from k.npy, Hv from w.npy")))
         return rc;
     const int64_t V = in->u.shape[3];
 
     static const char *const GN[] = {"B", "T", "Hv"};
     const int64_t wg[] = {B, T, Hv};
-    if ((rc = load(in->path_g, &in->g)) ||
-        (rc = check_dtype(in->path_g, &in->g, F32_DTYPES, 1, "'<f4' (float32)")) ||
-        (rc = check_shape(in->path_g, &in->g, 3, GN, wg, "B, T from k.npy, Hv from w.npy")))
+    if ((rc = load_array(in->path_g, &in->g, AS_F32, 3, GN, wg,
+                         "B, T from k.npy, Hv from w.npy")))
         return rc;
 
     gdn_problem_init(p, B, T, Hk, Hv, K, V);
     p->state_layout = layout;
-    int64_t N = B;
-
-    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, B, T, "k.npy", &N)))
+    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, p, "k.npy")) ||
+        (rc = load_h0(in->path_h0, &in->h0, &in->have_h0, p, "k.npy",
+                      "Hv from w.npy, K from k.npy, V from u.npy")))
         return rc;
-    if (in->have_cu) {
-        p->cu_seqlens = (const int32_t *)in->cu.data;
-        p->num_seqs = N;
-    }
-
-    if ((rc = load_optional(in->path_h0, &in->h0, &in->have_h0))) return rc;
-    if (in->have_h0) {
-        static const char *const HVK[] = {"N", "Hv", "V", "K"};
-        static const char *const HKV[] = {"N", "Hv", "K", "V"};
-        const int kv = layout == GDN_STATE_KV;
-        const int64_t wh[] = {N, Hv, kv ? K : V, kv ? V : K};
-        char src[160];
-        snprintf(src, sizeof src, "N from %s, Hv from w.npy, K from k.npy, V from u.npy%s",
-                 in->have_cu ? "cu_seqlens.npy" : "k.npy's B",
-                 kv ? "; state layout kv" : "; state layout vk");
-        if ((rc = check_dtype(in->path_h0, &in->h0, F32_DTYPES, 1, "'<f4' (float32)")) ||
-            (rc = check_shape(in->path_h0, &in->h0, 4, kv ? HKV : HVK, wh, src)))
-            return rc;
-    }
 
     if ((rc = to_bf16(in->path_k, &in->k)) || (rc = to_bf16(in->path_w, &in->w)) ||
         (rc = to_bf16(in->path_u, &in->u)))
@@ -312,6 +342,24 @@ static int write_out(const char *dir, const char *name, const char *dtype, int n
     return CLI_OK;
 }
 
+/* malloc for an output: at least 1 byte, so an empty output is not NULL. */
+static void *alloc_out(size_t bytes) { return malloc(bytes ? bytes : 1); }
+
+/* The summary line every op prints: "gdn run --op OP: backend ..., N=..",
+ * " NT=.." when NT >= 0, the state layout, head map and h0, then tail. */
+static void print_summary(const char *op, gdn_context *ctx, const gdn_problem *p, int64_t NT,
+                          int have_h0, const char *tail) {
+    char nt[32] = "";
+    if (NT >= 0) snprintf(nt, sizeof nt, " NT=%lld", (long long)NT);
+    printf("gdn run --op %s: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld, "
+           "N=%lld%s, state %s, head map %s, h0 %s%s\n",
+           op, cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p->B,
+           (long long)p->T, (long long)p->Hk, (long long)p->Hv, (long long)p->K, (long long)p->V,
+           (long long)gdn_problem_num_seqs(p), nt, p->state_layout == GDN_STATE_KV ? "kv" : "vk",
+           p->head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", have_h0 ? "given" : "zero",
+           tail);
+}
+
 static int run_state(const char *in_dir, const char *out_dir, gdn_state_layout layout,
                      gdn_head_map head_map, gdn_backend backend, int device) {
     state_inputs in;
@@ -336,9 +384,9 @@ static int run_state(const char *in_dir, const char *out_dir, gdn_state_layout l
     const size_t h_bytes = (size_t)(NT * state) * sizeof(gdn_bf16);
     const size_t v_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
     const size_t f_bytes = (size_t)(N * state) * sizeof(float);
-    h_out = (gdn_bf16 *)malloc(h_bytes ? h_bytes : 1);
-    v_new = (gdn_bf16 *)malloc(v_bytes ? v_bytes : 1);
-    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    h_out = (gdn_bf16 *)alloc_out(h_bytes);
+    v_new = (gdn_bf16 *)alloc_out(v_bytes);
+    final_state = (float *)alloc_out(f_bytes);
     if (!h_out || !v_new || !final_state) {
         rc = cli_error(CLI_FAIL, CMD, "out of memory for the outputs (%zu bytes)",
                        h_bytes + v_bytes + f_bytes);
@@ -359,26 +407,21 @@ static int run_state(const char *in_dir, const char *out_dir, gdn_state_layout l
     }
     if ((rc = make_dirs(out_dir))) goto done;
 
-    printf("gdn run --op state: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld, "
-           "N=%lld NT=%lld, state %s, head map %s, h0 %s\n",
-           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
-           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
-           (long long)N, (long long)NT, layout == GDN_STATE_KV ? "kv" : "vk",
-           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero");
-    const int kv = layout == GDN_STATE_KV;
-    const int64_t s1 = kv ? p.K : p.V, s2 = kv ? p.V : p.K;
+    print_summary("state", ctx, &p, NT, in.have_h0, "");
+    int64_t fs[4];
+    state_dims(&p, N, fs);
     if (!in.have_cu && p.B > 1) {
         /* FLA's h layout: [B, NT per sequence, H, ...]. */
-        const int64_t hs[] = {p.B, NT / p.B, p.Hv, s1, s2};
+        const int64_t hs[] = {p.B, NT / p.B, p.Hv, fs[2], fs[3]};
         rc = write_out(out_dir, "h.npy", "<u2", 5, hs, h_out);
     } else {
-        const int64_t hs[] = {NT, p.Hv, s1, s2};
+        int64_t hs[4];
+        state_dims(&p, NT, hs);
         rc = write_out(out_dir, "h.npy", "<u2", 4, hs, h_out);
     }
     if (rc) goto done;
     const int64_t vs[] = {p.B, p.T, p.Hv, p.V};
     if ((rc = write_out(out_dir, "v_new.npy", "<u2", 4, vs, v_new))) goto done;
-    const int64_t fs[] = {N, p.Hv, s1, s2};
     rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
 done:
     free(h_out);
@@ -389,9 +432,9 @@ done:
     return rc;
 }
 
-/* ---- --op forward: gdn_chunk_forward ---------------------------------- */
+/* ---- --op forward and --op recurrent: their inputs -------------------- */
 
-/* The input arrays of --op forward. */
+/* The input arrays of --op forward (and recurrent). */
 typedef struct forward_inputs {
     npy_array q, k, v, g, beta, h0, cu, A_log, dt_bias;
     int have_h0, have_cu;
@@ -421,67 +464,33 @@ static int load_forward_inputs(const char *dir, forward_inputs *in, gdn_problem 
     /* q fixes B, T, Hk, K; k must match it. */
     static const char *const QN[] = {"B", "T", "Hk", "K"};
     const int64_t any4[] = {-1, -1, -1, -1};
-    if ((rc = load(in->path_q, &in->q)) ||
-        (rc = check_dtype(in->path_q, &in->q, BF16_DTYPES, 2, BF16_WHAT)) ||
-        (rc = check_shape(in->path_q, &in->q, 4, QN, any4, "")))
-        return rc;
+    if ((rc = load_array(in->path_q, &in->q, AS_BF16, 4, QN, any4, ""))) return rc;
     const int64_t B = in->q.shape[0], T = in->q.shape[1], Hk = in->q.shape[2],
                   K = in->q.shape[3];
     const int64_t wk[] = {B, T, Hk, K};
-    if ((rc = load(in->path_k, &in->k)) ||
-        (rc = check_dtype(in->path_k, &in->k, BF16_DTYPES, 2, BF16_WHAT)) ||
-        (rc = check_shape(in->path_k, &in->k, 4, QN, wk, "the shape of q.npy")))
+    if ((rc = load_array(in->path_k, &in->k, AS_BF16, 4, QN, wk, "the shape of q.npy")))
         return rc;
 
     /* v fixes Hv and V. */
     static const char *const VN[] = {"B", "T", "Hv", "V"};
     const int64_t wv[] = {B, T, -1, -1};
-    if ((rc = load(in->path_v, &in->v)) ||
-        (rc = check_dtype(in->path_v, &in->v, BF16_DTYPES, 2, BF16_WHAT)) ||
-        (rc = check_shape(in->path_v, &in->v, 4, VN, wv, "B, T from q.npy")))
-        return rc;
+    if ((rc = load_array(in->path_v, &in->v, AS_BF16, 4, VN, wv, "B, T from q.npy"))) return rc;
     const int64_t Hv = in->v.shape[2], V = in->v.shape[3];
-    if (Hk > 0 && Hv % Hk != 0)
-        return cli_error(CLI_USAGE, CMD,
-                         "%s: Hv = %lld value heads is not a multiple of Hk = %lld key heads "
-                         "(from q.npy)",
-                         in->path_v, (long long)Hv, (long long)Hk);
+    if ((rc = check_heads(in->path_v, Hv, Hk, "q.npy"))) return rc;
 
     static const char *const GN[] = {"B", "T", "Hv"};
     const int64_t wg[] = {B, T, Hv};
     const char *gsrc = "B, T from q.npy, Hv from v.npy";
-    if ((rc = load(in->path_g, &in->g)) ||
-        (rc = check_dtype(in->path_g, &in->g, F32_DTYPES, 1, "'<f4' (float32)")) ||
-        (rc = check_shape(in->path_g, &in->g, 3, GN, wg, gsrc)) ||
-        (rc = load(in->path_beta, &in->beta)) ||
-        (rc = check_dtype(in->path_beta, &in->beta, F32_DTYPES, 1, "'<f4' (float32)")) ||
-        (rc = check_shape(in->path_beta, &in->beta, 3, GN, wg, gsrc)))
+    if ((rc = load_array(in->path_g, &in->g, AS_F32, 3, GN, wg, gsrc)) ||
+        (rc = load_array(in->path_beta, &in->beta, AS_F32, 3, GN, wg, gsrc)))
         return rc;
 
     gdn_problem_init(p, B, T, Hk, Hv, K, V);
     p->state_layout = layout;
-    int64_t N = B;
-    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, B, T, "q.npy", &N)))
+    if ((rc = load_cu_seqlens(in->path_cu, &in->cu, &in->have_cu, p, "q.npy")) ||
+        (rc = load_h0(in->path_h0, &in->h0, &in->have_h0, p, "q.npy",
+                      "Hv and V from v.npy, K from q.npy")))
         return rc;
-    if (in->have_cu) {
-        p->cu_seqlens = (const int32_t *)in->cu.data;
-        p->num_seqs = N;
-    }
-
-    if ((rc = load_optional(in->path_h0, &in->h0, &in->have_h0))) return rc;
-    if (in->have_h0) {
-        static const char *const HVK[] = {"N", "Hv", "V", "K"};
-        static const char *const HKV[] = {"N", "Hv", "K", "V"};
-        const int kv = layout == GDN_STATE_KV;
-        const int64_t wh[] = {N, Hv, kv ? K : V, kv ? V : K};
-        char src[160];
-        snprintf(src, sizeof src, "N from %s, Hv and V from v.npy, K from q.npy%s",
-                 in->have_cu ? "cu_seqlens.npy" : "q.npy's B",
-                 kv ? "; state layout kv" : "; state layout vk");
-        if ((rc = check_dtype(in->path_h0, &in->h0, F32_DTYPES, 1, "'<f4' (float32)")) ||
-            (rc = check_shape(in->path_h0, &in->h0, 4, kv ? HKV : HVK, wh, src)))
-            return rc;
-    }
 
     if (qwen_gate) {
         static const char *const HN[] = {"Hv"};
@@ -494,8 +503,7 @@ static int load_forward_inputs(const char *dir, forward_inputs *in, gdn_problem 
             if (!present)
                 return cli_error(CLI_USAGE, CMD, "%s is missing: --qwen-gate needs A_log.npy and "
                                  "dt_bias.npy ('<f4', [Hv])", paths[i]);
-            if ((rc = check_dtype(paths[i], arrs[i], F32_DTYPES, 1, "'<f4' (float32)")) ||
-                (rc = check_shape(paths[i], arrs[i], 1, HN, wa, "Hv from v.npy")))
+            if ((rc = check_array(paths[i], arrs[i], AS_F32, 1, HN, wa, "Hv from v.npy")))
                 return rc;
         }
     }
@@ -506,33 +514,99 @@ static int load_forward_inputs(const char *dir, forward_inputs *in, gdn_problem 
     return CLI_OK;
 }
 
+/* Device slots of the forward inputs; each op's own buffers follow them. */
+enum { X_Q, X_K, X_V, X_G, X_BETA, X_H0, X_CU, X_ALOG, X_DTB, X_INPUTS };
+
+/* Upload the forward inputs into d[0 .. X_INPUTS) (h0 only with with_h0),
+ * and make *dopts opts with the gate's parameters on the device. */
+static int forward_inputs_to_device(void **d, const forward_inputs *in, int with_h0,
+                                    const gdn_forward_options *opts,
+                                    gdn_forward_options *dopts) {
+    const int qwen = opts->qwen_gate;
+    int rc;
+    if ((rc = dev_put(&d[X_Q], in->q.data, in->q.nbytes, "q")) ||
+        (rc = dev_put(&d[X_K], in->k.data, in->k.nbytes, "k")) ||
+        (rc = dev_put(&d[X_V], in->v.data, in->v.nbytes, "v")) ||
+        (rc = dev_put(&d[X_G], in->g.data, in->g.nbytes, "g")) ||
+        (rc = dev_put(&d[X_BETA], in->beta.data, in->beta.nbytes, "beta")) ||
+        (with_h0 && in->have_h0 && (rc = dev_put(&d[X_H0], in->h0.data, in->h0.nbytes, "h0"))) ||
+        (in->have_cu && (rc = dev_put(&d[X_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
+        (qwen && (rc = dev_put(&d[X_ALOG], in->A_log.data, in->A_log.nbytes, "A_log"))) ||
+        (qwen && (rc = dev_put(&d[X_DTB], in->dt_bias.data, in->dt_bias.nbytes, "dt_bias"))))
+        return rc;
+    *dopts = *opts;
+    dopts->A_log = (const float *)d[X_ALOG];
+    dopts->dt_bias = (const float *)d[X_DTB];
+    return CLI_OK;
+}
+
+/* What a run of --op forward or --op recurrent holds besides its outputs. */
+typedef struct forward_run {
+    forward_inputs in;
+    gdn_problem p;
+    gdn_context *ctx;
+} forward_run;
+
+/* Load the inputs, point opts at the gate's parameters and create the
+ * context. Call forward_close afterwards, whatever this returns. */
+static int forward_open(forward_run *r, const char *in_dir, gdn_state_layout layout,
+                        gdn_head_map head_map, gdn_backend backend, int device,
+                        gdn_forward_options *opts) {
+    memset(r, 0, sizeof *r);
+    int rc = load_forward_inputs(in_dir, &r->in, &r->p, layout, opts->qwen_gate);
+    if (rc) return rc;
+    r->p.head_map = head_map;
+    if (opts->qwen_gate) {
+        opts->A_log = (const float *)r->in.A_log.data;
+        opts->dt_bias = (const float *)r->in.dt_bias.data;
+    }
+    return cli_context(CMD, backend, device, &r->ctx);
+}
+
+/* Create out_dir, print the summary line (pool: the pool's dtype with
+ * --op recurrent, else NULL) and write o.npy and final_state.npy. */
+static int forward_finish(const forward_run *r, const char *op, const char *out_dir,
+                          const gdn_forward_options *opts, const char *pool, const gdn_bf16 *o,
+                          const float *final_state) {
+    int rc = make_dirs(out_dir);
+    if (rc) return rc;
+    const gdn_problem *p = &r->p;
+    char tail[160];
+    snprintf(tail, sizeof tail, "%s%s, scale %g%s%s%s", pool ? ", pool " : "", pool ? pool : "",
+             opts->scale != 0.0f ? (double)opts->scale : 1.0 / sqrt((double)p->K),
+             opts->l2norm_qk ? ", l2norm q/k" : "", opts->beta_sigmoid ? ", sigmoid beta" : "",
+             opts->qwen_gate ? ", qwen gate" : "");
+    print_summary(op, r->ctx, p, -1, r->in.have_h0, tail);
+    const int64_t os[] = {p->B, p->T, p->Hv, p->V};
+    if ((rc = write_out(out_dir, "o.npy", "<u2", 4, os, o))) return rc;
+    int64_t fs[4];
+    state_dims(p, gdn_problem_num_seqs(p), fs);
+    return write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+}
+
+static void forward_close(forward_run *r) {
+    gdn_context_destroy(r->ctx);
+    forward_inputs_free(&r->in);
+}
+
+/* ---- --op forward: gdn_chunk_forward ---------------------------------- */
+
 /* gdn_chunk_forward on the CUDA backend through device copies. */
 static int run_forward_cuda(gdn_context *ctx, gdn_problem *p, const gdn_forward_options *opts,
                             const forward_inputs *in, size_t ws_bytes, gdn_bf16 *o,
                             size_t o_bytes, float *final_state, size_t f_bytes) {
-    enum { F_Q, F_K, F_V, F_G, F_BETA, F_H0, F_CU, F_ALOG, F_DTB, F_O, F_F, F_WS, F_COUNT };
+    enum { F_O = X_INPUTS, F_F, F_WS, F_COUNT };
     void *d[F_COUNT] = {0};
+    gdn_forward_options dopts;
     int rc;
-    const int qwen = opts->qwen_gate;
-    if ((rc = dev_put(&d[F_Q], in->q.data, in->q.nbytes, "q")) ||
-        (rc = dev_put(&d[F_K], in->k.data, in->k.nbytes, "k")) ||
-        (rc = dev_put(&d[F_V], in->v.data, in->v.nbytes, "v")) ||
-        (rc = dev_put(&d[F_G], in->g.data, in->g.nbytes, "g")) ||
-        (rc = dev_put(&d[F_BETA], in->beta.data, in->beta.nbytes, "beta")) ||
-        (in->have_h0 && (rc = dev_put(&d[F_H0], in->h0.data, in->h0.nbytes, "h0"))) ||
-        (in->have_cu && (rc = dev_put(&d[F_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
-        (qwen && (rc = dev_put(&d[F_ALOG], in->A_log.data, in->A_log.nbytes, "A_log"))) ||
-        (qwen && (rc = dev_put(&d[F_DTB], in->dt_bias.data, in->dt_bias.nbytes, "dt_bias"))) ||
+    if ((rc = forward_inputs_to_device(d, in, 1, opts, &dopts)) ||
         (rc = dev_put(&d[F_O], NULL, o_bytes, "o")) ||
         (rc = dev_put(&d[F_F], NULL, f_bytes, "final_state")) ||
         (ws_bytes && (rc = dev_put(&d[F_WS], NULL, ws_bytes, "workspace"))))
         goto done;
-    gdn_forward_options dopts = *opts;
-    dopts.A_log = (const float *)d[F_ALOG];
-    dopts.dt_bias = (const float *)d[F_DTB];
-    p->cu_seqlens_device = (const int32_t *)d[F_CU];
-    gdn_status st = gdn_chunk_forward(ctx, p, &dopts, d[F_Q], d[F_K], d[F_V], d[F_G], d[F_BETA],
-                                      d[F_H0], d[F_O], d[F_F], NULL, d[F_WS], ws_bytes);
+    p->cu_seqlens_device = (const int32_t *)d[X_CU];
+    gdn_status st = gdn_chunk_forward(ctx, p, &dopts, d[X_Q], d[X_K], d[X_V], d[X_G], d[X_BETA],
+                                      d[X_H0], d[F_O], d[F_F], NULL, d[F_WS], ws_bytes);
     p->cu_seqlens_device = NULL;
     if (st != GDN_SUCCESS) {
         rc = cli_lib_error(CMD, "gdn_chunk_forward", ctx, st);
@@ -549,70 +623,48 @@ done:
 static int run_forward(const char *in_dir, const char *out_dir, gdn_state_layout layout,
                        gdn_head_map head_map, gdn_backend backend, int device,
                        gdn_forward_options *opts) {
-    forward_inputs in;
-    memset(&in, 0, sizeof in);
-    gdn_problem p;
-    gdn_context *ctx = NULL;
+    forward_run r;
     gdn_bf16 *o = NULL;
     float *final_state = NULL;
-    int rc = load_forward_inputs(in_dir, &in, &p, layout, opts->qwen_gate);
+    int rc = forward_open(&r, in_dir, layout, head_map, backend, device, opts);
     if (rc) goto done;
-    p.head_map = head_map;
-    if (opts->qwen_gate) {
-        opts->A_log = (const float *)in.A_log.data;
-        opts->dt_bias = (const float *)in.dt_bias.data;
-    }
-    if ((rc = cli_context(CMD, backend, device, &ctx))) goto done;
 
     size_t ws_bytes = 0;
-    gdn_status st = gdn_chunk_forward_workspace_size(ctx, &p, opts, &ws_bytes);
+    gdn_status st = gdn_chunk_forward_workspace_size(r.ctx, &r.p, opts, &ws_bytes);
     if (st != GDN_SUCCESS) {
-        rc = cli_lib_error(CMD, "gdn_chunk_forward_workspace_size", ctx, st);
+        rc = cli_lib_error(CMD, "gdn_chunk_forward_workspace_size", r.ctx, st);
         goto done;
     }
-    const int64_t N = gdn_problem_num_seqs(&p);
-    const size_t o_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
-    const size_t f_bytes = (size_t)(N * p.Hv * p.K * p.V) * sizeof(float);
-    o = (gdn_bf16 *)malloc(o_bytes ? o_bytes : 1);
-    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    const gdn_problem *p = &r.p;
+    const int64_t N = gdn_problem_num_seqs(p);
+    const size_t o_bytes = (size_t)(p->B * p->T * p->Hv * p->V) * sizeof(gdn_bf16);
+    const size_t f_bytes = (size_t)(N * p->Hv * p->K * p->V) * sizeof(float);
+    o = (gdn_bf16 *)alloc_out(o_bytes);
+    final_state = (float *)alloc_out(f_bytes);
     if (!o || !final_state) {
         rc = cli_error(CLI_FAIL, CMD, "out of memory for the outputs (%zu bytes)",
                        o_bytes + f_bytes);
         goto done;
     }
-    if (gdn_context_backend(ctx) == GDN_BACKEND_CUDA) {
-        rc = run_forward_cuda(ctx, &p, opts, &in, ws_bytes, o, o_bytes, final_state, f_bytes);
+    if (gdn_context_backend(r.ctx) == GDN_BACKEND_CUDA) {
+        rc = run_forward_cuda(r.ctx, &r.p, opts, &r.in, ws_bytes, o, o_bytes, final_state,
+                              f_bytes);
         if (rc) goto done;
     } else {
-        st = gdn_chunk_forward(ctx, &p, opts, in.q.data, in.k.data, in.v.data, in.g.data,
-                               in.beta.data, in.have_h0 ? (const float *)in.h0.data : NULL, o,
+        const forward_inputs *in = &r.in;
+        st = gdn_chunk_forward(r.ctx, p, opts, in->q.data, in->k.data, in->v.data, in->g.data,
+                               in->beta.data, in->have_h0 ? (const float *)in->h0.data : NULL, o,
                                final_state, NULL, NULL, 0);
         if (st != GDN_SUCCESS) {
-            rc = cli_lib_error(CMD, "gdn_chunk_forward", ctx, st);
+            rc = cli_lib_error(CMD, "gdn_chunk_forward", r.ctx, st);
             goto done;
         }
     }
-    if ((rc = make_dirs(out_dir))) goto done;
-
-    printf("gdn run --op forward: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld, "
-           "N=%lld, state %s, head map %s, h0 %s, scale %g%s%s%s\n",
-           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
-           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
-           (long long)N, layout == GDN_STATE_KV ? "kv" : "vk",
-           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero",
-           opts->scale != 0.0f ? (double)opts->scale : 1.0 / sqrt((double)p.K),
-           opts->l2norm_qk ? ", l2norm q/k" : "", opts->beta_sigmoid ? ", sigmoid beta" : "",
-           opts->qwen_gate ? ", qwen gate" : "");
-    const int kv = layout == GDN_STATE_KV;
-    const int64_t os[] = {p.B, p.T, p.Hv, p.V};
-    if ((rc = write_out(out_dir, "o.npy", "<u2", 4, os, o))) goto done;
-    const int64_t fs[] = {N, p.Hv, kv ? p.K : p.V, kv ? p.V : p.K};
-    rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+    rc = forward_finish(&r, "forward", out_dir, opts, NULL, o, final_state);
 done:
     free(o);
     free(final_state);
-    gdn_context_destroy(ctx);
-    forward_inputs_free(&in);
+    forward_close(&r);
     return rc;
 }
 
@@ -623,27 +675,17 @@ done:
 static int run_recurrent_cuda(gdn_context *ctx, gdn_problem *p, const gdn_forward_options *opts,
                               const forward_inputs *in, void *pool, gdn_dtype pool_dtype,
                               size_t pool_bytes, int64_t N, gdn_bf16 *o, size_t o_bytes) {
-    enum { R_Q, R_K, R_V, R_G, R_BETA, R_CU, R_ALOG, R_DTB, R_POOL, R_O, R_COUNT };
+    enum { R_POOL = X_INPUTS, R_O, R_COUNT };
     void *d[R_COUNT] = {0};
+    gdn_forward_options dopts;
     int rc;
-    const int qwen = opts->qwen_gate;
-    if ((rc = dev_put(&d[R_Q], in->q.data, in->q.nbytes, "q")) ||
-        (rc = dev_put(&d[R_K], in->k.data, in->k.nbytes, "k")) ||
-        (rc = dev_put(&d[R_V], in->v.data, in->v.nbytes, "v")) ||
-        (rc = dev_put(&d[R_G], in->g.data, in->g.nbytes, "g")) ||
-        (rc = dev_put(&d[R_BETA], in->beta.data, in->beta.nbytes, "beta")) ||
-        (in->have_cu && (rc = dev_put(&d[R_CU], in->cu.data, in->cu.nbytes, "cu_seqlens"))) ||
-        (qwen && (rc = dev_put(&d[R_ALOG], in->A_log.data, in->A_log.nbytes, "A_log"))) ||
-        (qwen && (rc = dev_put(&d[R_DTB], in->dt_bias.data, in->dt_bias.nbytes, "dt_bias"))) ||
+    if ((rc = forward_inputs_to_device(d, in, 0, opts, &dopts)) ||
         (rc = dev_put(&d[R_POOL], pool, pool_bytes, "state_pool")) ||
         (rc = dev_put(&d[R_O], NULL, o_bytes, "o")))
         goto done;
-    gdn_forward_options dopts = *opts;
-    dopts.A_log = (const float *)d[R_ALOG];
-    dopts.dt_bias = (const float *)d[R_DTB];
-    p->cu_seqlens_device = (const int32_t *)d[R_CU];
-    gdn_status st = gdn_recurrent_forward(ctx, p, &dopts, d[R_Q], d[R_K], d[R_V], d[R_G],
-                                          d[R_BETA], d[R_POOL], pool_dtype, N, NULL, d[R_O], NULL);
+    p->cu_seqlens_device = (const int32_t *)d[X_CU];
+    gdn_status st = gdn_recurrent_forward(ctx, p, &dopts, d[X_Q], d[X_K], d[X_V], d[X_G],
+                                          d[X_BETA], d[R_POOL], pool_dtype, N, NULL, d[R_O], NULL);
     p->cu_seqlens_device = NULL;
     if (st != GDN_SUCCESS) {
         rc = cli_lib_error(CMD, "gdn_recurrent_forward", ctx, st);
@@ -663,35 +705,28 @@ done:
 static int run_recurrent(const char *in_dir, const char *out_dir, gdn_state_layout layout,
                          gdn_head_map head_map, gdn_backend backend, int device,
                          gdn_forward_options *opts, gdn_dtype pool_dtype) {
-    forward_inputs in;
-    memset(&in, 0, sizeof in);
-    gdn_problem p;
-    gdn_context *ctx = NULL;
+    forward_run r;
     gdn_bf16 *o = NULL;
     void *pool = NULL;
     float *final_state = NULL;
-    int rc = load_forward_inputs(in_dir, &in, &p, layout, opts->qwen_gate);
+    int rc = forward_open(&r, in_dir, layout, head_map, backend, device, opts);
     if (rc) goto done;
-    p.head_map = head_map;
-    if (opts->qwen_gate) {
-        opts->A_log = (const float *)in.A_log.data;
-        opts->dt_bias = (const float *)in.dt_bias.data;
-    }
-    if ((rc = cli_context(CMD, backend, device, &ctx))) goto done;
 
-    const int64_t N = gdn_problem_num_seqs(&p), S = p.Hv * p.K * p.V;
+    const gdn_problem *p = &r.p;
+    const int64_t N = gdn_problem_num_seqs(p), S = p->Hv * p->K * p->V;
     const size_t elem = pool_dtype == GDN_DTYPE_F32 ? sizeof(float) : sizeof(gdn_bf16);
-    const size_t o_bytes = (size_t)(p.B * p.T * p.Hv * p.V) * sizeof(gdn_bf16);
+    const size_t o_bytes = (size_t)(p->B * p->T * p->Hv * p->V) * sizeof(gdn_bf16);
     const size_t pool_bytes = (size_t)(N * S) * elem, f_bytes = (size_t)(N * S) * sizeof(float);
-    o = (gdn_bf16 *)malloc(o_bytes ? o_bytes : 1);
-    pool = malloc(pool_bytes ? pool_bytes : 1);
-    final_state = (float *)malloc(f_bytes ? f_bytes : 1);
+    o = (gdn_bf16 *)alloc_out(o_bytes);
+    pool = alloc_out(pool_bytes);
+    final_state = (float *)alloc_out(f_bytes);
     if (!o || !pool || !final_state) {
         rc = cli_error(CLI_FAIL, CMD, "out of memory for the pool and outputs (%zu bytes)",
                        o_bytes + pool_bytes + f_bytes);
         goto done;
     }
-    const float *h0 = in.have_h0 ? (const float *)in.h0.data : NULL;
+    const forward_inputs *in = &r.in;
+    const float *h0 = in->have_h0 ? (const float *)in->h0.data : NULL;
     for (int64_t x = 0; x < N * S; x++) {
         const float f = h0 ? h0[x] : 0.0f;
         if (pool_dtype == GDN_DTYPE_F32)
@@ -699,44 +734,29 @@ static int run_recurrent(const char *in_dir, const char *out_dir, gdn_state_layo
         else
             ((gdn_bf16 *)pool)[x] = gdn_f32_to_bf16(f);
     }
-    if (gdn_context_backend(ctx) == GDN_BACKEND_CUDA) {
-        rc = run_recurrent_cuda(ctx, &p, opts, &in, pool, pool_dtype, pool_bytes, N, o, o_bytes);
+    if (gdn_context_backend(r.ctx) == GDN_BACKEND_CUDA) {
+        rc = run_recurrent_cuda(r.ctx, &r.p, opts, in, pool, pool_dtype, pool_bytes, N, o,
+                                o_bytes);
         if (rc) goto done;
     } else {
-        gdn_status st = gdn_recurrent_forward(ctx, &p, opts, in.q.data, in.k.data, in.v.data,
-                                              in.g.data, in.beta.data, pool, pool_dtype, N, NULL,
-                                              o, NULL);
+        gdn_status st = gdn_recurrent_forward(r.ctx, p, opts, in->q.data, in->k.data, in->v.data,
+                                              in->g.data, in->beta.data, pool, pool_dtype, N,
+                                              NULL, o, NULL);
         if (st != GDN_SUCCESS) {
-            rc = cli_lib_error(CMD, "gdn_recurrent_forward", ctx, st);
+            rc = cli_lib_error(CMD, "gdn_recurrent_forward", r.ctx, st);
             goto done;
         }
     }
     for (int64_t x = 0; x < N * S; x++)
         final_state[x] = pool_dtype == GDN_DTYPE_F32 ? ((const float *)pool)[x]
                                                      : gdn_bf16_to_f32(((const gdn_bf16 *)pool)[x]);
-    if ((rc = make_dirs(out_dir))) goto done;
-
-    printf("gdn run --op recurrent: backend %s (%s), B=%lld T=%lld Hk=%lld Hv=%lld K=%lld "
-           "V=%lld, N=%lld, state %s, head map %s, h0 %s, pool %s, scale %g%s%s%s\n",
-           cli_backend_name(gdn_context_backend(ctx)), cli_device_name(ctx), (long long)p.B,
-           (long long)p.T, (long long)p.Hk, (long long)p.Hv, (long long)p.K, (long long)p.V,
-           (long long)N, layout == GDN_STATE_KV ? "kv" : "vk",
-           head_map == GDN_HEAD_MAP_TILED ? "tiled" : "block", in.have_h0 ? "given" : "zero",
-           pool_dtype == GDN_DTYPE_F32 ? "f32" : "bf16",
-           opts->scale != 0.0f ? (double)opts->scale : 1.0 / sqrt((double)p.K),
-           opts->l2norm_qk ? ", l2norm q/k" : "", opts->beta_sigmoid ? ", sigmoid beta" : "",
-           opts->qwen_gate ? ", qwen gate" : "");
-    const int kv = layout == GDN_STATE_KV;
-    const int64_t os[] = {p.B, p.T, p.Hv, p.V};
-    if ((rc = write_out(out_dir, "o.npy", "<u2", 4, os, o))) goto done;
-    const int64_t fs[] = {N, p.Hv, kv ? p.K : p.V, kv ? p.V : p.K};
-    rc = write_out(out_dir, "final_state.npy", "<f4", 4, fs, final_state);
+    const char *pool_name = pool_dtype == GDN_DTYPE_F32 ? "f32" : "bf16";
+    rc = forward_finish(&r, "recurrent", out_dir, opts, pool_name, o, final_state);
 done:
     free(o);
     free(pool);
     free(final_state);
-    gdn_context_destroy(ctx);
-    forward_inputs_free(&in);
+    forward_close(&r);
     return rc;
 }
 

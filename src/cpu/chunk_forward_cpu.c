@@ -39,10 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "bf16.h"
 #include "cpu_internal.h"
 
@@ -196,16 +192,17 @@ static void prepare_chunk(const gdn_chunk_forward_args *a, int64_t h, int64_t c0
     for (int64_t x = 0; x < L * V; x++) uc[x] = gdn_round_bf16(uc[x]);
 }
 
-static void run_task(const gdn_chunk_forward_args *a, int64_t n, int64_t h, int64_t cfirst,
-                     scratch *s) {
+static void run_task(const void *args, int64_t n, int64_t h, int64_t cfirst, float *base) {
+    const gdn_chunk_forward_args *a = (const gdn_chunk_forward_args *)args;
     const gdn_problem *p = a->p;
     const int64_t Hv = p->Hv, K = p->K, V = p->V;
     const int kv = p->state_layout == GDN_STATE_KV;
     const int64_t soff = (n * Hv + h) * V * K;
     const float scale = a->opts.scale;
-    gdn_cpu_recurrence *rec = &s->rec;
-    float *restrict qc = s->qc, *restrict kc = s->kc, *restrict wc = s->wc, *restrict kT = s->kT;
-    float *restrict uc = s->uc, *restrict ob = s->ob, *restrict P = s->P, *restrict G = s->G;
+    scratch s = scratch_at(base, K, V);
+    gdn_cpu_recurrence *rec = &s.rec;
+    float *restrict qc = s.qc, *restrict kc = s.kc, *restrict wc = s.wc, *restrict kT = s.kT;
+    float *restrict uc = s.uc, *restrict ob = s.ob, *restrict P = s.P, *restrict G = s.G;
 
     gdn_cpu_recurrence_load(rec, a->h0 ? a->h0 + soff : NULL, kv);
 
@@ -217,7 +214,7 @@ static void run_task(const gdn_chunk_forward_args *a, int64_t n, int64_t h, int6
 
         if (a->chunk_states)
             gdn_cpu_recurrence_store(rec, a->chunk_states + (c * Hv + h) * V * K, kv);
-        prepare_chunk(a, h, c0, L, s);
+        prepare_chunk(a, h, c0, L, &s);
 
         /* The state: rec->hb = bf16(h_c), rec->vn = bf16(v_new); h moves on. */
         gdn_cpu_recurrence_chunk(rec, L, kc, wc, uc, G);
@@ -243,13 +240,17 @@ static void run_task(const gdn_chunk_forward_args *a, int64_t n, int64_t h, int6
 
 /* The slice summary of one (sequence, head): the recurrence on V + K state
  * rows, the first V from zero with the sequence's u, the last K from the
- * identity with u = 0 (they carry the transition's rows). s was laid out
- * for V + K columns; rec->h is [K][V + K]. */
-static void run_summary_task(const gdn_chunk_forward_args *a, int64_t n, int64_t h, scratch *s) {
+ * identity with u = 0 (they carry the transition's rows). The scratch is
+ * laid out for V + K columns; rec->h is [K][V + K]. */
+static void run_summary_task(const void *args, int64_t n, int64_t h, int64_t cfirst,
+                             float *base) {
+    const gdn_chunk_forward_args *a = (const gdn_chunk_forward_args *)args;
+    (void)cfirst; /* the summary writes no per-chunk output */
     const gdn_problem *p = a->p;
     const int64_t Hv = p->Hv, K = p->K, V = p->V, W = V + K;
-    gdn_cpu_recurrence *rec = &s->rec;
-    float *restrict uc = s->uc;
+    scratch s = scratch_at(base, K, W);
+    gdn_cpu_recurrence *rec = &s.rec;
+    float *restrict uc = s.uc;
 
     gdn_cpu_recurrence_load(rec, NULL, 0);
     for (int64_t k = 0; k < K; k++) rec->h[k * W + V + k] = 1.0f;
@@ -258,14 +259,14 @@ static void run_summary_task(const gdn_chunk_forward_args *a, int64_t n, int64_t
     gdn_seq_bounds(p, n, &bos, &eos);
     for (int64_t c0 = bos; c0 < eos; c0 += BT) {
         const int64_t L = c0 + BT < eos ? BT : eos - c0;
-        prepare_chunk(a, h, c0, L, s);
+        prepare_chunk(a, h, c0, L, &s);
         /* uc rows from stride V to stride W, the K transition columns 0
          * (last row first: rows only move up). */
         for (int64_t t = L - 1; t >= 0; t--) {
             memmove(uc + t * W, uc + t * V, (size_t)V * sizeof(float));
             memset(uc + t * W + V, 0, (size_t)K * sizeof(float));
         }
-        gdn_cpu_recurrence_chunk(rec, L, s->kc, s->wc, uc, s->G);
+        gdn_cpu_recurrence_chunk(rec, L, s.kc, s.wc, uc, s.G);
     }
 
     /* partial = the first V rows; transition[j][k] = row V + j. */
@@ -279,66 +280,14 @@ static void run_summary_task(const gdn_chunk_forward_args *a, int64_t n, int64_t
     }
 }
 
-/* Every (sequence, value head) task, in parallel: the forward, or with
- * summary the slice summary (whose state has V + K rows). */
-static gdn_status run_all(gdn_context *ctx, const gdn_chunk_forward_args *a, int summary) {
-    const char *op = summary ? "gdn_chunk_forward_summary" : "gdn_chunk_forward";
-    const gdn_problem *p = a->p;
-    const int64_t N = a->N, Hv = p->Hv, K = p->K, W = p->V + (summary ? p->K : 0);
-    const int64_t tasks = N * Hv;
-    if (tasks <= 0) return GDN_SUCCESS;
-
-    /* First chunk of every sequence, so that tasks need no prefix sum. */
-    int64_t *cfirst = (int64_t *)malloc((size_t)N * sizeof(int64_t));
-    if (!cfirst)
-        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %lld bytes of chunk offsets",
-                        op, (long long)(N * (int64_t)sizeof(int64_t)));
-    int64_t cacc = 0;
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        cfirst[n] = cacc;
-        cacc += gdn_ceil_div(eos - bos, BT);
-    }
-
-    const int nthreads = gdn_cpu_threads(ctx, tasks);
-    const size_t per = scratch_floats(K, W);
-    float *pool = (float *)malloc(per * (size_t)nthreads * sizeof(float));
-    if (!pool) {
-        free(cfirst);
-        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
-                        "%s: cannot allocate %zu bytes of scratch for %d threads", op,
-                        per * (size_t)nthreads * sizeof(float), nthreads);
-    }
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-#endif
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        scratch s = scratch_at(pool + per * (size_t)tid, K, W);
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t task = 0; task < tasks; task++) {
-            if (summary)
-                run_summary_task(a, task / Hv, task % Hv, &s);
-            else
-                run_task(a, task / Hv, task % Hv, cfirst[task / Hv], &s);
-        }
-    }
-    free(pool);
-    free(cfirst);
-    return GDN_SUCCESS;
-}
-
 gdn_status gdn_cpu_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a) {
-    return run_all(ctx, a, 0);
+    const gdn_problem *p = a->p;
+    return gdn_cpu_run_tasks(ctx, "gdn_chunk_forward", p, a->N, 1, scratch_floats(p->K, p->V),
+                             run_task, a);
 }
 
 gdn_status gdn_cpu_chunk_forward_summary(gdn_context *ctx, const gdn_chunk_forward_args *a) {
-    return run_all(ctx, a, 1);
+    const gdn_problem *p = a->p;
+    return gdn_cpu_run_tasks(ctx, "gdn_chunk_forward_summary", p, a->N, 0,
+                             scratch_floats(p->K, p->V + p->K), run_summary_task, a);
 }

@@ -9,7 +9,8 @@
  *
  * The recurrence of one (sequence, value head) task lives here as
  * gdn_cpu_recurrence_* (cpu_internal.h); gdn_chunk_forward's CPU backend
- * runs the same routine on the w, u it computes.
+ * runs the same routine on the w, u it computes. So does the driver that
+ * runs every CPU operation's tasks (gdn_cpu_run_tasks).
  *
  * One task per (sequence, value head), independent of each other, so the
  * result does not depend on the thread count or on the other sequences of
@@ -144,6 +145,60 @@ int gdn_cpu_threads(const gdn_context *ctx, int64_t tasks) {
     return nthreads;
 }
 
+gdn_status gdn_cpu_run_tasks(gdn_context *ctx, const char *op, const gdn_problem *p, int64_t N,
+                             int chunk_offsets, size_t thread_floats, gdn_cpu_task task,
+                             const void *args) {
+    const int64_t Hv = p->Hv, tasks = N * Hv;
+    if (tasks <= 0) return GDN_SUCCESS;
+
+    /* First chunk of every sequence, so that tasks need no prefix sum. */
+    int64_t *cfirst = NULL;
+    if (chunk_offsets) {
+        cfirst = (int64_t *)malloc((size_t)N * sizeof(int64_t));
+        if (!cfirst)
+            return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
+                            "%s: cannot allocate %lld bytes of chunk offsets", op,
+                            (long long)(N * (int64_t)sizeof(int64_t)));
+        int64_t cacc = 0;
+        for (int64_t n = 0; n < N; n++) {
+            int64_t bos, eos;
+            gdn_seq_bounds(p, n, &bos, &eos);
+            cfirst[n] = cacc;
+            cacc += gdn_ceil_div(eos - bos, BT);
+        }
+    }
+
+    const int nthreads = gdn_cpu_threads(ctx, tasks);
+    float *pool = (float *)malloc(thread_floats * (size_t)nthreads * sizeof(float));
+    if (!pool) {
+        free(cfirst);
+        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
+                        "%s: cannot allocate %zu bytes of scratch for %d threads", op,
+                        thread_floats * (size_t)nthreads * sizeof(float), nthreads);
+    }
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *own = pool + thread_floats * (size_t)tid;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t n = t / Hv;
+            task(args, n, t % Hv, cfirst ? cfirst[n] : 0, own);
+        }
+    }
+    free(pool);
+    free(cfirst);
+    return GDN_SUCCESS;
+}
+
 /* Per-thread scratch: the recurrence, and the chunk's rows of k, w (each
  * [BT][K]) and u ([BT][V]) as f32, and its gates [BT]. */
 typedef struct scratch {
@@ -165,15 +220,16 @@ static scratch scratch_at(float *base, int64_t K, int64_t V) {
     return s;
 }
 
-static void run_task(const gdn_chunk_state_args *a, int64_t n, int64_t h, int64_t cfirst,
-                     scratch *s) {
+static void run_task(const void *args, int64_t n, int64_t h, int64_t cfirst, float *base) {
+    const gdn_chunk_state_args *a = (const gdn_chunk_state_args *)args;
     const gdn_problem *p = a->p;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V;
     const int kv = p->state_layout == GDN_STATE_KV;
     const int64_t hk = gdn_key_head(p, h);
     const int64_t soff = (n * Hv + h) * V * K;
-    gdn_cpu_recurrence *rec = &s->rec;
-    float *restrict kc = s->kc, *restrict wc = s->wc, *restrict uc = s->uc, *restrict G = s->G;
+    scratch s = scratch_at(base, K, V);
+    gdn_cpu_recurrence *rec = &s.rec;
+    float *restrict kc = s.kc, *restrict wc = s.wc, *restrict uc = s.uc, *restrict G = s.G;
 
     gdn_cpu_recurrence_load(rec, a->h0 ? a->h0 + soff : NULL, kv);
 
@@ -219,50 +275,6 @@ static void run_task(const gdn_chunk_state_args *a, int64_t n, int64_t h, int64_
 
 gdn_status gdn_cpu_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
     const gdn_problem *p = a->p;
-    const int64_t N = a->N, Hv = p->Hv, K = p->K, V = p->V;
-    const int64_t tasks = N * Hv;
-    if (tasks <= 0) return GDN_SUCCESS;
-
-    /* First chunk of every sequence, so that tasks need no prefix sum. */
-    int64_t *cfirst = (int64_t *)malloc((size_t)N * sizeof(int64_t));
-    if (!cfirst)
-        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
-                        "gdn_chunk_state: cannot allocate %lld bytes of chunk offsets",
-                        (long long)(N * (int64_t)sizeof(int64_t)));
-    int64_t cacc = 0;
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        cfirst[n] = cacc;
-        cacc += gdn_ceil_div(eos - bos, BT);
-    }
-
-    const int nthreads = gdn_cpu_threads(ctx, tasks);
-    const size_t per = scratch_floats(K, V);
-    float *pool = (float *)malloc(per * (size_t)nthreads * sizeof(float));
-    if (!pool) {
-        free(cfirst);
-        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
-                        "gdn_chunk_state: cannot allocate %zu bytes of scratch for %d threads",
-                        per * (size_t)nthreads * sizeof(float), nthreads);
-    }
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-    {
-        scratch s = scratch_at(pool + per * (size_t)omp_get_thread_num(), K, V);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks; task++)
-            run_task(a, task / Hv, task % Hv, cfirst[task / Hv], &s);
-    }
-#else
-    {
-        scratch s = scratch_at(pool, K, V);
-        for (int64_t task = 0; task < tasks; task++)
-            run_task(a, task / Hv, task % Hv, cfirst[task / Hv], &s);
-    }
-#endif
-    free(pool);
-    free(cfirst);
-    return GDN_SUCCESS;
+    return gdn_cpu_run_tasks(ctx, "gdn_chunk_state", p, a->N, 1, scratch_floats(p->K, p->V),
+                             run_task, a);
 }

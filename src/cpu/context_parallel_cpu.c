@@ -8,34 +8,31 @@
 
 #include "cpu_internal.h"
 
-/* out = in . T + part for one [V, K] state (kv: the [K, V] transposes,
- * out^T = T^T in^T + part^T), f32 summed over j in order, into tmp first
- * so that out may alias in. */
-static void advance_one(const float *in, const float *T, const float *part, float *out,
-                        float *tmp, int64_t K, int64_t V, int kv) {
-    if (!kv) {
-        for (int64_t r = 0; r < V; r++) {
-            float *restrict o = tmp + r * K;
-            memcpy(o, part + r * K, (size_t)K * sizeof(float));
-            if (in)
-                for (int64_t j = 0; j < K; j++) {
-                    const float x = in[r * K + j];
-                    const float *restrict t = T + j * K;
-                    for (int64_t c = 0; c < K; c++) o[c] += x * t[c];
-                }
-        }
-    } else {
-        for (int64_t c = 0; c < K; c++) {
-            float *restrict o = tmp + c * V;
-            memcpy(o, part + c * V, (size_t)V * sizeof(float));
-            if (in)
-                for (int64_t j = 0; j < K; j++) {
-                    const float t = T[j * K + c];
-                    const float *restrict x = in + j * V;
-                    for (int64_t r = 0; r < V; r++) o[r] += t * x[r];
-                }
+/* out[r][:] = init[r][:] + sum_{s < ns, in order} coef[r*crs + s*ccs] * src[s][:]
+ * for r < nr, rows of n floats (f32; coef and src are not read when ns is 0). */
+static void rows_affine(float *restrict out, int64_t nr, const float *init, const float *coef,
+                        int64_t crs, int64_t ccs, const float *src, int64_t ns, int64_t n) {
+    for (int64_t r = 0; r < nr; r++) {
+        float *restrict o = out + r * n;
+        memcpy(o, init + r * n, (size_t)n * sizeof(float));
+        for (int64_t s = 0; s < ns; s++) {
+            const float c = coef[r * crs + s * ccs];
+            const float *restrict x = src + s * n;
+            for (int64_t j = 0; j < n; j++) o[j] += c * x[j];
         }
     }
+}
+
+/* out = in . T + part for one [V, K] state (kv: the [K, V] transposes,
+ * out^T = T^T in^T + part^T), f32 summed over j in order, into tmp first
+ * so that out may alias in. in NULL means 0. */
+static void advance_one(const float *in, const float *T, const float *part, float *out,
+                        float *tmp, int64_t K, int64_t V, int kv) {
+    const int64_t terms = in ? K : 0;
+    if (!kv)
+        rows_affine(tmp, V, part, in, K, 1, T, terms, K); /* row r: part_r + sum_j in[r][j] T[j] */
+    else
+        rows_affine(tmp, K, part, T, 1, K, in, terms, V); /* row c: part_c + sum_j T[j][c] in[j] */
     memcpy(out, tmp, (size_t)(K * V) * sizeof(float));
 }
 

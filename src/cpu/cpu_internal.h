@@ -1,7 +1,8 @@
 /* What the CPU operations share (implemented in chunk_state_cpu.c): the
- * row-axpy product every stage is built from, and the inter-chunk state
+ * row-axpy product every stage is built from, the inter-chunk state
  * recurrence of one (sequence, value head) task (SPEC section 3 step 4),
- * which gdn_chunk_state and gdn_chunk_forward both run. */
+ * which gdn_chunk_state and gdn_chunk_forward both run, and the driver
+ * that runs an operation's tasks on the context's threads. */
 #ifndef GDN_CPU_INTERNAL_H
 #define GDN_CPU_INTERNAL_H
 
@@ -56,6 +57,22 @@ void gdn_cpu_recurrence_chunk(gdn_cpu_recurrence *r, int64_t L, const float *kc,
 
 /* Threads for tasks independent tasks on ctx (1 without OpenMP). */
 int gdn_cpu_threads(const gdn_context *ctx, int64_t tasks);
+
+/* One (sequence n, value head h) task of an operation: args are the
+ * operation's arguments, cfirst the index of sequence n's first chunk in
+ * the packed chunk axis (0 unless the driver was asked for chunk offsets),
+ * scratch the running thread's own floats. */
+typedef void (*gdn_cpu_task)(const void *args, int64_t n, int64_t h, int64_t cfirst,
+                             float *scratch);
+
+/* Runs task for every n < N and h < p->Hv, tasks in parallel on ctx's
+ * threads (handed out one at a time), each thread with thread_floats
+ * floats of scratch; with chunk_offsets, cfirst is computed per sequence.
+ * Tasks must be independent, so that the result does not depend on the
+ * thread count. Allocation failures are reported under op's name. */
+gdn_status gdn_cpu_run_tasks(gdn_context *ctx, const char *op, const gdn_problem *p, int64_t N,
+                             int chunk_offsets, size_t thread_floats, gdn_cpu_task task,
+                             const void *args);
 
 #ifdef __cplusplus
 }

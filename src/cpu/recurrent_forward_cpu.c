@@ -21,12 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "bf16.h"
-#include "gdn_internal.h"
+#include "cpu_internal.h"
 
 /* sum_i a[i] b[i] in a fixed order: eight partial sums over i mod 8, then
  * combined pairwise. */
@@ -140,8 +136,9 @@ static void load_vec(float *restrict out, const gdn_bf16 *x, int64_t K, int l2no
 /* softplus(x) = log(1 + exp(x)), linear above 20 as in PyTorch. */
 static inline float softplus_f32(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-static void run_task(const gdn_recurrent_forward_args *a, int64_t n, int64_t h,
-                     const scratch *s) {
+static void run_task(const void *args, int64_t n, int64_t h, int64_t cfirst, float *base) {
+    const gdn_recurrent_forward_args *a = (const gdn_recurrent_forward_args *)args;
+    (void)cfirst; /* no chunks here */
     const gdn_problem *p = a->p;
     const gdn_forward_options *op = &a->opts;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V;
@@ -159,7 +156,8 @@ static void run_task(const gdn_recurrent_forward_args *a, int64_t n, int64_t h,
     if (bos == eos) return;
 
     const int64_t hk = gdn_key_head(p, h);
-    float *restrict S = s->S, *restrict qt = s->q, *restrict kt = s->k;
+    const scratch s = scratch_at(base, K, V);
+    float *restrict S = s.S, *restrict qt = s.q, *restrict kt = s.k;
     char *pool_state = (char *)a->state_pool + (slot * Hv + h) * V * K * elem;
     state_load(S, pool_state, dt, kv, K, V);
     const float neg_A = op->qwen_gate ? -expf(op->A_log[h]) : 0.0f;
@@ -189,37 +187,6 @@ static void run_task(const gdn_recurrent_forward_args *a, int64_t n, int64_t h,
 
 gdn_status gdn_cpu_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a) {
     const gdn_problem *p = a->p;
-    const int64_t Hv = p->Hv, K = p->K, V = p->V;
-    const int64_t tasks = a->N * Hv;
-    if (tasks <= 0) return GDN_SUCCESS;
-
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = ctx->num_threads > 0 ? ctx->num_threads : omp_get_max_threads();
-    if (nthreads < 1) nthreads = 1;
-    if ((int64_t)nthreads > tasks) nthreads = (int)tasks;
-#endif
-    const size_t per = scratch_floats(K, V);
-    float *pool = (float *)malloc(per * (size_t)nthreads * sizeof(float));
-    if (!pool)
-        return gdn_fail(ctx, GDN_ERROR_OUT_OF_MEMORY,
-                        "gdn_recurrent_forward: cannot allocate %zu bytes of scratch for %d "
-                        "threads",
-                        per * (size_t)nthreads * sizeof(float), nthreads);
-
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-    {
-        const scratch s = scratch_at(pool + per * (size_t)omp_get_thread_num(), K, V);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < tasks; task++) run_task(a, task / Hv, task % Hv, &s);
-    }
-#else
-    {
-        const scratch s = scratch_at(pool, K, V);
-        for (int64_t task = 0; task < tasks; task++) run_task(a, task / Hv, task % Hv, &s);
-    }
-#endif
-    free(pool);
-    return GDN_SUCCESS;
+    return gdn_cpu_run_tasks(ctx, "gdn_recurrent_forward", p, a->N, 0,
+                             scratch_floats(p->K, p->V), run_task, a);
 }

@@ -2,21 +2,10 @@
  * the WY transform, the inter-chunk state recurrence and the output. Plain
  * loops; the only rounding is the inputs' own (bf16 / f32 values). */
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 #include "bf16.h"
 #include "gdn_ref.h"
 #include "ref_common.h"
-
-static void *ref_alloc(size_t bytes, const char *who) {
-    void *ptr = malloc(bytes ? bytes : 1);
-    if (!ptr) {
-        fprintf(stderr, "%s: out of memory (%zu bytes)\n", who, bytes);
-        abort();
-    }
-    return ptr;
-}
 
 void gdn_ref_chunk_cumsum(const gdn_problem *p, const float *g, float *g_cumsum) {
     const int64_t Hv = p->Hv, N = ref_num_seqs(p);
@@ -111,16 +100,12 @@ static void chunk_state(const gdn_problem *p, const gdn_bf16 *k, const gdn_bf16 
         for (int64_t h = 0; h < Hv; h++) {
             const int64_t hk = gdn_key_head(p, h);
             const int64_t soff = (n * Hv + h) * V * K;
-            for (int64_t j = 0; j < V; j++)
-                for (int64_t i = 0; i < K; i++)
-                    hs[j * K + i] = h0 ? (double)h0[soff + ref_state_off(p, j, i)] : 0.0;
+            ref_state_load(p, hs, h0 ? h0 + soff : NULL);
 
             int64_t c = cfirst;
             for (int64_t c0 = bos; c0 < eos; c0 += BT, c++) {
                 const int64_t L = c0 + BT < eos ? BT : eos - c0;
-                double *ho = h_out + (c * Hv + h) * V * K;
-                for (int64_t j = 0; j < V; j++)
-                    for (int64_t i = 0; i < K; i++) ho[ref_state_off(p, j, i)] = hs[j * K + i];
+                ref_state_store(p, h_out + (c * Hv + h) * V * K, hs);
                 /* v_new_t = u_t - w_t h^T */
                 for (int64_t t = 0; t < L; t++) {
                     const int64_t tok = c0 + t;
@@ -147,10 +132,7 @@ static void chunk_state(const gdn_problem *p, const gdn_bf16 *k, const gdn_bf16 
                     }
                 }
             }
-            if (final_state)
-                for (int64_t j = 0; j < V; j++)
-                    for (int64_t i = 0; i < K; i++)
-                        final_state[soff + ref_state_off(p, j, i)] = hs[j * K + i];
+            if (final_state) ref_state_store(p, final_state + soff, hs);
         }
     }
     free(hs);

@@ -1,9 +1,12 @@
-/* Private helpers of the reference (src/ref): index arithmetic shared by
- * ref_recurrent.c, ref_chunked.c and ref_random.c. All offsets int64. */
+/* Private helpers of the reference (src/ref): index arithmetic, state
+ * copies and allocation shared by ref_recurrent.c, ref_chunked.c and
+ * ref_random.c. All offsets int64. */
 #ifndef GDN_REF_COMMON_H
 #define GDN_REF_COMMON_H
 
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "gdn_internal.h"
 
@@ -30,6 +33,32 @@ static inline int64_t ref_num_chunks(const gdn_problem *p) {
 /* Offset of element (v, k) inside one [V, K] / [K, V] state matrix. */
 static inline int64_t ref_state_off(const gdn_problem *p, int64_t v, int64_t k) {
     return p->state_layout == GDN_STATE_KV ? k * p->V + v : v * p->K + k;
+}
+
+/* S [V][K] (fp64) = one state matrix src in p->state_layout, or 0 when src
+ * is NULL. */
+static inline void ref_state_load(const gdn_problem *p, double *S, const float *src) {
+    const int64_t K = p->K, V = p->V;
+    for (int64_t j = 0; j < V; j++)
+        for (int64_t i = 0; i < K; i++)
+            S[j * K + i] = src ? (double)src[ref_state_off(p, j, i)] : 0.0;
+}
+
+/* The inverse: one state matrix dst in p->state_layout = S [V][K]. */
+static inline void ref_state_store(const gdn_problem *p, double *dst, const double *S) {
+    const int64_t K = p->K, V = p->V;
+    for (int64_t j = 0; j < V; j++)
+        for (int64_t i = 0; i < K; i++) dst[ref_state_off(p, j, i)] = S[j * K + i];
+}
+
+/* malloc, or abort with a message naming who. */
+static inline void *ref_alloc(size_t bytes, const char *who) {
+    void *ptr = malloc(bytes ? bytes : 1);
+    if (!ptr) {
+        fprintf(stderr, "%s: out of memory (%zu bytes)\n", who, bytes);
+        abort();
+    }
+    return ptr;
 }
 
 #endif
