@@ -149,32 +149,72 @@ static void run_case(const cp_case *c, uint64_t seed) {
     gdn_ref_inputs_free(&in);
 }
 
-/* The summary rules: required pointers named; the CUDA backend says it
- * does not implement these yet. */
+/* The summary and advance rules: each required pointer named, options
+ * and problem rules as in gdn_chunk_forward; the CUDA backend says it does
+ * not implement these yet. */
 static void test_validation(void) {
     gdn_problem p;
     gdn_problem_init(&p, 1, 8, 1, 1, 4, 4);
     gdn_bf16 kv[32] = {0};
-    float gb[8] = {0}, tr[16], part[16];
-    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, NULL, kv, kv, gb, gb, NULL, part),
+    float gb[8] = {0}, tr[16], part[16], out[16];
+    struct {
+        const char *want; /* substring of the message */
+        const gdn_bf16 *k, *v;
+        const float *g, *beta;
+        float *tr, *part;
+    } sum_cases[] = {
+        {"k is NULL", NULL, kv, gb, gb, tr, part},   {"v is NULL", kv, NULL, gb, gb, tr, part},
+        {"g is NULL", kv, kv, NULL, gb, tr, part},   {"beta is NULL", kv, kv, gb, NULL, tr, part},
+        {"transition is NULL", kv, kv, gb, gb, NULL, part},
+        {"partial is NULL", kv, kv, gb, gb, tr, NULL},
+    };
+    for (unsigned i = 0; i < sizeof sum_cases / sizeof sum_cases[0]; i++) {
+        CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, NULL, sum_cases[i].k, sum_cases[i].v,
+                                               sum_cases[i].g, sum_cases[i].beta, sum_cases[i].tr,
+                                               sum_cases[i].part),
+                     GDN_ERROR_INVALID_ARGUMENT, ctx);
+        CHECK(strstr(gdn_last_error(ctx), sum_cases[i].want) != NULL, "want '%s', message: %s",
+              sum_cases[i].want, gdn_last_error(ctx));
+    }
+    /* options: the Qwen gate needs A_log */
+    gdn_forward_options opts;
+    gdn_forward_options_init(&opts);
+    opts.qwen_gate = 1;
+    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, &opts, kv, kv, gb, gb, tr, part),
                  GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "transition") != NULL, "message: %s", gdn_last_error(ctx));
-    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, NULL, kv, kv, gb, gb, tr, NULL),
+    CHECK(strstr(gdn_last_error(ctx), "A_log") != NULL, "message: %s", gdn_last_error(ctx));
+    /* problem rules: cu_seqlens must end at T */
+    static const int32_t cu_bad[] = {0, 3, 7};
+    gdn_problem pv = p;
+    pv.cu_seqlens = cu_bad;
+    pv.num_seqs = 2;
+    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &pv, NULL, kv, kv, gb, gb, tr, part),
                  GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "partial") != NULL, "message: %s", gdn_last_error(ctx));
-    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, NULL, NULL, kv, gb, gb, tr, part),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "k is NULL") != NULL, "message: %s", gdn_last_error(ctx));
-    CHECK_STATUS(gdn_state_advance(ctx, &p, NULL, tr, part, NULL), GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "state_out") != NULL, "message: %s", gdn_last_error(ctx));
-    p.Hv = 3; /* Hv % Hk rule applies here too */
-    p.Hk = 2;
-    CHECK_STATUS(gdn_state_advance(ctx, &p, NULL, tr, part, part), GDN_ERROR_INVALID_ARGUMENT, ctx);
+    CHECK(strstr(gdn_last_error(ctx), "cu_seqlens") != NULL, "message: %s", gdn_last_error(ctx));
+
+    struct {
+        const char *want;
+        float *tr, *part, *out;
+    } adv_cases[] = {
+        {"transition is NULL", NULL, part, out},
+        {"partial is NULL", tr, NULL, out},
+        {"state_out is NULL", tr, part, NULL},
+    };
+    for (unsigned i = 0; i < sizeof adv_cases / sizeof adv_cases[0]; i++) {
+        CHECK_STATUS(gdn_state_advance(ctx, &p, NULL, adv_cases[i].tr, adv_cases[i].part,
+                                       adv_cases[i].out),
+                     GDN_ERROR_INVALID_ARGUMENT, ctx);
+        CHECK(strstr(gdn_last_error(ctx), adv_cases[i].want) != NULL, "want '%s', message: %s",
+              adv_cases[i].want, gdn_last_error(ctx));
+    }
+    gdn_problem ph = p;
+    ph.Hv = 3; /* Hv % Hk rule applies here too */
+    ph.Hk = 2;
+    CHECK_STATUS(gdn_state_advance(ctx, &ph, NULL, tr, part, part), GDN_ERROR_INVALID_ARGUMENT, ctx);
     CHECK(strstr(gdn_last_error(ctx), "Hv") != NULL, "message: %s", gdn_last_error(ctx));
+
     /* state_in NULL means zero: out = partial */
-    gdn_problem_init(&p, 1, 8, 1, 1, 4, 4);
     for (int i = 0; i < 16; i++) part[i] = (float)i, tr[i] = 1.0f;
-    float out[16];
     CHECK_STATUS(gdn_state_advance(ctx, &p, NULL, tr, part, out), GDN_SUCCESS, ctx);
     CHECK(memcmp(out, part, sizeof out) == 0, "advance from a zero state must give partial");
     if (gdn_cuda_available()) {
@@ -185,6 +225,45 @@ static void test_validation(void) {
             gdn_context_destroy(gpu);
         }
     }
+}
+
+/* Summaries of a varlen batch equal each sequence's alone, bit for bit;
+ * an empty sequence has the identity transition and a zero partial. */
+static void test_summary_varlen(void) {
+    static const int32_t cu[] = {0, 70, 70, 200};
+    const int64_t Hk = 1, Hv = 2, K = 32, V = 16, N = 3;
+    gdn_problem shape = gdn_test_problem(1, 200, Hk, Hv, K, V, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK,
+                                         cu, N);
+    gdn_ref_inputs in;
+    if (!CHECK(gdn_ref_inputs_make(&in, &shape, 99, 0) == 0, "varlen inputs")) return;
+    const int64_t nt = Hv * K * K, np = Hv * V * K;
+    float *tr = gdn_test_alloc_poisoned(N * nt, 4), *part = gdn_test_alloc_poisoned(N * np, 4);
+    float *tr1 = gdn_test_alloc_poisoned(nt, 4), *part1 = gdn_test_alloc_poisoned(np, 4);
+    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &in.p, NULL, in.k, in.v, in.g, in.beta, tr, part),
+                 GDN_SUCCESS, ctx);
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t t0 = cu[n], len = cu[n + 1] - cu[n];
+        if (len == 0) {
+            int ok = 1;
+            for (int64_t h = 0; h < Hv; h++)
+                for (int64_t i = 0; i < K * K; i++)
+                    ok &= tr[n * nt + h * K * K + i] == (i / K == i % K ? 1.0f : 0.0f);
+            for (int64_t i = 0; i < np; i++) ok &= part[n * np + i] == 0.0f;
+            CHECK(ok, "empty sequence %lld: identity transition, zero partial", (long long)n);
+            continue;
+        }
+        gdn_problem one = gdn_test_problem(1, len, Hk, Hv, K, V, GDN_STATE_VK,
+                                           GDN_HEAD_MAP_BLOCK, NULL, 0);
+        CHECK_STATUS(gdn_chunk_forward_summary(ctx, &one, NULL, in.k + t0 * Hk * K,
+                                               in.v + t0 * Hv * V, in.g + t0 * Hv,
+                                               in.beta + t0 * Hv, tr1, part1),
+                     GDN_SUCCESS, ctx);
+        CHECK(memcmp(tr1, tr + n * nt, (size_t)nt * 4) == 0 &&
+                  memcmp(part1, part + n * np, (size_t)np * 4) == 0,
+              "sequence %lld: summary in the batch differs from alone", (long long)n);
+    }
+    free(tr), free(part), free(tr1), free(part1);
+    gdn_ref_inputs_free(&in);
 }
 
 int main(void) {
@@ -209,6 +288,7 @@ int main(void) {
     const double t0 = gdn_test_seconds();
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 7000 + i);
     test_validation();
+    test_summary_varlen();
     printf("elapsed %.1f s\n", gdn_test_seconds() - t0);
     gdn_context_destroy(ctx);
     return gdn_test_finish("test_context_parallel_cpu");
