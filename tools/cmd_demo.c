@@ -13,8 +13,11 @@
 
 static const char *const CMD = "demo";
 
-/* Placeholder bound on the relative Frobenius error of every output. */
-#define DEMO_ERROR_BOUND 1e-2
+/* Bound on the relative Frobenius error of every output against the fp64
+ * oracle: SPEC section 5's state bound. Measured 2.2e-3 (h), 1.2e-3
+ * (v_new), 1.5e-3 (final state) on the CPU and on an H100 at the default
+ * shapes; the bf16 storage of h alone costs about 1.6e-3. */
+#define DEMO_ERROR_BOUND 3.5e-3
 #define GPU_RUNS 20
 #define CPU_RUNS 3
 /* The oracle check covers as many leading key-head groups as keep

@@ -71,7 +71,7 @@ void cli_run_usage(FILE *f) {
 void cli_demo_usage(FILE *f) {
     fputs("gdn demo [options]\n"
           "  Times gdn_chunk_state on random inputs and checks h, v_new and final_state\n"
-          "  against the fp64 oracle (relative Frobenius error <= 1e-2: PASS, exit 0).\n"
+          "  against the fp64 oracle (relative Frobenius error <= 3.5e-3: PASS, exit 0).\n"
           "  Options:\n"
           "    --backend auto|cpu|cuda   default auto: CUDA when available, else CPU\n"
           "    --device N                CUDA device (default 0)\n"
