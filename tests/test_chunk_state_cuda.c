@@ -225,6 +225,8 @@ int main(void) {
         /* name               B  T     Hk Hv  K    V   layout        map                 h0 vn fs cu  N  cud mis orc */
         {"t1_k128", 1, 1, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"t63_k64", 1, 63, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
+        {"t64_ratio4", 1, 64, 1, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
+        {"t1000_k256_ratio2", 1, 1000, 1, 2, 256, 256, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"t65_k100_v36", 1, 65, 2, 4, 100, 36, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"t300_k256", 1, 300, 1, 3, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"t300_kv_tiled", 1, 300, 2, 4, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1, NULL, 0, 0, 0, 1},
