@@ -5,7 +5,7 @@
 # build test sanitize demo bench; 'ours' is the libgdn benchmark alone, 'bench'
 # adds FLA side by side).
 # Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
-# FLA, default .whl), FIXTURES (FLA fixtures, default ../shared/fixtures/fla
+# FLA, default .whl), GDN_FIXTURES (FLA fixtures, default ../shared/fixtures/fla
 # or .fixtures).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
