@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's work in one command: build, GPU tests, compute-sanitizer,
 # benchmark with FLA side by side. Run from the repository root on a machine
-# with an NVIDIA GPU. Steps: any of build test sanitize ours bench (default:
+# with an NVIDIA GPU. Steps: any of build test sanitize demo ours bench (default:
 # build test sanitize demo bench; 'ours' is the libgdn benchmark alone, 'bench'
 # adds FLA side by side).
 # Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
