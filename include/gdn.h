@@ -286,17 +286,22 @@ GDN_API gdn_status gdn_recurrent_forward(gdn_context *ctx, const gdn_problem *p,
  * or 1; with qwen_gate, A_log and dt_bias are required (ignored otherwise).
  *
  * NaN or Inf in an input element propagate to the outputs that depend on
- * it (the value heads of its sequence that read it, from its token on) and
- * no further; nothing is checked or raised. A gate of -Inf counts as Inf
- * (the chunked form takes exp(-Inf - -Inf)).
+ * it (the value heads of its sequence that read it, from its token on; on
+ * the CUDA backend, whose tensor-core products mix a chunk's tokens, from
+ * the start of its 64-token chunk on) and no further; nothing is checked
+ * or raised, nothing is read or written out of bounds. A gate of -Inf
+ * counts as Inf (the chunked form takes exp(-Inf - -Inf)).
  *
  * Deterministic, and batch invariant: a sequence gives the same bits alone
- * or in any batch, for any thread count (CPU).
+ * or in any batch of the same form (B rows without cu_seqlens, or packed
+ * with cu_seqlens), for any thread count (CPU). The CUDA backend splits a
+ * long sequence with few heads across blocks by a rule that looks at that
+ * sequence alone (its length, Hv, V), not at the batch.
  *
  * workspace: device memory of gdn_chunk_forward_workspace_size() bytes
  * (CUDA; the CPU backend needs none). It may be NULL when the size is 0.
- * The CUDA backend does not implement this operation yet: it returns
- * GDN_ERROR_NOT_SUPPORTED (after validating the arguments).
+ * The CUDA workspace holds the per-chunk intermediates, the largest being
+ * the bf16 chunk-start states (NT * Hv * V * K * 2 bytes).
  */
 GDN_API gdn_status gdn_chunk_forward_workspace_size(gdn_context *ctx, const gdn_problem *p,
                                                     const gdn_forward_options *opts,
@@ -337,16 +342,61 @@ GDN_API gdn_status gdn_chunk_forward(gdn_context *ctx, const gdn_problem *p,
  * of the N * Hv states (layout as above), in f32; state_in NULL means zero;
  * state_out may be state_in. Only p's N, Hv, K, V and layout are used.
  *
- * The CUDA backend does not implement these yet (GDN_ERROR_NOT_SUPPORTED).
+ * workspace (summary): device memory of
+ * gdn_chunk_forward_summary_workspace_size() bytes for the CUDA backend
+ * (NULL and 0 for the CPU). gdn_state_advance needs none.
  */
+GDN_API gdn_status gdn_chunk_forward_summary_workspace_size(gdn_context *ctx, const gdn_problem *p,
+                                                            const gdn_forward_options *opts,
+                                                            size_t *bytes);
 GDN_API gdn_status gdn_chunk_forward_summary(gdn_context *ctx, const gdn_problem *p,
                                              const gdn_forward_options *opts, const gdn_bf16 *k,
                                              const gdn_bf16 *v, const float *g,
                                              const float *beta, float *transition,
-                                             float *partial);
+                                             float *partial, void *workspace,
+                                             size_t workspace_bytes);
 GDN_API gdn_status gdn_state_advance(gdn_context *ctx, const gdn_problem *p,
                                      const float *state_in, const float *transition,
                                      const float *partial, float *state_out);
+
+/*
+ * gdn_chunk_forward_cp: the chunked forward of sequences split across the
+ * ranks (GPUs) of an NCCL communicator - context parallelism. Built when
+ * NCCL is found at build time; otherwise (and on the CPU backend) it
+ * returns GDN_ERROR_NOT_SUPPORTED.
+ *
+ * Every rank of nccl_comm (an ncclComm_t, passed as void *) calls it
+ * collectively, each on a context of the communicator's device and with
+ * its own slice: rank r holds tokens [s_r, s_r + T_r) of each of the B
+ * sequences, ranks in token order (rank r+1's slice follows rank r's).
+ * p describes the local slice: B, T = T_r (T_r may differ between ranks,
+ * and need not be a multiple of 64), Hk, Hv, K, V, layout and head map as
+ * in gdn_chunk_forward and the same on every rank; cu_seqlens must be NULL.
+ * q, k, v, g, beta, o and opts are as in gdn_chunk_forward, for the slice.
+ *   h0           [B, Hv, V, K] f32  the sequences' initial states; the same
+ *                                   on every rank, or NULL on every rank
+ *   final_state  [B, Hv, V, K] f32  optional: the state at the end of this
+ *                                   rank's slice (on the last rank, the
+ *                                   sequences' final states)
+ * Each rank summarises its slice (gdn_chunk_forward_summary), the
+ * summaries are all-gathered over NCCL on the context's stream, and each
+ * rank folds those of the ranks before it into its initial state
+ * (gdn_state_advance) and finishes its slice. The result equals the
+ * single-GPU forward within SPEC's bounds (chunks restart at each slice's
+ * start, so not bit for bit). Stream-ordered, no host synchronisation, no
+ * allocation; the workspace (gdn_chunk_forward_cp_workspace_size, which
+ * reads the rank count from nccl_comm) holds the forward's intermediates
+ * and nranks summaries.
+ */
+GDN_API gdn_status gdn_chunk_forward_cp_workspace_size(gdn_context *ctx, const gdn_problem *p,
+                                                       const gdn_forward_options *opts,
+                                                       void *nccl_comm, size_t *bytes);
+GDN_API gdn_status gdn_chunk_forward_cp(gdn_context *ctx, const gdn_problem *p,
+                                        const gdn_forward_options *opts, const gdn_bf16 *q,
+                                        const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                                        const float *beta, const float *h0, gdn_bf16 *o,
+                                        float *final_state, void *nccl_comm, void *workspace,
+                                        size_t workspace_bytes);
 
 #ifdef __cplusplus
 }

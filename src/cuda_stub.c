@@ -42,3 +42,21 @@ gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forw
     (void)a;
     return without_cuda(ctx);
 }
+size_t gdn_cuda_chunk_forward_summary_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
+    (void)ctx;
+    (void)p;
+    return 0;
+}
+gdn_status gdn_cuda_chunk_forward_summary(gdn_context *ctx, const gdn_chunk_forward_args *a) {
+    (void)a;
+    return without_cuda(ctx);
+}
+gdn_status gdn_cuda_state_advance(gdn_context *ctx, const gdn_problem *p, const float *state_in,
+                                  const float *transition, const float *partial, float *state_out) {
+    (void)p;
+    (void)state_in;
+    (void)transition;
+    (void)partial;
+    (void)state_out;
+    return without_cuda(ctx);
+}

@@ -152,6 +152,16 @@ gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a)
 gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forward_args *a);
 size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx, const gdn_problem *p);
 gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a);
+size_t gdn_cuda_chunk_forward_summary_workspace_size(const gdn_context *ctx, const gdn_problem *p);
+gdn_status gdn_cuda_chunk_forward_summary(gdn_context *ctx, const gdn_chunk_forward_args *a);
+/* gdn_chunk_forward_cp (built with NCCL; else NOT_SUPPORTED): nccl_comm
+ * is an ncclComm_t. The size is 0 when the communicator cannot be read. */
+gdn_status gdn_cuda_chunk_forward_cp_workspace_size(gdn_context *ctx, const gdn_problem *p,
+                                                    void *nccl_comm, size_t *bytes);
+gdn_status gdn_cuda_chunk_forward_cp(gdn_context *ctx, const gdn_chunk_forward_args *a,
+                                     void *nccl_comm);
+gdn_status gdn_cuda_state_advance(gdn_context *ctx, const gdn_problem *p, const float *state_in,
+                                  const float *transition, const float *partial, float *state_out);
 
 #ifdef __cplusplus
 }

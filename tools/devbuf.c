@@ -2,6 +2,7 @@
 #include "devbuf.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 static char dev_error[256] = "";
 
@@ -57,6 +58,40 @@ double gdn_dev_timer_stop(void) {
         return -1;
     return ms;
 }
+static int cmp_float(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+double gdn_dev_copy_bandwidth(void) {
+    enum { COPIES = 5 };
+    const size_t bytes = (size_t)1 << 30;
+    void *src = NULL, *dst = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    float ms[COPIES];
+    int rc = check(cudaMalloc(&src, bytes), "cudaMalloc (1 GiB)") ||
+             check(cudaMalloc(&dst, bytes), "cudaMalloc (1 GiB)") ||
+             check(cudaMemset(src, 1, bytes), "cudaMemset") ||
+             check(cudaEventCreate(&a), "cudaEventCreate") ||
+             check(cudaEventCreate(&b), "cudaEventCreate") ||
+             check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
+    for (int i = 0; i < COPIES && !rc; i++)
+        rc = check(cudaEventRecord(a, 0), "cudaEventRecord") ||
+             check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0),
+                   "cudaMemcpyAsync D2D") ||
+             check(cudaEventRecord(b, 0), "cudaEventRecord") ||
+             check(cudaEventSynchronize(b), "cudaEventSynchronize") ||
+             check(cudaEventElapsedTime(&ms[i], a, b), "cudaEventElapsedTime");
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    cudaFree(src);
+    cudaFree(dst);
+    if (rc) {
+        (void)cudaGetLastError(); /* an out-of-memory must not fail later calls */
+        return -1;
+    }
+    qsort(ms, COPIES, sizeof ms[0], cmp_float);
+    return 2.0 * (double)bytes / (ms[COPIES / 2] * 1e-3);
+}
 const char *gdn_dev_name(void) {
     static struct cudaDeviceProp prop;
     int dev = 0;
@@ -98,5 +133,9 @@ int gdn_dev_sync(void) { return not_built(); }
 const char *gdn_dev_error(void) { return dev_error; }
 int gdn_dev_timer_start(void) { return not_built(); }
 double gdn_dev_timer_stop(void) { return -1; }
+double gdn_dev_copy_bandwidth(void) {
+    not_built();
+    return -1;
+}
 const char *gdn_dev_name(void) { return "none"; }
 #endif

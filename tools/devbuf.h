@@ -27,6 +27,11 @@ const char *gdn_dev_error(void);
  * default stream (CUDA events), or -1 on error. */
 int gdn_dev_timer_start(void);
 double gdn_dev_timer_stop(void);
+/* Device-to-device copy bandwidth of the current device, read + write
+ * bytes per second: a 1 GiB cudaMemcpy timed with CUDA events (the median
+ * of a few, after a warm-up) - the memory floor the tools compare against.
+ * -1 with a message in gdn_dev_error() on failure or without CUDA. */
+double gdn_dev_copy_bandwidth(void);
 /* Device name, or "none". */
 const char *gdn_dev_name(void);
 

@@ -1,18 +1,318 @@
-/* gdn_chunk_forward on CUDA: not written yet. Until the kernels land, the
- * CUDA backend reports that it does not implement the operation (after the
- * shared validation in src/chunk_forward.c); it never falls back to the
- * CPU, which would read device pointers on the host. */
-#include "cuda_common.cuh"
+/*
+ * gdn_chunk_forward on CUDA: the three stages of chunk_forward.cuh on the
+ * context's stream, their intermediates in the caller's workspace.
+ *
+ *   prep    q, k, v, g, beta -> w, u, gcum (and the L2-norm scales)
+ *   state   w, u, k, gcum    -> h (bf16 chunk-start states), v_new,
+ *                               final_state, chunk_states (f32, if asked)
+ *   output  q, k, h, v_new   -> o
+ *
+ * The split of long sequences in the state stage is decided from one
+ * sequence's work (per_seq_split), so a sequence gets the same bits alone
+ * or in a batch; every other stage works per chunk and head.
+ */
+#include "chunk_forward.cuh"
+#include "chunk_state.cuh"
+
+namespace gdn {
+namespace {
+
+/* Byte offsets of the intermediates in the workspace. */
+struct FwdLayout {
+    size_t offsets, cu, w, u, gcum, qscale, kscale, v_new, h, scratch, total;
+};
+
+FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary) {
+    const size_t tokens = (size_t)(p->B * p->T), Hv = (size_t)p->Hv;
+    const size_t K = (size_t)p->K, V = (size_t)p->V;
+    const size_t N = (size_t)gdn_problem_num_seqs(p);
+    const size_t NT = (size_t)gdn_problem_num_chunks(p);
+    FwdLayout l{};
+    size_t at = 0;
+    auto take = [&](size_t bytes) {
+        const size_t here = at;
+        at += align256(bytes);
+        return here;
+    };
+    const bool varlen = p->cu_seqlens != nullptr;
+    l.offsets = take(varlen ? (N + 1) * sizeof(int64_t) : 0);
+    l.cu = take(varlen && !p->cu_seqlens_device ? (N + 1) * sizeof(int32_t) : 0);
+    l.w = take(tokens * Hv * K * 2);
+    l.u = take(tokens * Hv * V * 2);
+    l.gcum = take(tokens * Hv * sizeof(float));
+    l.qscale = take(summary ? 0 : tokens * Hv * sizeof(float));
+    l.kscale = take(tokens * Hv * sizeof(float));
+    l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
+    l.h = take(summary ? 0 : NT * Hv * V * K * 2);
+    l.scratch = take(summary ? 0 : chunk_state_scratch_bytes(ctx, p, true));
+    l.total = at;
+    return l;
+}
+
+/* The device cu_seqlens and chunk offsets of a varlen problem. */
+gdn_status chunk_map(gdn_context *ctx, const gdn_problem *p, const FwdLayout &l, uint8_t *ws,
+                     cudaStream_t stream, ChunkMap *m) {
+    const int64_t N = gdn_problem_num_seqs(p);
+    m->T = p->T;
+    m->N = (int)N;
+    m->cu_seqlens = nullptr;
+    m->chunk_offsets = nullptr;
+    if (!p->cu_seqlens) return GDN_SUCCESS;
+    const int32_t *cu = p->cu_seqlens_device;
+    if (!cu) {
+        int32_t *copy = reinterpret_cast<int32_t *>(ws + l.cu);
+        GDN_CUDA_TRY(ctx, cudaMemcpyAsync(copy, p->cu_seqlens, (size_t)(N + 1) * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, stream));
+        cu = copy;
+    }
+    int64_t *off = reinterpret_cast<int64_t *>(ws + l.offsets);
+    gdn_status st = launch_chunk_offsets(ctx, cu, (int)N, off, stream);
+    if (st != GDN_SUCCESS) return st;
+    m->cu_seqlens = cu;
+    m->chunk_offsets = off;
+    return GDN_SUCCESS;
+}
+
+gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward_args *a) {
+    if (a->N > INT32_MAX || a->p->Hv > INT32_MAX)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "%s: the number of sequences (%lld) and Hv (%lld) must each fit in int32",
+                        op, (long long)a->N, (long long)a->p->Hv);
+    return GDN_SUCCESS;
+}
+
+/* Stage 1 for either operation. */
+gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
+                    const FwdLayout &l, uint8_t *ws, cudaStream_t stream) {
+    const gdn_problem *p = a->p;
+    PrepParams P{};
+    P.map = m;
+    P.NT = a->NT;
+    P.q = reinterpret_cast<const __nv_bfloat16 *>(a->q);
+    P.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
+    P.v = reinterpret_cast<const __nv_bfloat16 *>(a->v);
+    P.g = a->g;
+    P.beta = a->beta;
+    P.A_log = a->opts.A_log;
+    P.dt_bias = a->opts.dt_bias;
+    P.l2norm = a->opts.l2norm_qk;
+    P.beta_sigmoid = a->opts.beta_sigmoid;
+    P.qwen_gate = a->opts.qwen_gate;
+    P.Hk = (int)p->Hk;
+    P.Hv = (int)p->Hv;
+    P.K = (int)p->K;
+    P.V = (int)p->V;
+    P.group = (int)(p->Hv / p->Hk);
+    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    P.w = reinterpret_cast<__nv_bfloat16 *>(ws + l.w);
+    P.u = reinterpret_cast<__nv_bfloat16 *>(ws + l.u);
+    P.gcum = reinterpret_cast<float *>(ws + l.gcum);
+    P.qscale = a->q && a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.qscale) : nullptr;
+    P.kscale = a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.kscale) : nullptr;
+    return launch_chunk_prep(ctx, P, stream);
+}
+
+/* Stage 2's arguments shared by the forward and the summary. */
+StateArgs state_args(const gdn_chunk_forward_args *a, const ChunkMap &m, const FwdLayout &l,
+                     uint8_t *ws) {
+    StateArgs s{};
+    s.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
+    s.w = reinterpret_cast<const __nv_bfloat16 *>(ws + l.w);
+    s.u = reinterpret_cast<const __nv_bfloat16 *>(ws + l.u);
+    s.g = reinterpret_cast<const float *>(ws + l.gcum);
+    s.kscale = a->opts.l2norm_qk ? reinterpret_cast<const float *>(ws + l.kscale) : nullptr;
+    s.cu_seqlens = m.cu_seqlens;
+    s.chunk_offsets = m.chunk_offsets;
+    s.N = a->N;
+    s.per_seq_split = true;
+    return s;
+}
+
+} // namespace
+} // namespace gdn
+
+using namespace gdn;
 
 extern "C" size_t gdn_cuda_chunk_forward_workspace_size(const gdn_context *ctx,
                                                         const gdn_problem *p) {
-    (void)ctx;
-    (void)p;
-    return 0;
+    return fwd_layout(ctx, p, false).total;
 }
 
+extern "C" size_t gdn_cuda_chunk_forward_summary_workspace_size(const gdn_context *ctx,
+                                                                const gdn_problem *p) {
+    return fwd_layout(ctx, p, true).total;
+}
+
+namespace gdn {
+namespace {
+
+/* Stages 2 and 3 (prep done): the state from a->h0, then the output. */
+gdn_status run_state_output(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
+                            const FwdLayout &l, uint8_t *ws, cudaStream_t stream) {
+    const gdn_problem *p = a->p;
+    gdn_status st;
+    StateArgs s = state_args(a, m, l, ws);
+    s.h0 = a->h0;
+    s.h_out = reinterpret_cast<__nv_bfloat16 *>(ws + l.h);
+    s.hout_kv = 0;
+    s.v_new = reinterpret_cast<__nv_bfloat16 *>(ws + l.v_new);
+    s.final_state = a->final_state;
+    s.chunk_states = a->chunk_states;
+    if ((st = run_chunk_state(ctx, p, s, ws + l.scratch, stream)) != GDN_SUCCESS) return st;
+
+    OutputParams O{};
+    O.map = m;
+    O.NT = a->NT;
+    O.q = reinterpret_cast<const __nv_bfloat16 *>(a->q);
+    O.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
+    O.qscale = a->opts.l2norm_qk ? reinterpret_cast<const float *>(ws + l.qscale) : nullptr;
+    O.kscale = a->opts.l2norm_qk ? reinterpret_cast<const float *>(ws + l.kscale) : nullptr;
+    O.gcum = reinterpret_cast<const float *>(ws + l.gcum);
+    O.h = s.h_out;
+    O.v_new = s.v_new;
+    O.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
+    O.scale = a->opts.scale;
+    O.Hk = (int)p->Hk;
+    O.Hv = (int)p->Hv;
+    O.K = (int)p->K;
+    O.V = (int)p->V;
+    O.group = (int)(p->Hv / p->Hk);
+    O.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    return launch_chunk_output(ctx, O, stream);
+}
+
+/* The context-parallel forward's workspace: the forward's, then the
+ * summary this rank sends, the summaries of all ranks, and the folded
+ * initial state. One summary: transition [N,Hv,K,K] then partial
+ * [N,Hv,V,K], f32. */
+struct CpLayout {
+    FwdLayout f;
+    size_t summary_floats; /* one rank's */
+    size_t send, recv, start, total;
+};
+
+CpLayout cp_layout(const gdn_context *ctx, const gdn_problem *p, int nranks) {
+    CpLayout c{};
+    c.f = fwd_layout(ctx, p, false);
+    const size_t heads = (size_t)(gdn_problem_num_seqs(p) * p->Hv);
+    c.summary_floats = heads * (size_t)(p->K * p->K + p->V * p->K);
+    c.send = c.f.total;
+    c.recv = c.send + align256(c.summary_floats * sizeof(float));
+    c.start = c.recv + align256((size_t)nranks * c.summary_floats * sizeof(float));
+    c.total = c.start + align256(heads * (size_t)(p->V * p->K) * sizeof(float));
+    return c;
+}
+
+} // namespace
+
+size_t cp_workspace_bytes(const gdn_context *ctx, const gdn_problem *p, int nranks) {
+    return cp_layout(ctx, p, nranks).total;
+}
+
+/* Phase 1 of the context-parallel forward: prep, then this slice's
+ * summary into the send buffer; *send and *count say what to all-gather
+ * (count floats), *recv where. */
+gdn_status cp_summarise(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks,
+                        float **send, float **recv, size_t *count) {
+    const gdn_problem *p = a->p;
+    gdn_status st = check_sizes(ctx, "gdn_chunk_forward_cp", a);
+    if (st != GDN_SUCCESS) return st;
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    const CpLayout c = cp_layout(ctx, p, nranks);
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    ChunkMap m;
+    if ((st = chunk_map(ctx, p, c.f, ws, stream, &m)) != GDN_SUCCESS) return st;
+    if (a->NT > 0 && (st = run_prep(ctx, a, m, c.f, ws, stream)) != GDN_SUCCESS) return st;
+    *send = reinterpret_cast<float *>(ws + c.send);
+    *recv = reinterpret_cast<float *>(ws + c.recv);
+    *count = c.summary_floats;
+    StateArgs s = state_args(a, m, c.f, ws);
+    s.transition = *send;
+    s.final_state = *send + (size_t)(a->N * p->Hv * p->K * p->K); /* the partial */
+    return run_chunk_state(ctx, p, s, nullptr, stream);
+}
+
+/* Phase 2, after the all-gather: fold h0 through the summaries of ranks
+ * 0 .. rank-1 into this slice's initial state, then the forward's state
+ * and output stages (prep from phase 1 stays in the workspace). */
+gdn_status cp_finish(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks, int rank) {
+    const gdn_problem *p = a->p;
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    const CpLayout c = cp_layout(ctx, p, nranks);
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    const float *recv = reinterpret_cast<const float *>(ws + c.recv);
+    float *start = reinterpret_cast<float *>(ws + c.start);
+    const size_t ntr = (size_t)(a->N * p->Hv * p->K * p->K);
+    const float *in = a->h0;
+    gdn_status st;
+    for (int j = 0; j < rank; j++) {
+        const float *tr = recv + (size_t)j * c.summary_floats;
+        st = gdn_cuda_state_advance(ctx, p, in, tr, tr + ntr, start);
+        if (st != GDN_SUCCESS) return st;
+        in = start;
+    }
+    gdn_chunk_forward_args b = *a;
+    b.h0 = in;
+    if (b.NT == 0) {
+        if (b.final_state) {
+            const size_t bytes = (size_t)(a->N * p->Hv * p->V * p->K) * sizeof(float);
+            if (in) GDN_CUDA_TRY(ctx, cudaMemcpyAsync(b.final_state, in, bytes,
+                                                      cudaMemcpyDeviceToDevice, stream));
+            else GDN_CUDA_TRY(ctx, cudaMemsetAsync(b.final_state, 0, bytes, stream));
+        }
+        return GDN_SUCCESS;
+    }
+    ChunkMap m;
+    m.T = p->T;
+    m.N = (int)a->N;
+    m.cu_seqlens = nullptr; /* the context-parallel forward takes no cu_seqlens */
+    m.chunk_offsets = nullptr;
+    return run_state_output(ctx, &b, m, c.f, ws, stream);
+}
+
+} // namespace gdn
+
 extern "C" gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a) {
-    (void)a;
-    return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
-                    "gdn_chunk_forward: the CUDA backend does not implement this operation yet");
+    static const char *const OP = "gdn_chunk_forward";
+    const gdn_problem *p = a->p;
+    gdn_status st = check_sizes(ctx, OP, a);
+    if (st != GDN_SUCCESS) return st;
+    DeviceGuard guard(ctx->device);
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    const FwdLayout l = fwd_layout(ctx, p, false);
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    ChunkMap m;
+    if ((st = chunk_map(ctx, p, l, ws, stream, &m)) != GDN_SUCCESS) return st;
+    if (a->NT == 0) { /* no tokens at all: the final state is h0 */
+        if (a->final_state) {
+            const size_t bytes = (size_t)(a->N * p->Hv * p->V * p->K) * sizeof(float);
+            if (a->h0)
+                GDN_CUDA_TRY(ctx, cudaMemcpyAsync(a->final_state, a->h0, bytes,
+                                                  cudaMemcpyDeviceToDevice, stream));
+            else
+                GDN_CUDA_TRY(ctx, cudaMemsetAsync(a->final_state, 0, bytes, stream));
+        }
+        return GDN_SUCCESS;
+    }
+    if ((st = run_prep(ctx, a, m, l, ws, stream)) != GDN_SUCCESS) return st;
+    return run_state_output(ctx, a, m, l, ws, stream);
+}
+
+extern "C" gdn_status gdn_cuda_chunk_forward_summary(gdn_context *ctx,
+                                                     const gdn_chunk_forward_args *a) {
+    static const char *const OP = "gdn_chunk_forward_summary";
+    const gdn_problem *p = a->p;
+    gdn_status st = check_sizes(ctx, OP, a);
+    if (st != GDN_SUCCESS) return st;
+    DeviceGuard guard(ctx->device);
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    const FwdLayout l = fwd_layout(ctx, p, true);
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    ChunkMap m;
+    if ((st = chunk_map(ctx, p, l, ws, stream, &m)) != GDN_SUCCESS) return st;
+    if (a->NT > 0 && (st = run_prep(ctx, a, m, l, ws, stream)) != GDN_SUCCESS) return st;
+    StateArgs s = state_args(a, m, l, ws);
+    s.final_state = a->final_state; /* the partial */
+    s.transition = a->transition;
+    return run_chunk_state(ctx, p, s, nullptr, stream);
 }

@@ -22,7 +22,8 @@
  */
 #include <stdlib.h>
 
-#include "cuda_common.cuh"
+#include "chunk_forward.cuh"
+#include "chunk_state.cuh"
 
 namespace gdn {
 namespace {
@@ -35,24 +36,31 @@ template <int KP> struct Warps {
     static constexpr int NTHREADS = NW * 32;
 };
 
-enum { MODE_STATE = 0, MODE_SUMMARY = 1 };
+/* MODE_STATE_F32 is MODE_STATE that also stores the f32 chunk-start
+ * states (a variant of its own: the stores cost registers). */
+enum { MODE_STATE = 0, MODE_SUMMARY = 1, MODE_STATE_F32 = 2 };
 
 struct Params {
     const __nv_bfloat16 *k, *w, *u;
     const float *g, *h0;
+    const float *kscale;       /* [tokens, Hv] f32 factor on k (the forward's L2 norm), or NULL */
     __nv_bfloat16 *h_out, *v_new;
     float *final_state;
+    float *chunk_states;       /* [NT, Hv, V, K] f32 chunk-start states (forward), or NULL */
     const int32_t *cu_seqlens; /* device; NULL without varlen */
+    const int64_t *chunk_offsets; /* device [N+1] chunks before each sequence, or NULL */
     int64_t T;
     int N, Hk, Hv, K, V;
     int group;        /* Hv / Hk */
     int tiled;        /* head map */
-    int kv_layout;    /* state layout of h0, h_out, final_state */
+    int kv_layout;    /* state layout of h0, final_state, chunk_states */
+    int hout_kv;      /* state layout of h_out */
     int row_tiles;    /* row tiles per head in this launch */
     int segments;     /* S: segments per sequence (1 = no split) */
     int seg_launch;   /* segments per sequence covered by this launch */
     int chunks_per_segment;
     float *summary;   /* [S-1][N][Hv][V+K][K] f32 */
+    float *transition; /* whole-sequence summary: [N][Hv][K][K], partial in final_state */
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
 };
 
@@ -64,7 +72,8 @@ template <int KP, int BV, int STAGES> struct Smem {
     static constexpr int KC = W + BT * LDK * 2;
     static constexpr int U = KC + BT * LDK * 2;
     static constexpr int G = U + BT * LDU * 2;
-    static constexpr int STAGE = G + BT * 4;
+    static constexpr int KS = G + BT * 4; /* kscale, when given */
+    static constexpr int STAGE = KS + BT * 4;
     static constexpr int HS = STAGES * STAGE;
     static constexpr int VN = HS + BV * LDK * 2;
     static constexpr int VG = VN + BT * LDU * 2;
@@ -97,7 +106,7 @@ __device__ int64_t chunks_before(const int32_t *cu, int n, int64_t *red) {
 /* Where one chunk's rows start, and the strides between tokens. */
 struct ChunkSrc {
     const __nv_bfloat16 *w, *k, *u;
-    const float *g;
+    const float *g, *ks;
     int64_t rs_w, rs_k, rs_u, rs_g;
 };
 
@@ -115,6 +124,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
     __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
     float *sg = reinterpret_cast<float *>(stage + L::G);
+    float *sks = reinterpret_cast<float *>(stage + L::KS);
     const int tid = threadIdx.x;
     if constexpr (VEC) {
         constexpr int CPR = KP / 8; /* 16-byte pieces a row */
@@ -140,6 +150,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
         if (tid < BT) {
             const bool ok = tid < nvalid;
             cp_async4(sg + tid, ok ? src.g + tid * src.rs_g : src.g, ok ? 4 : 0);
+            if (src.ks) cp_async4(sks + tid, ok ? src.ks + tid * src.rs_g : src.ks, ok ? 4 : 0);
         }
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
@@ -156,6 +167,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
             }
         }
         if (tid < BT) sg[tid] = tid < nvalid ? src.g[tid * src.rs_g] : 0.f;
+        if (src.ks && tid < BT) sks[tid] = tid < nvalid ? src.ks[tid * src.rs_g] : 0.f;
     }
 }
 
@@ -200,7 +212,8 @@ chunk_state_kernel(const Params P) {
     if (P.cu_seqlens) {
         bos = P.cu_seqlens[n];
         eos = P.cu_seqlens[n + 1];
-        if (MODE == MODE_STATE) hoff = chunks_before<NW>(P.cu_seqlens, n, red);
+        if (MODE != MODE_SUMMARY)
+            hoff = P.chunk_offsets ? P.chunk_offsets[n] : chunks_before<NW>(P.cu_seqlens, n, red);
     } else {
         bos = (int64_t)n * P.T;
         eos = bos + P.T;
@@ -253,6 +266,7 @@ chunk_state_kernel(const Params P) {
         src.k = P.k + t0 * src.rs_k + (int64_t)kh * P.K;
         src.u = P.u + t0 * src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
         src.g = P.g + t0 * src.rs_g + h;
+        src.ks = P.kscale ? P.kscale + t0 * src.rs_g + h : nullptr;
         return (int)(eos - t0 < BT ? eos - t0 : BT);
     };
 
@@ -301,21 +315,39 @@ chunk_state_kernel(const Params P) {
                     *reinterpret_cast<uint32_t *>(Hs + r * L::LDK + col) =
                         pack_bf16x2(H[mt][nt][2 * hf], H[mt][nt][2 * hf + 1]);
                 }
-        if (threadIdx.x < BT)
-            gate[threadIdx.x] = threadIdx.x < nvalid ? expf(g_last - Gs[threadIdx.x]) : 0.f;
+        if (threadIdx.x < BT) {
+            float gt = threadIdx.x < nvalid ? expf(g_last - Gs[threadIdx.x]) : 0.f;
+            if (P.kscale) gt *= reinterpret_cast<const float *>(stage + L::KS)[threadIdx.x];
+            gate[threadIdx.x] = gt;
+        }
+        /* the f32 chunk-start state, straight from the accumulators */
+        if (MODE == MODE_STATE_F32) {
+            float *dst = P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
+                        const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
+                        if (r < P.V && col < P.K)
+                            dst[state_index(P.kv_layout, P.V, P.K, r, col)] = H[mt][nt][e];
+                    }
+        }
         __syncthreads();
 
         /* 2. h_out[c] = Hs */
-        if (MODE == MODE_STATE) {
+        if (MODE != MODE_SUMMARY) {
             __nv_bfloat16 *dst = P.h_out + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
-            if (!P.kv_layout && VEC) {
+            if (!P.hout_kv && VEC) {
                 for (int i = threadIdx.x; i < BV * (KP / 8); i += NTHREADS) {
                     const int r = i / (KP / 8), col = (i % (KP / 8)) * 8;
                     if (r < vrows && col < P.K)
                         *reinterpret_cast<uint4 *>(dst + (int64_t)(row0 + r) * P.K + col) =
                             *reinterpret_cast<const uint4 *>(Hs + r * L::LDK + col);
                 }
-            } else if (P.kv_layout && VEC) {
+            } else if (P.hout_kv && VEC) {
                 for (int i = threadIdx.x; i < KP * (BV / 8); i += NTHREADS) {
                     const int col = i / (BV / 8), r = (i % (BV / 8)) * 8;
                     if (r < vrows && col < P.K) {
@@ -334,7 +366,7 @@ chunk_state_kernel(const Params P) {
                 for (int i = threadIdx.x; i < BV * KP; i += NTHREADS) {
                     const int r = i / KP, col = i % KP;
                     if (r < vrows && col < P.K)
-                        dst[state_index(P.kv_layout, P.V, P.K, row0 + r, col)] =
+                        dst[state_index(P.hout_kv, P.V, P.K, row0 + r, col)] =
                             Hs[r * L::LDK + col];
                 }
             }
@@ -389,7 +421,7 @@ chunk_state_kernel(const Params P) {
                         vn0 += __bfloat162float(Us[t * L::LDU + r]);
                         vn1 += __bfloat162float(Us[(t + 1) * L::LDU + r]);
                     }
-                    if (MODE == MODE_STATE) {
+                    if (MODE != MODE_SUMMARY) {
                         VNs[t * L::LDU + r] = __float2bfloat16(vn0);
                         VNs[(t + 1) * L::LDU + r] = __float2bfloat16(vn1);
                     }
@@ -402,7 +434,7 @@ chunk_state_kernel(const Params P) {
         __syncthreads();
 
         /* 5. v_new rows of this chunk */
-        if (MODE == MODE_STATE && P.v_new) {
+        if (MODE != MODE_SUMMARY && P.v_new) {
             __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0;
             if (VEC) {
                 for (int i = threadIdx.x; i < BT * (BV / 8); i += NTHREADS) {
@@ -452,7 +484,14 @@ chunk_state_kernel(const Params P) {
     float *out = nullptr;
     int64_t base = 0;
     int kv = 0;
-    if (MODE == MODE_SUMMARY) {
+    bool rows_k = MODE == MODE_SUMMARY; /* out is [rows][K] */
+    if (MODE == MODE_SUMMARY && P.transition) {
+        /* a whole-sequence summary (gdn_chunk_forward_summary) */
+        out = trans_rows ? P.transition : P.final_state;
+        base = head * (trans_rows ? P.K : P.V) * P.K;
+        kv = P.kv_layout;
+        rows_k = trans_rows;
+    } else if (MODE == MODE_SUMMARY) {
         out = P.summary;
         base = (((int64_t)seg * P.N * P.Hv + head) * (P.V + P.K) + (trans_rows ? P.V : 0)) * P.K;
     } else if (seg == P.segments - 1 && P.final_state) {
@@ -470,8 +509,8 @@ chunk_state_kernel(const Params P) {
                     const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
                     const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
                     if (r < row_limit && col < P.K)
-                        out[base + (MODE == MODE_SUMMARY ? (int64_t)r * P.K + col
-                                                         : state_index(kv, P.V, P.K, r, col))] =
+                        out[base + (rows_k ? (int64_t)r * P.K + col
+                                           : state_index(kv, P.V, P.K, r, col))] =
                             H[mt][nt][e];
                 }
     }
@@ -530,14 +569,13 @@ struct Plan {
     bool vec;   /* 16-byte loads and stores */
     int segments;
     int chunks_per_segment;
-    size_t summary_bytes, h_start_bytes, cu_bytes;
-    size_t total() const { return summary_bytes + h_start_bytes + cu_bytes; }
+    size_t summary_bytes, h_start_bytes;
+    size_t scratch() const { return summary_bytes + h_start_bytes; }
 };
 
-size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
-
 /* Segments for the split path: enough that the final pass fills the
- * machine about twice, each keeping at least 16 chunks; 1 = no split. */
+ * machine about twice, each keeping at least 16 chunks; 1 = no split.
+ * blocks: the blocks of the unsplit launch the rule is to fill. */
 int64_t split_segments(const gdn_problem *p, int64_t blocks, int sms) {
     const int64_t nchunks = gdn_ceil_div(p->T, BT);
     if (p->cu_seqlens || 2 * blocks > sms || nchunks < 64) return 1;
@@ -547,7 +585,10 @@ int64_t split_segments(const gdn_problem *p, int64_t blocks, int sms) {
     return s < 2 ? 1 : s;
 }
 
-Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
+/* per_seq: decide the split from one sequence's blocks, not the batch's,
+ * so that a sequence's bits do not depend on the batch around it (the
+ * forward's batch invariance; the row tile never changes the bits). */
+Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     Plan pl{};
     pl.kp = p->K <= 64 ? 64 : p->K <= 128 ? 128 : 256;
     pl.vec = p->K % 8 == 0 && p->V % 8 == 0;
@@ -562,19 +603,24 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
      * q397_t8k 0.41 -> 0.37 ms, q35_b4_t8k 0.78 -> 0.74, tp8_t64k 1.69 ->
      * 1.49; but q35_t8k 0.27 -> 0.64 when 64 rows made it split). */
     pl.bv = 32;
-    const int64_t seg32 = split_segments(p, blocks32, sms);
-    if (pl.kp == 128 && pl.vec &&
-        (10 * blocks64 >= 9 * sms || (seg32 > 1 && split_segments(p, blocks64, sms) > seg32)))
-        pl.bv = 64;
+    const bool can64 = pl.kp == 128 && pl.vec;
+    if (per_seq) {
+        pl.segments = (int)split_segments(p, p->Hv * gdn_ceil_div(p->V, 32), sms);
+        if (can64 && 10 * blocks64 * pl.segments >= 9 * (int64_t)sms) pl.bv = 64;
+    } else {
+        const int64_t seg32 = split_segments(p, blocks32, sms);
+        if (can64 && (10 * blocks64 >= 9 * sms ||
+                      (seg32 > 1 && split_segments(p, blocks64, sms) > seg32)))
+            pl.bv = 64;
+    }
     /* Testing override, documented in README: force the row tile. */
     const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
-    if (force && pl.kp == 128 && pl.vec && (atoi(force) == 32 || atoi(force) == 64))
-        pl.bv = atoi(force);
+    if (force && can64 && (atoi(force) == 32 || atoi(force) == 64)) pl.bv = atoi(force);
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
     /* A lone block on a multiprocessor gets a three-deep ring (four
      * measured the same); with several resident, two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
-    pl.segments = (int)split_segments(p, blocks, sms);
+    if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
         const int64_t nchunks = gdn_ceil_div(p->T, BT);
@@ -585,8 +631,6 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p) {
             align256((size_t)(pl.segments - 1) * heads * (p->V + p->K) * p->K * sizeof(float));
         pl.h_start_bytes = align256((size_t)pl.segments * heads * p->V * p->K * sizeof(float));
     }
-    if (p->cu_seqlens && !p->cu_seqlens_device)
-        pl.cu_bytes = align256((size_t)(p->num_seqs + 1) * sizeof(int32_t));
     return pl;
 }
 
@@ -603,16 +647,24 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "gdn_chunk_state: %lld blocks (sequences * Hv * V/%d) exceed the grid limit",
                         (long long)blocks, BV);
+    if (blocks == 0) return GDN_SUCCESS;
     kern<<<(unsigned)blocks, Warps<KP>::NTHREADS, bytes, stream>>>(P);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_state_kernel");
     return GDN_SUCCESS;
 }
 
+/* The launches of one call: with P.transition set, only the summary pass
+ * over whole sequences; else (split) summary, combine, then the state pass. */
 template <int KP, int BV, int STAGES, bool VEC>
 gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cudaStream_t stream) {
     const int vtiles = (P.V + BV - 1) / BV;
+    const int ktiles = (P.K + BV - 1) / BV;
+    if (P.transition) {
+        P.row_tiles = vtiles + ktiles;
+        P.seg_launch = 1;
+        return launch<KP, BV, STAGES, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
+    }
     if (pl.segments > 1) {
-        const int ktiles = (P.K + BV - 1) / BV;
         Params S = P;
         S.row_tiles = vtiles + ktiles;
         S.seg_launch = pl.segments - 1;
@@ -626,7 +678,9 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     }
     P.row_tiles = vtiles;
     P.seg_launch = pl.segments;
-    return launch<KP, BV, STAGES, VEC, MODE_STATE>(ctx, P, N * P.Hv * vtiles * pl.segments, stream);
+    const int64_t blocks = N * P.Hv * vtiles * pl.segments;
+    if (P.chunk_states) return launch<KP, BV, STAGES, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
+    return launch<KP, BV, STAGES, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
 
 /* The compiled configurations: the generic (unaligned) path, and per K the
@@ -646,51 +700,43 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
     return run_passes<KP, 32, 2, true>(ctx, P, pl, N, stream);
 }
 
-/* Makes ctx's device current for the call and restores the caller's. */
-struct DeviceGuard {
-    int prev = -1;
-    explicit DeviceGuard(int dev) {
-        if (cudaGetDevice(&prev) == cudaSuccess && prev != dev) cudaSetDevice(dev);
-        else prev = -1;
-    }
-    ~DeviceGuard() {
-        if (prev >= 0) cudaSetDevice(prev);
-    }
-};
-
 } // namespace
-} // namespace gdn
 
-using namespace gdn;
-
-extern "C" size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
-    return make_plan(ctx, p).total();
+size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, bool per_seq_split) {
+    return make_plan(ctx, p, per_seq_split).scratch();
 }
 
-extern "C" gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
-    const gdn_problem *p = a->p;
-    DeviceGuard guard(ctx->device);
-    cudaStream_t stream = (cudaStream_t)ctx->stream;
-    Plan pl = make_plan(ctx, p);
-    const uintptr_t align =
-        (uintptr_t)a->k | (uintptr_t)a->w | (uintptr_t)a->u | (uintptr_t)a->h_out | (uintptr_t)a->v_new;
+gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateArgs &a,
+                           void *scratch, cudaStream_t stream) {
+    Plan pl = make_plan(ctx, p, a.per_seq_split);
+    const uintptr_t align = (uintptr_t)a.k | (uintptr_t)a.w | (uintptr_t)a.u |
+                            (uintptr_t)a.h_out | (uintptr_t)a.v_new;
     if (align % 16 != 0) pl.vec = false;
-
-    if (a->N > INT32_MAX || p->Hv > INT32_MAX)
+    if (a.transition) { /* one pass over whole sequences, 32-row tiles */
+        pl.bv = 32;
+        pl.stages = 2;
+        pl.segments = 1;
+    }
+    if (a.N > INT32_MAX || p->Hv > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "gdn_chunk_state: N (%lld) and Hv (%lld) must each fit in int32",
-                        (long long)a->N, (long long)p->Hv);
+                        (long long)a.N, (long long)p->Hv);
     Params P{};
-    P.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
-    P.w = reinterpret_cast<const __nv_bfloat16 *>(a->w);
-    P.u = reinterpret_cast<const __nv_bfloat16 *>(a->u);
-    P.g = a->g;
-    P.h0 = a->h0;
-    P.h_out = reinterpret_cast<__nv_bfloat16 *>(a->h_out);
-    P.v_new = reinterpret_cast<__nv_bfloat16 *>(a->v_new);
-    P.final_state = a->final_state;
+    P.k = reinterpret_cast<const __nv_bfloat16 *>(a.k);
+    P.w = reinterpret_cast<const __nv_bfloat16 *>(a.w);
+    P.u = reinterpret_cast<const __nv_bfloat16 *>(a.u);
+    P.g = a.g;
+    P.kscale = a.kscale;
+    P.h0 = a.h0;
+    P.h_out = a.h_out;
+    P.v_new = a.v_new;
+    P.final_state = a.final_state;
+    P.chunk_states = a.chunk_states;
+    P.transition = a.transition;
+    P.cu_seqlens = a.cu_seqlens;
+    P.chunk_offsets = a.chunk_offsets;
     P.T = p->T;
-    P.N = (int)a->N;
+    P.N = (int)a.N;
     P.Hk = (int)p->Hk;
     P.Hv = (int)p->Hv;
     P.K = (int)p->K;
@@ -698,23 +744,77 @@ extern "C" gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_sta
     P.group = (int)(p->Hv / p->Hk);
     P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
     P.kv_layout = p->state_layout == GDN_STATE_KV;
-    P.segments = pl.segments;
-    P.chunks_per_segment = pl.chunks_per_segment;
-    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
-    if (pl.segments > 1) {
+    P.hout_kv = a.hout_kv;
+    P.segments = a.transition ? 2 : pl.segments; /* summary: segment 0 is the whole sequence */
+    P.chunks_per_segment = a.transition ? (1 << 30) : pl.chunks_per_segment;
+    uint8_t *ws = static_cast<uint8_t *>(scratch);
+    if (!a.transition && pl.segments > 1) {
         P.summary = reinterpret_cast<float *>(ws);
         P.h_start = reinterpret_cast<float *>(ws + pl.summary_bytes);
     }
-    P.cu_seqlens = p->cu_seqlens_device;
-    if (p->cu_seqlens && !p->cu_seqlens_device) {
-        int32_t *cu = reinterpret_cast<int32_t *>(ws + pl.summary_bytes + pl.h_start_bytes);
-        GDN_CUDA_TRY(ctx, cudaMemcpyAsync(cu, p->cu_seqlens, (size_t)(p->num_seqs + 1) * sizeof(int32_t),
-                                          cudaMemcpyHostToDevice, stream));
-        P.cu_seqlens = cu;
-    }
     switch (pl.kp) {
-    case 64: return dispatch<64>(ctx, P, pl, a->N, stream);
-    case 128: return dispatch<128>(ctx, P, pl, a->N, stream);
-    default: return dispatch<256>(ctx, P, pl, a->N, stream);
+    case 64: return dispatch<64>(ctx, P, pl, a.N, stream);
+    case 128: return dispatch<128>(ctx, P, pl, a.N, stream);
+    default: return dispatch<256>(ctx, P, pl, a.N, stream);
     }
+}
+
+} // namespace gdn
+
+using namespace gdn;
+
+/* The public op's workspace: the split scratch, then (varlen) the chunk
+ * offsets and, without cu_seqlens_device, a copy of cu_seqlens. */
+namespace {
+struct PublicWs {
+    size_t scratch, offsets, cu;
+    size_t total() const { return scratch + offsets + cu; }
+};
+PublicWs public_ws(const gdn_context *ctx, const gdn_problem *p) {
+    PublicWs w{};
+    w.scratch = chunk_state_scratch_bytes(ctx, p, false);
+    if (p->cu_seqlens) {
+        w.offsets = align256((size_t)(p->num_seqs + 1) * sizeof(int64_t));
+        if (!p->cu_seqlens_device) w.cu = align256((size_t)(p->num_seqs + 1) * sizeof(int32_t));
+    }
+    return w;
+}
+} // namespace
+
+extern "C" size_t gdn_cuda_chunk_state_workspace_size(const gdn_context *ctx, const gdn_problem *p) {
+    return public_ws(ctx, p).total();
+}
+
+extern "C" gdn_status gdn_cuda_chunk_state(gdn_context *ctx, const gdn_chunk_state_args *a) {
+    const gdn_problem *p = a->p;
+    DeviceGuard guard(ctx->device);
+    cudaStream_t stream = (cudaStream_t)ctx->stream;
+    const PublicWs w = public_ws(ctx, p);
+    uint8_t *ws = static_cast<uint8_t *>(a->workspace);
+    StateArgs s{};
+    s.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
+    s.w = reinterpret_cast<const __nv_bfloat16 *>(a->w);
+    s.u = reinterpret_cast<const __nv_bfloat16 *>(a->u);
+    s.g = a->g;
+    s.h0 = a->h0;
+    s.h_out = reinterpret_cast<__nv_bfloat16 *>(a->h_out);
+    s.hout_kv = p->state_layout == GDN_STATE_KV;
+    s.v_new = reinterpret_cast<__nv_bfloat16 *>(a->v_new);
+    s.final_state = a->final_state;
+    s.N = a->N;
+    if (p->cu_seqlens) {
+        s.cu_seqlens = p->cu_seqlens_device;
+        if (!s.cu_seqlens) {
+            int32_t *cu = reinterpret_cast<int32_t *>(ws + w.scratch + w.offsets);
+            GDN_CUDA_TRY(ctx, cudaMemcpyAsync(cu, p->cu_seqlens,
+                                              (size_t)(p->num_seqs + 1) * sizeof(int32_t),
+                                              cudaMemcpyHostToDevice, stream));
+            s.cu_seqlens = cu;
+        }
+        int64_t *off = reinterpret_cast<int64_t *>(ws + w.scratch);
+        gdn_status st = launch_chunk_offsets(ctx, s.cu_seqlens, (int)a->N, off, stream);
+        if (st != GDN_SUCCESS) return st;
+        s.chunk_offsets = off;
+    }
+    return run_chunk_state(ctx, p, s, ws, stream);
 }

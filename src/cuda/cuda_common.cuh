@@ -30,6 +30,21 @@
 
 namespace gdn {
 
+/* Workspace carving: every piece starts 256-byte aligned. */
+inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+/* Makes ctx's device current for a call and restores the caller's. */
+struct DeviceGuard {
+    int prev = -1;
+    explicit DeviceGuard(int dev) {
+        if (cudaGetDevice(&prev) == cudaSuccess && prev != dev) cudaSetDevice(dev);
+        else prev = -1;
+    }
+    ~DeviceGuard() {
+        if (prev >= 0) cudaSetDevice(prev);
+    }
+};
+
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }

@@ -1,4 +1,4 @@
-/* gdn_chunk_forward on the CPU backend against the fp64 oracle of SPEC
+/* gdn_chunk_forward against the fp64 oracle of SPEC
  * section 1 (gdn_ref_forward_f64: the token recurrence with the options
  * applied in fp64 on the exact input values), on fresh SPEC section 5
  * inputs: every T from 1 to 130 (each chunk boundary), 300 and 1000; K = V
@@ -15,14 +15,32 @@
  *
  * Bounds: SPEC section 5, relative Frobenius error vs fp64: o 4e-3,
  * final_state 3.5e-3; the chunk-start states are states like the final
- * one: 3.5e-3. */
+ * one: 3.5e-3.
+ *
+ * Built twice: test_chunk_forward_cpu runs it on the CPU backend;
+ * test_chunk_forward_cuda (GDN_TEST_CUDA) runs every call on the CUDA
+ * backend through fwd() (host arrays copied to the device, outputs
+ * poisoned there, copied back), adds the split path of long sequences,
+ * and skips (exit 77) without a GPU. GDN_TEST_QUICK=1 runs a subset (for
+ * compute-sanitizer). On CUDA a non-finite input reaches the outputs from
+ * the start of its 64-token chunk (gdn.h), so check_nonfinite allows that. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
+#include "devbuf.h"
 #include "gdn_ref.h"
 #include "test_util.h"
+
+#ifdef GDN_TEST_CUDA
+#define TEST_NAME "test_chunk_forward_cuda"
+#define TEST_BACKEND GDN_BACKEND_CUDA
+#else
+#define TEST_NAME "test_chunk_forward_cpu"
+#define TEST_BACKEND GDN_BACKEND_CPU
+#endif
+static int quick; /* GDN_TEST_QUICK=1 */
 
 static const double BOUND_O = 4e-3;
 static const double BOUND_FINAL = 3.5e-3;
@@ -97,6 +115,71 @@ static int fw_inputs_make(fw_inputs *f, const fw_case *c, uint64_t seed) {
     return 0;
 }
 
+/* gdn_chunk_forward on ctx's backend with host arrays. On CUDA: every
+ * array is copied to the device (A_log, dt_bias of the options too),
+ * the outputs are poisoned there (0xFF: NaN), the workspace is allocated
+ * at the size the library asks for, and the outputs come back. */
+#ifdef GDN_TEST_CUDA
+static void *dev_copy(const void *src, size_t bytes, int *ok) {
+    void *d = NULL;
+    if (!src || !*ok) return NULL;
+    if (gdn_dev_alloc(&d, bytes ? bytes : 1) != 0 || gdn_dev_upload(d, src, bytes) != 0) *ok = 0;
+    return d;
+}
+static void *dev_out(const void *host, size_t bytes, int *ok) {
+    void *d = NULL;
+    if (!host || !*ok) return NULL;
+    if (gdn_dev_alloc(&d, bytes ? bytes : 1) != 0 || gdn_dev_fill(d, 0xFF, bytes) != 0) *ok = 0;
+    return d;
+}
+#endif
+
+static gdn_status fwd(gdn_context *ctx, const gdn_problem *p, const gdn_forward_options *opts,
+                      const gdn_bf16 *q, const gdn_bf16 *k, const gdn_bf16 *v, const float *g,
+                      const float *beta, const float *h0, gdn_bf16 *o, float *fs, float *cs) {
+#ifndef GDN_TEST_CUDA
+    return gdn_chunk_forward(ctx, p, opts, q, k, v, g, beta, h0, o, fs, cs, NULL, 0);
+#else
+    const int64_t tok = p->B * p->T, N = gdn_problem_num_seqs(p), NT = gdn_problem_num_chunks(p);
+    const size_t nqk = (size_t)(tok * p->Hk * p->K) * 2, nv = (size_t)(tok * p->Hv * p->V) * 2;
+    const size_t ng = (size_t)(tok * p->Hv) * 4, ns = (size_t)(N * p->Hv * p->V * p->K) * 4;
+    const size_t nc = (size_t)(NT * p->Hv * p->V * p->K) * 4;
+    int ok = 1;
+    gdn_problem pd = *p;
+    gdn_forward_options od;
+    if (opts) od = *opts;
+    void *dq = dev_copy(q, nqk, &ok), *dk = dev_copy(k, nqk, &ok), *dv = dev_copy(v, nv, &ok);
+    void *dg = dev_copy(g, ng, &ok), *db = dev_copy(beta, ng, &ok), *dh = dev_copy(h0, ns, &ok);
+    void *dcu = p->cu_seqlens ? dev_copy(p->cu_seqlens, (size_t)(N + 1) * 4, &ok) : NULL;
+    void *da = NULL, *dd = NULL;
+    if (opts && opts->qwen_gate) {
+        da = dev_copy(opts->A_log, (size_t)p->Hv * 4, &ok);
+        dd = dev_copy(opts->dt_bias, (size_t)p->Hv * 4, &ok);
+        od.A_log = da;
+        od.dt_bias = dd;
+    }
+    void *dO = dev_out(o, nv, &ok), *dF = dev_out(fs, ns, &ok), *dC = dev_out(cs, nc, &ok);
+    pd.cu_seqlens_device = dcu;
+    size_t wsb = 0;
+    void *ws = NULL;
+    gdn_status st = GDN_ERROR_INTERNAL;
+    if (ok && gdn_chunk_forward_workspace_size(ctx, &pd, opts ? &od : NULL, &wsb) == GDN_SUCCESS &&
+        (wsb == 0 || gdn_dev_alloc(&ws, wsb) == 0)) {
+        st = gdn_chunk_forward(ctx, &pd, opts ? &od : NULL, dq, dk, dv, dg, db, dh, dO, dF, dC, ws,
+                               wsb);
+        if (st == GDN_SUCCESS && gdn_dev_sync() != 0) st = GDN_ERROR_CUDA;
+        if (st == GDN_SUCCESS &&
+            (gdn_dev_download(o, dO, nv) != 0 || (fs && gdn_dev_download(fs, dF, ns) != 0) ||
+             (cs && gdn_dev_download(cs, dC, nc) != 0)))
+            st = GDN_ERROR_CUDA;
+    }
+    if (!ok) fprintf(stderr, "device buffers: %s\n", gdn_dev_error());
+    void *bufs[] = {dq, dk, dv, dg, db, dh, dcu, da, dd, dO, dF, dC, ws};
+    for (unsigned i = 0; i < sizeof bufs / sizeof bufs[0]; i++) gdn_dev_free(bufs[i]);
+    return st;
+#endif
+}
+
 /* The op's outputs, poisoned before the call. */
 typedef struct fw_out {
     gdn_bf16 *o;
@@ -122,8 +205,8 @@ static void fw_out_free(fw_out *o) {
 
 static gdn_status run_op(gdn_context *ctx, const fw_inputs *f, fw_out *o) {
     const gdn_ref_inputs *in = &f->in;
-    return gdn_chunk_forward(ctx, &in->p, &f->opts, in->q, in->k, in->v, in->g, in->beta, in->h0,
-                             o->o, o->fs, o->cs, NULL, 0);
+    return fwd(ctx, &in->p, &f->opts, in->q, in->k, in->v, in->g, in->beta, in->h0, o->o, o->fs,
+               o->cs);
 }
 
 /* The case's inputs and its outputs from one run of the op (two counted
@@ -245,8 +328,8 @@ static void check_fixture(gdn_context *ctx, const char *root, const gdn_test_fix
     const int64_t n_o = B * T * Hv * V, n_f = B * Hv * V * K;
     gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, sizeof(gdn_bf16));
     float *fs = gdn_test_alloc_poisoned(n_f, sizeof(float));
-    CHECK_STATUS(gdn_chunk_forward(ctx, &p, NULL, q.data, k.data, v.data, g.data, beta.data,
-                                   h0.data, o, fs, NULL, NULL, 0),
+    CHECK_STATUS(fwd(ctx, &p, NULL, q.data, k.data, v.data, g.data, beta.data,
+                                   h0.data, o, fs, NULL),
                  GDN_SUCCESS, ctx);
     double *ro = gdn_test_npy_to_f64(&o_ref), *rf = gdn_test_npy_to_f64(&ht_ref);
     double *fo = gdn_test_npy_to_f64(&o_fla), *ff = gdn_test_npy_to_f64(&ht_fla);
@@ -340,10 +423,10 @@ static void check_batch_invariance(gdn_context *ctx) {
             one.T = len;
             gdn_bf16 *o = gdn_test_alloc_poisoned(len * Hv * V, 2);
             float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
-            CHECK_STATUS(gdn_chunk_forward(ctx, &one, &f.opts, in->q + bos * Hk * K,
+            CHECK_STATUS(fwd(ctx, &one, &f.opts, in->q + bos * Hk * K,
                                            in->k + bos * Hk * K, in->v + bos * Hv * V,
                                            in->g + bos * Hv, in->beta + bos * Hv, in->h0 + n * S,
-                                           o, fs, cs, NULL, 0),
+                                           o, fs, cs),
                          GDN_SUCCESS, ctx);
             CHECK(memcmp(o, all.o + bos * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
                       memcmp(fs, all.fs + n * S, (size_t)S * 4) == 0 &&
@@ -396,10 +479,9 @@ static void check_resume(gdn_context *ctx) {
         tail.T = len;
         gdn_bf16 *o = gdn_test_alloc(len * Hv * V, 2);
         float *fs = gdn_test_alloc(S, 4);
-        CHECK_STATUS(gdn_chunk_forward(ctx, &tail, &f.opts, in->q + t0 * Hk * K,
+        CHECK_STATUS(fwd(ctx, &tail, &f.opts, in->q + t0 * Hk * K,
                                        in->k + t0 * Hk * K, in->v + t0 * Hv * V, in->g + t0 * Hv,
-                                       in->beta + t0 * Hv, full.cs + cidx * S, o, fs, NULL, NULL,
-                                       0),
+                                       in->beta + t0 * Hv, full.cs + cidx * S, o, fs, NULL),
                      GDN_SUCCESS, ctx);
         CHECK(memcmp(o, full.o + t0 * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
                   memcmp(fs, full.fs, (size_t)S * 4) == 0,
@@ -431,8 +513,8 @@ static void check_optional_and_layout(gdn_context *ctx) {
     CHECK_STATUS(run_op(ctx, &f, &none), GDN_SUCCESS, ctx);
     CHECK(fw_out_equal(&full, &no_f) && fw_out_equal(&full, &no_c) && fw_out_equal(&full, &none),
           "leaving out final_state or chunk_states changes the other outputs");
-    CHECK_STATUS(gdn_chunk_forward(ctx, &in->p, NULL, in->q, in->k, in->v, in->g, in->beta,
-                                   in->h0, dflt.o, dflt.fs, dflt.cs, NULL, 0),
+    CHECK_STATUS(fwd(ctx, &in->p, NULL, in->q, in->k, in->v, in->g, in->beta,
+                                   in->h0, dflt.o, dflt.fs, dflt.cs),
                  GDN_SUCCESS, ctx);
     CHECK(fw_out_equal(&full, &dflt), "opts = NULL differs from gdn_forward_options_init");
     f.opts.scale = (float)(1.0 / sqrt((double)in->p.K));
@@ -489,6 +571,11 @@ static void check_nonfinite(gdn_context *ctx) {
      * of the sequence, row 6); value head 1 for v, g, beta; q, k (the only
      * key head) reach both value heads */
     const int64_t n = 1, tok = 170, eos = 250;
+#ifdef GDN_TEST_CUDA
+    const int64_t from = 100 + (tok - 100) / 64 * 64; /* the start of tok's chunk */
+#else
+    const int64_t from = tok;
+#endif
     const struct {
         const char *what;
         int tensor; /* 0 q, 1 k, 2 v, 3 g, 4 beta */
@@ -521,7 +608,7 @@ static void check_nonfinite(gdn_context *ctx) {
         for (int64_t x = 0; x < p->T; x++)
             for (int64_t h = 0; h < Hv; h++) {
                 const int head = t <= 1 || h == h_hit;
-                const int dep = head && x >= tok && x < eos && (t != 0 || x == tok);
+                const int dep = head && x >= from && x < eos && (t != 0 || x == tok);
                 const gdn_bf16 *a = d.o + (x * Hv + h) * V, *b = clean.o + (x * Hv + h) * V;
                 if (!dep)
                     others_same &= memcmp(a, b, (size_t)V * 2) == 0;
@@ -599,17 +686,64 @@ static void check_bound_sensitivity(gdn_context *ctx) {
     gdn_test_fw_inputs_free(&f);
 }
 
+#ifdef GDN_TEST_CUDA
+/* Long sequences with few heads take the split path of the state stage:
+ * against the oracle, and a B = 2 batch against each row alone (the split
+ * rule looks at one sequence, so the bits must match). */
+static void check_split_path(gdn_context *ctx) {
+    const fw_case c = {C_LONG, 2, 4200, 2, 8, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1,
+                       NULL, 0, OPT_L2 | OPT_QWEN | OPT_SIG};
+    check_case(ctx, &c, 8080, 1);
+    fw_inputs f;
+    fw_out all;
+    if (!fw_setup(ctx, &c, 8081, &f, &all)) return;
+    const gdn_ref_inputs *in = &f.in;
+    const gdn_problem *p = &in->p;
+    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K, T = p->T;
+    const int64_t nt = (T + 63) / 64;
+    for (int64_t b = 0; b < 2; b++) {
+        gdn_problem one = *p;
+        one.B = 1;
+        gdn_bf16 *o = gdn_test_alloc_poisoned(T * Hv * V, 2);
+        float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
+        const int64_t t0 = b * T;
+        CHECK_STATUS(fwd(ctx, &one, &f.opts, in->q + t0 * Hk * K, in->k + t0 * Hk * K,
+                         in->v + t0 * Hv * V, in->g + t0 * Hv, in->beta + t0 * Hv,
+                         in->h0 + b * S, o, fs, cs),
+                     GDN_SUCCESS, ctx);
+        CHECK(memcmp(o, all.o + t0 * Hv * V, (size_t)(T * Hv * V) * 2) == 0 &&
+                  memcmp(fs, all.fs + b * S, (size_t)S * 4) == 0 &&
+                  memcmp(cs, all.cs + b * nt * S, (size_t)(nt * S) * 4) == 0,
+              "split path: batch row %lld differs from the same sequence alone", (long long)b);
+        free(o);
+        free(fs);
+        free(cs);
+    }
+    fw_out_free(&all);
+    gdn_test_fw_inputs_free(&f);
+}
+#endif
+
 int main(void) {
     const double t0 = gdn_test_seconds();
+    const char *q_env = getenv("GDN_TEST_QUICK");
+    quick = q_env && q_env[0] == '1';
+#ifdef GDN_TEST_CUDA
+    if (!gdn_dev_available()) {
+        printf("SKIP %s: no CUDA device (or libgdn built without CUDA)\n", TEST_NAME);
+        return 77;
+    }
+#endif
     gdn_context *ctx = NULL;
-    if (!CHECK_STATUS(gdn_context_create(&ctx, GDN_BACKEND_CPU, 0), GDN_SUCCESS, NULL))
-        return gdn_test_finish("test_chunk_forward_cpu");
+    if (!CHECK_STATUS(gdn_context_create(&ctx, TEST_BACKEND, 0), GDN_SUCCESS, NULL))
+        return gdn_test_finish(TEST_NAME);
     uint64_t seed = 2000;
 
     /* Every T from 1 to 130, small heads; layouts, head maps, h0 and the
      * options rotate with T. */
     printf("T = 1..130 (K = V = 32, Hk = 1, Hv = 2; one line per 10):\n");
     for (int64_t T = 1; T <= 130; T++) {
+        if (quick && !(T <= 2 || T == 63 || T == 64 || T == 65 || T == 130)) continue;
         const unsigned opts[] = {0, OPT_L2, OPT_QWEN | OPT_SIG, OPT_SCALE, 0};
         const fw_case c = {C_TSWEEP, 1, T, 1, 2, 32, 32,
                            T % 2 ? GDN_STATE_VK : GDN_STATE_KV,
@@ -668,8 +802,12 @@ int main(void) {
         {C_LONG, 3, 65, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 0, NULL, 0, OPT_SIG},
     };
     printf("cases:\n");
-    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        /* quick: one case of each class but the long ones */
+        if (quick && (cases[i].cls == C_LONG || (i > 0 && cases[i - 1].cls == cases[i].cls)))
+            continue;
         check_case(ctx, &cases[i], seed++, 1);
+    }
 
     printf("worst relative error per class (bounds: o %.1e, final %.1e, chunk states %.1e):\n",
            BOUND_O, BOUND_FINAL, BOUND_CS);
@@ -678,14 +816,17 @@ int main(void) {
                class_cases[c], worst[c][0], worst[c][1], worst[c][2]);
 
     check_fixtures(ctx);
-    check_bound_sensitivity(ctx);
+    if (!quick) check_bound_sensitivity(ctx);
     check_determinism(ctx);
     check_batch_invariance(ctx);
     check_resume(ctx);
     check_optional_and_layout(ctx);
     check_nonfinite(ctx);
+#ifdef GDN_TEST_CUDA
+    if (!quick) check_split_path(ctx);
+#endif
 
     gdn_context_destroy(ctx);
     printf("time %.1f s\n", gdn_test_seconds() - t0);
-    return gdn_test_finish("test_chunk_forward_cpu");
+    return gdn_test_finish(TEST_NAME);
 }

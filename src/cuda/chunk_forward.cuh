@@ -1,0 +1,138 @@
+/*
+ * The CUDA chunked forward (gdn_chunk_forward) in three stages, and what
+ * they share. Every stage works on whole 64-token chunks; chunk c is
+ * numbered over the packed chunk axis of all sequences (0 .. NT-1), as
+ * h_out of gdn_chunk_state.
+ *
+ *   1. prep   (chunk_prep.cu)    per (chunk, value head): the options
+ *             (beta sigmoid, Qwen3-Next gate, L2-norm scales of q and k),
+ *             the chunk-local gate cumsum, A and the triangular solve,
+ *             giving w, u (bf16), gcum (f32) and the norm scales.
+ *   2. state  (chunk_state.cu)   the inter-chunk recurrence: chunk-start
+ *             states h (bf16, V-first) and v_new (bf16).
+ *   3. output (chunk_output.cu)  per (chunk, value head, V tile):
+ *             o = scale (exp(G) qs (q . h^T) + causal intra-chunk part).
+ *
+ * L2 normalisation is never applied to stored q or k: the kernels read the
+ * raw bf16 inputs and multiply the f32 products by the inverse norms
+ * (qscale, kscale), which is exact where rounding a normalised q or k to
+ * bf16 would cost about 2e-3 relative in o.
+ */
+#ifndef GDN_CUDA_CHUNK_FORWARD_CUH
+#define GDN_CUDA_CHUNK_FORWARD_CUH
+
+#include "cuda_common.cuh"
+
+namespace gdn {
+
+/* Where the chunks are. Without varlen every sequence has ceil(T/64)
+ * chunks; with varlen chunk_offsets[n] (device, N+1 entries) counts the
+ * chunks of the sequences before n (build_chunk_offsets). */
+struct ChunkMap {
+    const int32_t *cu_seqlens;    /* device [N+1], NULL without varlen */
+    const int64_t *chunk_offsets; /* device [N+1], NULL without varlen */
+    int64_t T;                    /* tokens per batch row (no varlen) */
+    int N;                        /* sequences */
+};
+
+/* One chunk: sequence n, its first token bos (flattened token axis), the
+ * chunk's first token t0 and its length len (1..64). */
+struct ChunkLoc {
+    int n;
+    int64_t bos, t0;
+    int len;
+};
+
+__device__ __forceinline__ ChunkLoc locate_chunk(const ChunkMap &m, int64_t c) {
+    ChunkLoc l;
+    if (!m.cu_seqlens) {
+        const int64_t per = (m.T + GDN_CHUNK - 1) / GDN_CHUNK;
+        l.n = (int)(c / per);
+        l.bos = (int64_t)l.n * m.T;
+        l.t0 = l.bos + (c % per) * GDN_CHUNK;
+        const int64_t left = l.bos + m.T - l.t0;
+        l.len = (int)(left < GDN_CHUNK ? left : GDN_CHUNK);
+        return l;
+    }
+    /* the last n with chunk_offsets[n] <= c (empty sequences own no chunk) */
+    int lo = 0, hi = m.N - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (m.chunk_offsets[mid] <= c) lo = mid;
+        else hi = mid - 1;
+    }
+    l.n = lo;
+    l.bos = m.cu_seqlens[lo];
+    l.t0 = l.bos + (c - m.chunk_offsets[lo]) * GDN_CHUNK;
+    const int64_t left = (int64_t)m.cu_seqlens[lo + 1] - l.t0;
+    l.len = (int)(left < GDN_CHUNK ? left : GDN_CHUNK);
+    return l;
+}
+
+/* Stage 1. Per (chunk, value head h), tokens t < len of the chunk, kh the
+ * key head of h (block: h / group; tiled: h % Hk). All math in f32:
+ *   qs_t, ks_t  1 / sqrt(sum_i x_i^2 + 1e-6) of q_t, k_t (bf16 inputs as
+ *               f32) with l2norm; the arrays are NULL without l2norm
+ *   beta_t      beta, or sigmoid(beta) with beta_sigmoid
+ *   g_t         g, or -exp(A_log[h]) * softplus(g + dt_bias[h]) with
+ *               qwen_gate (softplus linear above 20, as PyTorch)
+ *   G_t         sum_{s<=t} g_s (in order)                 -> gcum
+ *   A[i][j]     beta_i ks_i ks_j (k_i . k_j) exp(G_i - G_j), j < i
+ *   w           (I + A)^-1 (beta_t exp(G_t) ks_t k_t)      -> bf16
+ *   u           (I + A)^-1 (beta_t v_t)                    -> bf16
+ * Rows t >= len are not written. */
+struct PrepParams {
+    ChunkMap map;
+    int64_t NT;                  /* chunks over all sequences */
+    const __nv_bfloat16 *q, *k;  /* [tokens, Hk, K] */
+    const __nv_bfloat16 *v;      /* [tokens, Hv, V] */
+    const float *g, *beta;       /* [tokens, Hv] */
+    const float *A_log, *dt_bias; /* [Hv], qwen_gate only */
+    int l2norm, beta_sigmoid, qwen_gate;
+    int Hk, Hv, K, V, group, tiled;
+    __nv_bfloat16 *w;            /* [tokens, Hv, K] */
+    __nv_bfloat16 *u;            /* [tokens, Hv, V] */
+    float *gcum;                 /* [tokens, Hv] */
+    float *qscale, *kscale;      /* [tokens, Hv], written only with l2norm */
+};
+gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
+
+/* Stage 3. Per (chunk, value head h), t < len, v < V:
+ *   o_t[v] = bf16(scale * (exp(G_t) qs_t (q_t . h_c[v, :])
+ *                          + sum_{s <= t} qs_t ks_s (q_t . k_s) exp(G_t - G_s) vn_s[v]))
+ * with qs, ks = 1 when the arrays are NULL, h_c the chunk-start state
+ * (bf16, [NT, Hv, V, K]) and vn = v_new (bf16). The causal mask makes
+ * the terms s > t exact zeros of the product matrix; inside a tensor-core
+ * product they still meet vn_s, so a NaN or Inf at a later token of the
+ * same chunk can reach o_t (the CUDA backend propagates non-finite inputs
+ * at chunk granularity, as gdn.h says). Rows t >= len are not written. */
+struct OutputParams {
+    ChunkMap map;
+    int64_t NT;
+    const __nv_bfloat16 *q, *k;   /* [tokens, Hk, K] raw */
+    const float *qscale, *kscale; /* [tokens, Hv] or NULL */
+    const float *gcum;            /* [tokens, Hv] */
+    const __nv_bfloat16 *h;       /* [NT, Hv, V, K] */
+    const __nv_bfloat16 *v_new;   /* [tokens, Hv, V] */
+    __nv_bfloat16 *o;             /* [tokens, Hv, V] */
+    float scale;
+    int Hk, Hv, K, V, group, tiled;
+};
+gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStream_t stream);
+
+/* The context-parallel forward (context_parallel_nccl.cu drives it around
+ * the all-gather; chunk_forward.cu): workspace bytes for nranks ranks;
+ * phase 1 (prep and this slice's summary, *count floats at *send, to be
+ * all-gathered into *recv); phase 2 (fold, state, output). */
+size_t cp_workspace_bytes(const gdn_context *ctx, const gdn_problem *p, int nranks);
+gdn_status cp_summarise(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks,
+                        float **send, float **recv, size_t *count);
+gdn_status cp_finish(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks, int rank);
+
+/* chunk_offsets[n] = sum_{i<n} ceil(len_i / 64), n = 0..N (one block). */
+gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
+                                int64_t *chunk_offsets, cudaStream_t stream);
+
+} // namespace gdn
+
+#endif

@@ -1,0 +1,551 @@
+/*
+ * Stage 1 of the CUDA chunked forward (see chunk_forward.cuh): per (chunk,
+ * value head) the options, the gate cumsum, A = strict_lower(beta k k^T
+ * gated), the inverse Tinv = (I + A)^-1 and the WY rows
+ *   w = Tinv diag(beta exp(G) ks) k,    u = Tinv diag(beta) v.
+ *
+ * One block of 256 threads per (chunk, head); blocks share nothing. Steps:
+ *   load    k, v rows of the chunk into shared memory (raw bf16; rows past
+ *           the end and columns past K, V zero-filled, never read); gates
+ *           and the gate cumsum in warp 0; q norms straight from global
+ *   S       k k^T on tensor cores (bf16 inputs exact, f32 accumulate),
+ *           lower 16x16 blocks only; scaled into A (f32, shared)
+ *   solve   Tinv in f32 by blocks of 16: per block row i, forward
+ *           substitution with (I + A_ii) on [I | A_i0 .. A_i,i-1] gives
+ *           T_ii and Y_ik = T_ii A_ik (one lane per column); then
+ *           T_ij = -sum_{k=j}^{i-1} Y_ik T_kj by block diagonals
+ *   WY      T' = Tinv diag(d) split into bf16 hi + lo, so that T' k and
+ *           T' v (k, v exact in bf16) are two tensor-core products each
+ *           with about f32 accuracy; w, u rounded to bf16 only when stored
+ *           (staged through the k and v tiles for coalesced stores)
+ */
+#include "chunk_forward.cuh"
+
+namespace gdn {
+namespace {
+
+constexpr int BT = GDN_CHUNK;
+constexpr int NTHREADS = 256;
+constexpr int NW = NTHREADS / 32;
+constexpr unsigned FULL = 0xffffffffu;
+/* f32 pitch of A and Tinv (16-byte rows, conflict-free float2 stores) and
+ * bf16 pitch of the split T' (rows an odd number of 16-byte units, so
+ * ldmatrix is conflict-free). A hi/lo pair fills exactly one f32 matrix. */
+constexpr int LDF = BT + 8;
+constexpr int LDH = BT + 8;
+constexpr int MAT_BYTES = BT * LDF * 4;
+static_assert(MAT_BYTES == 2 * BT * LDH * 2, "hi/lo pair must alias one f32 matrix");
+
+/* Shared memory: Ks [64][kp+8] bf16, Vs [64][vp+8] bf16, R1 (A, later the
+ * w hi/lo of T'), R2 (Tinv, later the u hi/lo), four [64] f32 vectors. */
+__host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
+__host__ __device__ inline int smem_bytes(int K, int V) {
+    return BT * (pad16(K) + 8) * 2 + BT * (pad16(V) + 8) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
+}
+
+__device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(FULL, s, off);
+    return s;
+}
+
+/* Rows [0, len) of a chunk into a [64][ld] tile, the rest (rows >= len,
+ * columns [n, np)) zero; the source is read only inside the chunk. */
+template <bool VEC>
+__device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, int ld, const __nv_bfloat16 *src,
+                                          int64_t rs, int n, int np, int len) {
+    if constexpr (VEC) {
+        const int cpr = np / 8; /* 16-byte pieces a row; n % 8 == 0 */
+        for (int i = threadIdx.x; i < BT * cpr; i += NTHREADS) {
+            const int t = i / cpr, c = (i - t * cpr) * 8;
+            const bool ok = t < len && c < n;
+            cp_async16(dst + t * ld + c, ok ? src + t * rs + c : src, ok ? 16 : 0);
+        }
+    } else {
+        const __nv_bfloat16 zero = __float2bfloat16(0.f);
+        for (int i = threadIdx.x; i < BT * np; i += NTHREADS) {
+            const int t = i / np, c = i - t * np;
+            dst[t * ld + c] = t < len && c < n ? src[t * rs + c] : zero;
+        }
+    }
+}
+
+/* Rows [0, len), columns [0, n) of a tile to global rows of stride rs. */
+template <bool VEC>
+__device__ __forceinline__ void store_rows(__nv_bfloat16 *dst, int64_t rs, const __nv_bfloat16 *src,
+                                           int ld, int n, int len) {
+    if constexpr (VEC) {
+        const int cpr = n / 8;
+        for (int i = threadIdx.x; i < len * cpr; i += NTHREADS) {
+            const int t = i / cpr, c = (i - t * cpr) * 8;
+            *reinterpret_cast<uint4 *>(dst + t * rs + c) =
+                *reinterpret_cast<const uint4 *>(src + t * ld + c);
+        }
+    } else {
+        for (int i = threadIdx.x; i < len * n; i += NTHREADS) {
+            const int t = i / n, c = i - t * n;
+            dst[t * rs + c] = src[t * ld + c];
+        }
+    }
+}
+
+/* This lane's part of sum x^2 over a row of n bf16 values in global memory. */
+template <bool VEC>
+__device__ __forceinline__ float row_sumsq(const __nv_bfloat16 *row, int n, int lane) {
+    float s = 0.f;
+    if constexpr (VEC) {
+        for (int c = lane * 8; c < n; c += 256) {
+            const uint4 x = *reinterpret_cast<const uint4 *>(row + c);
+            const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&x);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 f = __bfloat1622float2(p[e]);
+                s = fmaf(f.x, f.x, s);
+                s = fmaf(f.y, f.y, s);
+            }
+        }
+    } else {
+#pragma unroll 2
+        for (int c = lane; c < n; c += 32) {
+            const float f = __bfloat162float(row[c]);
+            s = fmaf(f, f, s);
+        }
+    }
+    return s;
+}
+
+/* x = hi + lo with hi = bf16(x), lo = bf16(x - hi): about 16 bits of x. */
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uint32_t &lo) {
+    const __nv_bfloat16 h0 = __float2bfloat16(x0), h1 = __float2bfloat16(x1);
+    hi = (uint32_t)__bfloat16_as_ushort(h0) | ((uint32_t)__bfloat16_as_ushort(h1) << 16);
+    lo = pack_bf16x2(x0 - __bfloat162float(h0), x1 - __bfloat162float(h1));
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParams P) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int K = P.K, V = P.V, Hv = P.Hv, Hk = P.Hk;
+    const int kp = pad16(K), vp = pad16(V);
+    const int ldk = kp + 8, ldv = vp + 8;
+    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(smem);
+    __nv_bfloat16 *Vs = Ks + BT * ldk;
+    float *A = reinterpret_cast<float *>(Vs + BT * ldv); /* R1 */
+    float *Ti = A + BT * LDF;                            /* R2 */
+    float *bs = Ti + BT * LDF;                           /* beta (0 past the end) */
+    float *Gs = bs + BT;                                 /* gate cumsum */
+    float *kss = Gs + BT;                                /* k inverse norms */
+    float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale */
+
+    /* Block -> (chunk, head), heads fastest: the heads of a key head read
+     * the same k, q rows close together in time (L2 hits). */
+    const int64_t c = blockIdx.x / (unsigned)Hv;
+    const int h = (int)(blockIdx.x % (unsigned)Hv);
+    const int kh = P.tiled ? h % Hk : h / P.group;
+    const ChunkLoc loc = locate_chunk(P.map, c);
+    const int len = loc.len;
+    const int64_t t0 = loc.t0;
+    const int64_t rs_k = (int64_t)Hk * K, rs_v = (int64_t)Hv * V;
+
+    /* ---- 1. loads; gates and cumsum; q norms ---- */
+    load_rows<VEC>(Ks, ldk, P.k + (t0 * Hk + kh) * K, rs_k, K, kp, len);
+    load_rows<VEC>(Vs, ldv, P.v + (t0 * Hv + h) * V, rs_v, V, vp, len);
+    if constexpr (VEC) cp_async_commit();
+
+    if (warp == 0) {
+        float g[2], b[2];
+        const float negA = P.qwen_gate ? -expf(P.A_log[h]) : 0.f;
+        const float dtb = P.qwen_gate ? P.dt_bias[h] : 0.f;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int t = lane + 32 * e;
+            g[e] = b[e] = 0.f;
+            if (t < len) {
+                const int64_t idx = (t0 + t) * Hv + h;
+                float gt = P.g[idx], bt = P.beta[idx];
+                if (P.qwen_gate) gt = negA * softplus_f32(gt + dtb);
+                if (P.beta_sigmoid) bt = 1.f / (1.f + expf(-bt));
+                g[e] = gt;
+                b[e] = bt;
+            }
+        }
+        /* in token order, as the CPU reference sums (rows past the end add 0) */
+        float run = 0.f, G[2] = {0.f, 0.f};
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+#pragma unroll
+            for (int s = 0; s < 32; s++) {
+                run += __shfl_sync(FULL, g[e], s);
+                if (lane == s) G[e] = run;
+            }
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int t = lane + 32 * e;
+            const bool ok = t < len;
+            bs[t] = ok ? b[e] : 0.f;
+            Gs[t] = ok ? G[e] : 0.f;
+            if (ok) P.gcum[(t0 + t) * Hv + h] = G[e];
+        }
+    }
+
+    if (P.l2norm && P.qscale) {
+        /* q is needed only for its norms: read once from global, 8 rows a
+         * warp, four rows' loads in flight before their reductions (eight
+         * would cost registers the later phases need) */
+        const __nv_bfloat16 *qrow = P.q + (t0 * Hk + kh) * K;
+#pragma unroll
+        for (int r0 = 0; r0 < 8; r0 += 4) {
+            float ss[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int t = warp * 8 + r0 + r;
+                ss[r] = t < len ? row_sumsq<VEC>(qrow + t * rs_k, K, lane) : 0.f;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const float s = warp_sum(ss[r]);
+                const int t = warp * 8 + r0 + r;
+                if (lane == r0 + r && t < len) P.qscale[(t0 + t) * Hv + h] = 1.f / sqrtf(s + 1e-6f);
+            }
+        }
+    }
+
+    if constexpr (VEC) cp_async_wait<0>();
+    __syncthreads();
+
+    /* ---- 2. S = k k^T (lower blocks) and the k norms ----
+     * Warp w: row block mt = w/2, column blocks nb0, nb0+1 (nb0 = 2(w%2))
+     * where nb <= mt; warps 1 and 3 have none. */
+    const int mt = warp >> 1, nb0 = (warp & 1) * 2;
+    const bool s_work = nb0 <= mt, s_two = nb0 + 1 <= mt;
+    float S[2][2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) S[a][n][e] = 0.f;
+    if (s_work) {
+#pragma unroll 2
+        for (int kk = 0; kk < kp; kk += 16) {
+            uint32_t a[4], b[4];
+            ldmatrix_x4(a, Ks + (mt * 16 + (lane & 15)) * ldk + kk + (lane >> 4) * 8);
+            ldmatrix_x4(b, Ks + (nb0 * 16 + ((lane >> 4) << 3) + (lane & 7)) * ldk + kk +
+                               ((lane >> 3) & 1) * 8);
+            mma_bf16_16816(S[0][0], a, b);
+            mma_bf16_16816(S[0][1], a, b + 2);
+            if (s_two) {
+                ldmatrix_x4(b, Ks + ((nb0 + 1) * 16 + ((lane >> 4) << 3) + (lane & 7)) * ldk + kk +
+                                   ((lane >> 3) & 1) * 8);
+                mma_bf16_16816(S[1][0], a, b);
+                mma_bf16_16816(S[1][1], a, b + 2);
+            }
+        }
+    }
+
+    /* k norms from the tile (zero padding adds nothing); rows of this warp */
+    {
+        float ss[8];
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            float s = 0.f;
+            if (P.l2norm) {
+                const __nv_bfloat16 *row = Ks + (warp * 8 + r) * ldk;
+                for (int cc = 2 * lane; cc < kp; cc += 64) {
+                    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(row + cc));
+                    s = fmaf(f.x, f.x, s);
+                    s = fmaf(f.y, f.y, s);
+                }
+            }
+            ss[r] = s;
+        }
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+            const int t = warp * 8 + r;
+            const float ks = P.l2norm ? 1.f / sqrtf(warp_sum(ss[r]) + 1e-6f) : 1.f;
+            if (lane == r) {
+                const bool ok = t < len;
+                kss[t] = ok ? ks : 0.f;
+                dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
+                if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
+            }
+        }
+    }
+    __syncthreads();
+
+    /* ---- 3. A[i][j] = beta_i ks_i ks_j S_ij exp(G_i - G_j), j < i < len;
+     * 0 elsewhere in the lower blocks (select, so a non-finite S of a
+     * masked entry stays out) ---- */
+    if (s_work) {
+#pragma unroll
+        for (int a = 0; a < 2; a++) {
+            if (a == 1 && !s_two) break;
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = mt * 16 + gid + hf * 8;
+                const bool row_ok = i < len;
+                const float bi = bs[i] * kss[i], gi = Gs[i];
+#pragma unroll
+                for (int n = 0; n < 2; n++) {
+                    const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
+                    float2 out;
+                    out.x = row_ok && j < i ? bi * kss[j] * S[a][n][2 * hf] * expf(gi - Gs[j]) : 0.f;
+                    out.y = row_ok && j + 1 < i
+                                ? bi * kss[j + 1] * S[a][n][2 * hf + 1] * expf(gi - Gs[j + 1])
+                                : 0.f;
+                    *reinterpret_cast<float2 *>(A + i * LDF + j) = out;
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    /* ---- 4. diagonal blocks: (I + A_ii) X = [I | A_i0 .. A_i,i-1] by
+     * forward substitution, one lane per right-hand column (160 in all:
+     * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
+     * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
+     * reads that column) ---- */
+    if (tid < 160) {
+        const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
+        const int sub = (tid - 8 * i * (i + 1)) >> 4, cc = tid & 15;
+        const bool ident = sub == i;
+        const float *Ad = A + 16 * i * LDF + 16 * i;
+        float *src = A + 16 * i * LDF + 16 * sub + cc;
+        float x[16];
+#pragma unroll
+        for (int r = 0; r < 16; r++) x[r] = ident ? (r == cc ? 1.f : 0.f) : src[r * LDF];
+#pragma unroll
+        for (int r = 1; r < 16; r++) {
+            const float *arow = Ad + r * LDF;
+            float s = x[r];
+#pragma unroll
+            for (int q = 0; q < r; q += 4) {
+                const float4 av = *reinterpret_cast<const float4 *>(arow + q);
+                s = fmaf(-av.x, x[q], s);
+                if (q + 1 < r) s = fmaf(-av.y, x[q + 1], s);
+                if (q + 2 < r) s = fmaf(-av.z, x[q + 2], s);
+                if (q + 3 < r) s = fmaf(-av.w, x[q + 3], s);
+            }
+            x[r] = s;
+        }
+        if (ident) {
+            float *dst = Ti + 16 * i * LDF + 16 * i + cc;
+#pragma unroll
+            for (int r = 0; r < 16; r++) dst[r * LDF] = r < cc ? 0.f : x[r];
+        } else {
+#pragma unroll
+            for (int r = 0; r < 16; r++) src[r * LDF] = x[r];
+        }
+    }
+    __syncthreads();
+
+    /* ---- 5. off-diagonal blocks of Tinv, diagonal d = i - j at a time:
+     * T_ij = -sum_{k=j}^{i-1} Y_ik T_kj. 128 threads a block (2 rows x 1
+     * column each), the block index warp-uniform ---- */
+    for (int d = 1; d < 4; d++) {
+        for (int u = tid; u < (4 - d) * 128; u += NTHREADS) {
+            const int i = d + (u >> 7), j = i - d;
+            const int cc = u & 15, r = ((u >> 4) & 7) * 2;
+            float acc0 = 0.f, acc1 = 0.f;
+            for (int k = j; k < i; k++) {
+                const float *y = A + (16 * i + r) * LDF + 16 * k;
+                const float *tc = Ti + 16 * k * LDF + 16 * j + cc;
+#pragma unroll
+                for (int s = 0; s < 16; s += 4) {
+                    const float4 ya = *reinterpret_cast<const float4 *>(y + s);
+                    const float4 yb = *reinterpret_cast<const float4 *>(y + LDF + s);
+                    const float t0v = tc[s * LDF], t1v = tc[(s + 1) * LDF];
+                    const float t2v = tc[(s + 2) * LDF], t3v = tc[(s + 3) * LDF];
+                    acc0 = fmaf(ya.x, t0v, acc0);
+                    acc1 = fmaf(yb.x, t0v, acc1);
+                    acc0 = fmaf(ya.y, t1v, acc0);
+                    acc1 = fmaf(yb.y, t1v, acc1);
+                    acc0 = fmaf(ya.z, t2v, acc0);
+                    acc1 = fmaf(yb.z, t2v, acc1);
+                    acc0 = fmaf(ya.w, t3v, acc0);
+                    acc1 = fmaf(yb.w, t3v, acc1);
+                }
+            }
+            Ti[(16 * i + r) * LDF + 16 * j + cc] = -acc0;
+            Ti[(16 * i + r + 1) * LDF + 16 * j + cc] = -acc1;
+        }
+        __syncthreads();
+    }
+
+    /* ---- 6. T' = Tinv diag(d) as bf16 hi/lo, lower blocks only (the
+     * products read no other). w's pair goes to R1 (A is dead); u's
+     * replaces Tinv in R2, so it waits in registers for a barrier ---- */
+    __nv_bfloat16 *Wh = reinterpret_cast<__nv_bfloat16 *>(A), *Wl = Wh + BT * LDH;
+    __nv_bfloat16 *Uh = reinterpret_cast<__nv_bfloat16 *>(Ti), *Ul = Uh + BT * LDH;
+    {
+        constexpr int IT = BT * BT / 2 / NTHREADS;
+        uint32_t uh[IT], ul[IT];
+        const int j = lane * 2;
+#pragma unroll
+        for (int it = 0; it < IT; it++) {
+            const int i = warp + it * NW;
+            uh[it] = ul[it] = 0u;
+            if ((j >> 4) <= (i >> 4)) {
+                const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
+                uint32_t hi, lo;
+                split_pair(t.x * dws[j], t.y * dws[j + 1], hi, lo);
+                *reinterpret_cast<uint32_t *>(Wh + i * LDH + j) = hi;
+                *reinterpret_cast<uint32_t *>(Wl + i * LDH + j) = lo;
+                split_pair(t.x * bs[j], t.y * bs[j + 1], uh[it], ul[it]);
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int it = 0; it < IT; it++) {
+            const int i = warp + it * NW;
+            if ((j >> 4) <= (i >> 4)) {
+                *reinterpret_cast<uint32_t *>(Uh + i * LDH + j) = uh[it];
+                *reinterpret_cast<uint32_t *>(Ul + i * LDH + j) = ul[it];
+            }
+        }
+    }
+    __syncthreads();
+
+    /* ---- 7. w = T'_w k, u = T'_u v: one job = 16 columns of w or u, all
+     * 64 rows; only the lower blocks of T' (kb <= m). Row block m of the
+     * result replaces rows m of the job's own 16 columns of Ks / Vs (no
+     * other warp reads them): m descends, so the rows overwritten are never
+     * read again. hi and lo accumulate apart for two independent chains. ---- */
+    const int jobs_w = kp / 16, jobs = jobs_w + vp / 16;
+    for (int job = warp; job < jobs; job += NW) {
+        const bool is_w = job < jobs_w;
+        __nv_bfloat16 *B = is_w ? Ks : Vs;
+        const int ldb = is_w ? ldk : ldv;
+        const int n0 = (is_w ? job : job - jobs_w) * 16;
+        const __nv_bfloat16 *Th = is_w ? Wh : Uh, *Tl = is_w ? Wl : Ul;
+#pragma unroll
+        for (int m = 3; m >= 0; m--) {
+            float ah_acc[2][4], al_acc[2][4];
+#pragma unroll
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) ah_acc[n][e] = al_acc[n][e] = 0.f;
+#pragma unroll
+            for (int kb = 0; kb <= m; kb++) {
+                uint32_t b[4], ah[4], al[4];
+                ldmatrix_x4_trans(b, B + (kb * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ldb + n0 +
+                                         (lane >> 4) * 8);
+                const int off = (m * 16 + (lane & 15)) * LDH + kb * 16 + (lane >> 4) * 8;
+                ldmatrix_x4(ah, Th + off);
+                ldmatrix_x4(al, Tl + off);
+                mma_bf16_16816(al_acc[0], al, b);
+                mma_bf16_16816(al_acc[1], al, b + 2);
+                mma_bf16_16816(ah_acc[0], ah, b);
+                mma_bf16_16816(ah_acc[1], ah, b + 2);
+            }
+            __syncwarp();
+#pragma unroll
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int row = m * 16 + gid + hf * 8, col = n0 + n * 8 + 2 * tig;
+                    *reinterpret_cast<uint32_t *>(B + row * ldb + col) =
+                        pack_bf16x2(ah_acc[n][2 * hf] + al_acc[n][2 * hf],
+                                    ah_acc[n][2 * hf + 1] + al_acc[n][2 * hf + 1]);
+                }
+        }
+    }
+    __syncthreads();
+
+    /* ---- 8. w, u rows of the chunk ---- */
+    store_rows<VEC>(P.w + (t0 * Hv + h) * K, (int64_t)Hv * K, Ks, ldk, K, len);
+    store_rows<VEC>(P.u + (t0 * Hv + h) * V, rs_v, Vs, ldv, V, len);
+}
+
+/* chunk_offsets[i] = chunks of sequences before i: one block scans tiles of
+ * 1024 sequences, carrying the running total. */
+constexpr int SCAN_THREADS = 1024;
+
+__global__ void __launch_bounds__(SCAN_THREADS)
+chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
+    __shared__ int64_t wsum[SCAN_THREADS / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int64_t carry = 0;
+    for (int64_t base = 0; base < N; base += SCAN_THREADS) {
+        const int64_t i = base + threadIdx.x;
+        int64_t x = 0;
+        if (i < N) {
+            const int64_t len = (int64_t)cu[i + 1] - cu[i];
+            x = len > 0 ? (len + BT - 1) / BT : 0;
+        }
+        int64_t incl = x;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+            const int64_t y = __shfl_up_sync(FULL, incl, off);
+            if (lane >= off) incl += y;
+        }
+        if (lane == 31) wsum[warp] = incl;
+        __syncthreads();
+        if (warp == 0) {
+            int64_t s = wsum[lane];
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const int64_t y = __shfl_up_sync(FULL, s, off);
+                if (lane >= off) s += y;
+            }
+            wsum[lane] = s; /* inclusive over warps */
+        }
+        __syncthreads();
+        if (i < N) out[i] = carry + (warp ? wsum[warp - 1] : 0) + incl - x;
+        carry += wsum[SCAN_THREADS / 32 - 1];
+        __syncthreads(); /* wsum is rewritten by the next tile */
+    }
+    if (threadIdx.x == 0) out[N] = carry;
+}
+
+template <bool VEC>
+gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, unsigned blocks, int bytes,
+                       cudaStream_t stream) {
+    auto kern = chunk_prep_kernel<VEC>;
+    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    kern<<<blocks, NTHREADS, bytes, stream>>>(P);
+    GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_prep_kernel");
+    return GDN_SUCCESS;
+}
+
+} // namespace
+
+gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream) {
+    if (P.K < 1 || P.K > GDN_MAX_HEAD_DIM || P.V < 1 || P.V > GDN_MAX_HEAD_DIM || P.Hk < 1 ||
+        P.Hv < 1 || P.NT < 0)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "chunk_prep: bad shape (K %d, V %d, Hk %d, Hv %d, NT %lld)", P.K, P.V, P.Hk,
+                        P.Hv, (long long)P.NT);
+    if (P.NT == 0) return GDN_SUCCESS;
+    if (P.NT > INT32_MAX / P.Hv)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "chunk_prep: %lld chunks x %d heads exceed the grid limit", (long long)P.NT,
+                        P.Hv);
+    const int bytes = smem_bytes(P.K, P.V);
+    if ((size_t)bytes > ctx->smem_optin)
+        return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
+                        "chunk_prep: kernel needs %d bytes of shared memory, device allows %zu",
+                        bytes, ctx->smem_optin);
+    /* 16-byte paths need every row (and base) on a 16-byte boundary */
+    uintptr_t align = (uintptr_t)P.k | (uintptr_t)P.v | (uintptr_t)P.w | (uintptr_t)P.u;
+    if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
+    const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
+    const unsigned blocks = (unsigned)(P.NT * P.Hv);
+    return vec ? launch_prep<true>(ctx, P, blocks, bytes, stream)
+               : launch_prep<false>(ctx, P, blocks, bytes, stream);
+}
+
+gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
+                                int64_t *chunk_offsets, cudaStream_t stream) {
+    if (N < 0 || !cu_seqlens || !chunk_offsets)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
+                        "chunk_offsets: bad arguments (N %d)", N);
+    chunk_offsets_kernel<<<1, SCAN_THREADS, 0, stream>>>(cu_seqlens, N, chunk_offsets);
+    GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_offsets_kernel");
+    return GDN_SUCCESS;
+}
+
+} // namespace gdn
