@@ -245,9 +245,11 @@ typedef enum gdn_dtype {
  * state_history must not overlap state_pool, and o must not overlap any
  * input. The CUDA backend needs no workspace and does not allocate; with
  * cu_seqlens it needs cu_seqlens_device (this op has no workspace to copy
- * it into), so every call can be captured in a CUDA graph. The CUDA
- * backend does not implement this operation yet: it returns
- * GDN_ERROR_NOT_SUPPORTED (after validating the arguments).
+ * it into), so every call can be captured in a CUDA graph. Both backends
+ * are deterministic (no atomics) and give a sequence the same bits alone
+ * or in any batch. They sum in different orders, so their results differ
+ * by f32 rounding (a few ulps of the state; o by a bf16 ulp where the two
+ * f32 values round to neighbours).
  */
 GDN_API gdn_status gdn_recurrent_forward(gdn_context *ctx, const gdn_problem *p,
                                          const gdn_forward_options *opts, const gdn_bf16 *q,

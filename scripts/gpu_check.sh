@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # One GPU session's work in one command: build, GPU tests, compute-sanitizer,
 # benchmark with FLA side by side. Run from the repository root on a machine
-# with an NVIDIA GPU. Steps: any of build test sanitize demo ours bench (default:
-# build test sanitize demo bench; 'ours' is the libgdn benchmark alone, 'bench'
-# adds FLA side by side).
+# with an NVIDIA GPU. Steps: any of build test sanitize demo ours bench
+# bench_recurrent (default: build test sanitize demo bench bench_recurrent;
+# 'ours' is the libgdn chunk_state benchmark alone, 'bench' adds FLA side by
+# side; 'bench_recurrent' runs bench/bench_recurrent (the decode step) and
+# then FLA's fused_recurrent_gated_delta_rule on the same rows).
 # Env: OUT (logs go there, default ./gpu-out), WHEELS (folder of wheels for
 # FLA, default .whl), GDN_FIXTURES (FLA fixtures, default ../shared/fixtures/fla
 # or .fixtures).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-steps=${*:-build test sanitize demo bench}
+steps=${*:-build test sanitize demo bench bench_recurrent}
 BUILD=build-gpu
 fail=0
 has() { [[ " $steps " == *" $1 "* ]]; }
+# FLA and its dependencies from the wheels folder, once
+fla_ready=0
+fla_setup() {
+  [ $fla_ready -eq 1 ] && return
+  WHEELS=${WHEELS:-.whl}
+  if [ -d "$WHEELS" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+  fi
+  fla_ready=1
+}
 if [ -z "${GDN_FIXTURES:-}" ]; then
   for d in ../shared/fixtures/fla .fixtures; do [ -d "$d" ] && export GDN_FIXTURES=$PWD/$d && break; done
 fi
@@ -41,6 +54,13 @@ if has sanitize; then
   rc=$?
   echo "compute-sanitizer memcheck (64-row tile): exit $rc; $(grep -E 'ERROR SUMMARY|passed' "$OUT/sanitize_rows64.log" | tr '\n' ' ')"
   [ $rc -eq 0 ] || fail=1
+  # gdn_recurrent_forward: every kernel configuration, padding and indices
+  # past the pool (no shared memory, so racecheck has nothing to check)
+  GDN_TEST_QUICK=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    $BUILD/tests/test_recurrent_forward_cuda > "$OUT/sanitize_recurrent.log" 2>&1
+  rc=$?
+  echo "compute-sanitizer memcheck (recurrent): exit $rc; $(grep -E 'ERROR SUMMARY|passed' "$OUT/sanitize_recurrent.log" | tr '\n' ' ')"
+  [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_recurrent.log"; }
 fi
 if has demo; then
   timeout 120 $BUILD/gdn demo 2>&1 | tee "$OUT/demo.txt" | tail -12
@@ -49,13 +69,16 @@ if has ours && ! has bench; then
   timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"
 fi
 if has bench; then
-  WHEELS=${WHEELS:-.whl}
-  if [ -d "$WHEELS" ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
-  fi
+  fla_setup
   timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/fla_chunk_state.py "$OUT/ours.csv" --markdown "$OUT/bench.md" \
     2>&1 | tee "$OUT/bench_fla.txt" | tail -15
+fi
+if has bench_recurrent; then
+  # ours first, then FLA on the same rows (each row in its own process)
+  timeout 240 $BUILD/bench/bench_recurrent --csv "$OUT/ours_recurrent.csv" | tee "$OUT/bench_recurrent_ours.txt" || fail=1
+  fla_setup
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/fla_recurrent.py "$OUT/ours_recurrent.csv" \
+    --markdown "$OUT/bench_recurrent.md" 2>&1 | tee "$OUT/bench_recurrent_fla.txt" | tail -30
 fi
 exit $fail

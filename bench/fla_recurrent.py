@@ -1,0 +1,159 @@
+"""FLA's fused_recurrent_gated_delta_rule on the rows bench_recurrent ran, on
+the same card in the same run, and the combined table.
+
+usage: python3 bench/fla_recurrent.py OURS.csv [--markdown OUT.md]
+
+What FLA 0.6.0 offers. fla.ops.gated_delta_rule.fused_recurrent_gated_delta_rule
+(q, k, v, g, beta, scale, initial_state, output_final_state,
+use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias,
+use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first, cu_seqlens) has
+no pool / state-index form for the gated delta rule (only fla.ops.kda has
+ssm_state_indices): it reads initial_state [N, HV, ...] (f32 or bf16, widened
+to f32) and writes a new f32 final_state [N, HV, ...] allocated per call. So
+FLA is timed on the contiguous form: initial_state = the N states, final
+state into a fresh tensor, which moves the same bytes as libgdn's in-place
+pool update for an f32 pool (the most favourable setting for FLA: a serving
+engine would also copy final_state back into its pool). For a bf16 pool FLA
+reads bf16 and writes f32 (1.5x libgdn's bytes). For the random-slots row FLA
+runs the same N contiguously (it cannot index).
+
+Timing as libgdn's: the same number of calls captured in one CUDA graph, on
+the same number of state copies cycled (so the states come from DRAM), the
+graph replayed, median of 15 repetitions. Each row runs in its own
+subprocess, so a fault (an illegal memory access poisons the CUDA context)
+is reported for that row and the others still run.
+"""
+import csv
+import json
+import subprocess
+import sys
+import time
+
+
+def graph_time_ms(fn, reps=15):
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    g.replay()
+    b.record()
+    b.synchronize()
+    one = max(a.elapsed_time(b), 1e-3)
+    inner = min(200, max(1, int(2.0 / one + 0.999)))
+    times = []
+    for _ in range(reps):
+        a.record()
+        for _ in range(inner):
+            g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_one(row):
+    """Child: time FLA on one row; prints 'RESULT <us per call>'."""
+    import torch
+    import torch.nn.functional as F
+    from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+    N, Hk, Hv, K, V = (int(row[x]) for x in ("N", "Hk", "Hv", "K", "V"))
+    dt = torch.float32 if row["dtype"] == "f32" else torch.bfloat16
+    v_first = row["layout"] == "vk"
+    copies = int(row["copies"])
+    # one state copy: calls on the same h0 (final states into fresh tensors)
+    calls = int(row["calls"]) if copies > 1 else 1
+    torch.manual_seed(0)
+    dev = "cuda"
+    q = F.normalize(torch.randn(N, 1, Hk, K, device=dev), dim=-1).bfloat16()
+    k = F.normalize(torch.randn(N, 1, Hk, K, device=dev), dim=-1).bfloat16()
+    v = torch.randn(N, 1, Hv, V, device=dev).bfloat16()
+    g = F.logsigmoid(torch.rand(N, 1, Hv, device=dev)) / 4
+    beta = torch.rand(N, 1, Hv, device=dev).sigmoid()
+    shape = (N, Hv, V, K) if v_first else (N, Hv, K, V)
+    h0s = [torch.full(shape, 0.0115, dtype=dt, device=dev) for _ in range(copies)]
+
+    def fn():
+        for i in range(calls):
+            fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0s[i % copies],
+                                             output_final_state=True, state_v_first=v_first)
+
+    print(f"DEVICE {torch.cuda.get_device_name()}", flush=True)
+    ms = graph_time_ms(fn)
+    print(f"RESULT {ms * 1e3 / calls:.4f}", flush=True)
+
+
+def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--one":
+        run_one(json.loads(sys.argv[2]))
+        return
+    rows = list(csv.DictReader(open(sys.argv[1])))
+    md = sys.argv[sys.argv.index("--markdown") + 1] if "--markdown" in sys.argv else None
+    # the parent does no CUDA work: the device name comes from the children
+    name = "unknown (no FLA row ran)"
+    bw = float(rows[0]["copy_bw"]) if rows else float("nan")
+    out = ["| row | N | pool | layout | slots | ours (us) | FLA (us) | floor (us) | ours / floor | "
+           "ours % of copy BW | FLA / floor | FLA / ours |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for line in out:
+        print(line, flush=True)
+    notes = set()
+    for r in rows:
+        ours = float(r["ours_us"])
+        floor = float(r["state_bytes"]) / float(r["copy_bw"]) * 1e6
+        try:
+            p = subprocess.run([sys.executable, __file__, "--one", json.dumps(r)],
+                               capture_output=True, text=True, timeout=120)
+            res = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            dev = [x[7:] for x in p.stdout.splitlines() if x.startswith("DEVICE ")]
+            if dev:
+                name = dev[-1]
+            if p.returncode == 0 and res:
+                fla = float(res[-1].split()[1])
+                fla_s = f"{fla:.2f}"
+            else:
+                err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                fla, fla_s = float("nan"), "failed *"
+                notes.add(f"* {r['name']}: FLA failed (exit {p.returncode}): {err[:300]}")
+                print(f"{r['name']}: FLA failed (exit {p.returncode}): {err[:300]}", flush=True)
+        except subprocess.TimeoutExpired:
+            fla, fla_s = float("nan"), "timeout *"
+            notes.add(f"* {r['name']}: FLA did not finish in 120 s")
+        slots = "random" if int(r["pool_size"]) != int(r["N"]) else "n"
+        if slots == "random":
+            notes.add("random slots: FLA has no state-index form; it ran the same N contiguously")
+        if r["dtype"] == "bf16":
+            notes.add("bf16 pool: FLA reads bf16 h0 but always writes an f32 final state "
+                      "(1.5x the bytes); the floor is libgdn's bytes")
+        out.append(f"| {r['name']} | {r['N']} | {r['dtype']} | {r['layout'].upper()} | {slots} | "
+                   f"{ours:.2f} | {fla_s} | {floor:.2f} | {ours / floor:.2f} | {100 * floor / ours:.0f}% | "
+                   f"{fla / floor:.2f} | {fla / ours:.2f} |")
+        print(out[-1], flush=True)
+    out.append("")
+    out.extend(sorted(notes))
+    head = [f"card: {name}; date: {time.strftime('%Y-%m-%d')}; copy bandwidth (read+write, "
+            f"cudaMemcpy, measured by bench_recurrent): {bw / 1e9:.0f} GB/s; decode step T=1, "
+            + ("one pool copy (--warm)" if rows and rows[0].get("warm") == "1"
+               else "state copies cycled (L2 cold)"), ""]
+    text = "\n".join(head + out)
+    print(text)
+    if md:
+        open(md, "w").write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
