@@ -13,8 +13,11 @@
  *  - `gdn run --op recurrent --backend cpu` likewise against
  *    gdn_recurrent_forward on a pool built from h0 (decode batch, varlen
  *    with an empty sequence and every option on a bf16 pool, no h0);
+ *  - with a GPU, both ops with `--backend cuda` on the same files, within
+ *    the two backends' error bounds of the CPU results;
  *  - usage and input errors exit 2 with a message. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -730,6 +733,25 @@ static int write_forward_inputs(const fwd_cli_case *fc, const char *dir, uint64_
     return ok && put_h0_cu(c, dir, in);
 }
 
+/* Relative Frobenius difference |x - y| / |y|. */
+static double rel_diff_bf16(const gdn_bf16 *x, const gdn_bf16 *y, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double a = gdn_bf16_to_f32(x[i]), b = gdn_bf16_to_f32(y[i]);
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double rel_diff_f32(const float *x, const float *y, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        den += (double)y[i] * y[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 /* After a direct call gave o and f on the inputs in in_dir: `gdn run --op
  * OP --backend cpu` with the case's flags (and extra options before them)
  * must write the same o.npy and final_state.npy into out_dir. */
@@ -754,15 +776,28 @@ static void forward_cli_vs_direct(const fwd_cli_case *fc, const char *op, const 
               "%s: no summary on stdout", what);
     }
     if (gdn_dev_available()) {
-        /* Until the CUDA kernels exist the CUDA backend refuses the op
-         * (exit 1, the library's message); a GPU session replaces this
-         * with a comparison against a direct CUDA call. */
-        snprintf(args, sizeof args, "run --op %s --backend cuda --in '%s' --out '%s/c' %s", op,
-                 in_dir, out_dir, fc->flags);
-        int rc = gdn_cmd(args);
-        CHECK(rc == 1 && strstr(gdn_stderr(), "GDN_ERROR_NOT_SUPPORTED") &&
-                  strstr(gdn_stderr(), "does not implement"),
-              "%s --backend cuda: exit %d: %s", what, rc, gdn_stderr());
+        /* --backend cuda: the same files, within both backends' error
+         * bounds of the CPU results (each is within 4e-3 of the oracle) */
+        char cdir[4096];
+        snprintf(cdir, sizeof cdir, "%s/c", out_dir);
+        run_args(args, sizeof args, op, "cuda", in_dir, cdir, p, options);
+        if (run_ok(what, args)) {
+            const int64_t os[] = {p->B, p->T, p->Hv, p->V};
+            int64_t fs[4];
+            state_dims(p, in->N, fs);
+            npy_array a, b;
+            if (CHECK(gdn_test_load_npy(cdir, "o.npy", "<u2", 4, os, &a) == 0 &&
+                          gdn_test_load_npy(cdir, "final_state.npy", "<f4", 4, fs, &b) == 0,
+                      "%s --backend cuda: outputs missing or misshapen", what)) {
+                const double eo = rel_diff_bf16((const gdn_bf16 *)a.data, o, (int64_t)(ob / 2));
+                const double ef = rel_diff_f32((const float *)b.data, f, (int64_t)(fb / 4));
+                CHECK(eo <= 8e-3 && ef <= 7e-3,
+                      "%s --backend cuda vs cpu: o %.2e, final_state %.2e (bounds 8e-3, 7e-3)",
+                      what, eo, ef);
+                npy_free(&a);
+                npy_free(&b);
+            }
+        }
     }
 }
 
