@@ -108,7 +108,8 @@ gdn_status gdn_cpu_recurrent_forward(gdn_context *ctx, const gdn_recurrent_forwa
 /* gdn_forward_options checked and resolved: opts may be NULL (defaults);
  * on success *out holds the options with the scale made explicit
  * (1/sqrt(K) for 0). Checks: scale finite and >= 0, the flags 0 or 1,
- * A_log and dt_bias given (and of the backend's pointer kind) with
+ * A_log and dt_bias given (and, unless out is NULL - a workspace-size
+ * query, which reads neither - of the backend's pointer kind) with
  * qwen_gate. Messages start with op and name the field ("opts->scale"). */
 gdn_status gdn_validate_forward_options(gdn_context *ctx, const char *op, const gdn_problem *p,
                                         const gdn_forward_options *opts,

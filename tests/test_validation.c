@@ -517,9 +517,9 @@ static gdn_context *cuda_setup(const char *op, int n, const size_t *bytes, void 
     return ctx;
 }
 
-/* On a CUDA context the operation is validated, then refused with
- * NOT_SUPPORTED until the CUDA kernels exist: never run on the CPU. */
-static void test_chunk_forward_cuda_not_supported(void) {
+/* On a CUDA context: validated (the workspace too), then run on the
+ * device, never on the CPU; test_chunk_forward_cuda checks the results. */
+static void test_chunk_forward_cuda(void) {
     enum { Q, KK, VV, G, BETA, H0, O, FS, CS, COUNT };
     const size_t bytes[COUNT] = {sizeof q_buf, sizeof k_buf,  sizeof v_buf,
                                  sizeof g_buf, sizeof beta_buf, sizeof h0_buf,
@@ -531,10 +531,33 @@ static void test_chunk_forward_cuda_not_supported(void) {
     valid_problem(&p);
     size_t ws = 7;
     CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, NULL, &ws), GDN_SUCCESS, ctx);
+    CHECK(ws > 0, "forward on CUDA: workspace size 0");
+    /* the size does not depend on where A_log and dt_bias live */
+    gdn_forward_options qo;
+    gdn_forward_options_init(&qo);
+    qo.qwen_gate = 1;
+    qo.A_log = qo.dt_bias = beta_buf; /* host pointers */
+    size_t ws_q = 0;
+    CHECK_STATUS(gdn_chunk_forward_workspace_size(ctx, &p, &qo, &ws_q), GDN_SUCCESS, ctx);
+    CHECK(ws_q == ws, "forward on CUDA: workspace size %zu with the gate, %zu without", ws_q, ws);
     const fcall dc = {NULL, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0], d[O], d[FS], d[CS]};
     fcall c = dc;
-    EXPECT(ctx, frun(ctx, &p, &c), GDN_ERROR_NOT_SUPPORTED, "forward on CUDA",
-           "gdn_chunk_forward: the CUDA backend does not implement this operation yet");
+    EXPECT(ctx, frun(ctx, &p, &c), GDN_ERROR_WORKSPACE, "forward on CUDA: no workspace", OPF,
+           "workspace", "gdn_chunk_forward_workspace_size");
+    /* device memory starts as garbage: zero inputs, then a real run */
+    for (int i = Q; i <= H0; i++) gdn_dev_fill(d[i], 0, bytes[i]);
+    void *wsd = NULL;
+    if (CHECK(gdn_dev_alloc(&wsd, ws) == 0, "workspace: %s", gdn_dev_error())) {
+        CHECK_STATUS(gdn_chunk_forward(ctx, &p, NULL, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0],
+                                       d[O], d[FS], d[CS], wsd, ws),
+                     GDN_SUCCESS, ctx);
+        CHECK(gdn_dev_sync() == 0, "forward on CUDA: %s", gdn_dev_error());
+        EXPECT(ctx,
+               gdn_chunk_forward(ctx, &p, &qo, d[Q], d[KK], d[VV], d[G], d[BETA], d[H0], d[O],
+                                 d[FS], d[CS], wsd, ws),
+               BAD, "forward on CUDA: host A_log", OPF, "opts->A_log is a host pointer");
+        gdn_dev_free(wsd);
+    }
     /* validation still comes first */
     c = dc, c.beta = NULL;
     EXPECT(ctx, frun(ctx, &p, &c), BAD, "forward on CUDA: beta NULL", OPF, ": beta is NULL");
@@ -703,8 +726,9 @@ static void test_recurrent_forward(gdn_context *ctx) {
 }
 
 /* On a CUDA context: validated (including the rules only CUDA has), then
- * refused with NOT_SUPPORTED until the kernel exists; never run on the CPU. */
-static void test_recurrent_forward_cuda_not_supported(void) {
+ * run on the device (never on the CPU); test_recurrent_forward_cuda checks
+ * the results. */
+static void test_recurrent_forward_cuda(void) {
     enum { Q, G, BETA, VV, POOL, IDX, O, HIST, CU, COUNT };
     const size_t bytes[COUNT] = {sizeof k_buf,  sizeof g_buf, sizeof r_beta,
                                  sizeof r_v,    sizeof r_pool, sizeof r_idx,
@@ -718,8 +742,16 @@ static void test_recurrent_forward_cuda_not_supported(void) {
     const rcall dc = {NULL, d[Q], d[Q], d[VV], d[G], d[BETA], d[POOL], GDN_DTYPE_F32, RP0,
                       d[IDX], d[O], d[HIST]};
     rcall c = dc;
-    EXPECT(ctx, rrun(ctx, &p, &c), GDN_ERROR_NOT_SUPPORTED, "recurrent on CUDA",
-           "gdn_recurrent_forward: the CUDA backend does not implement this operation yet");
+    /* device memory starts as garbage: real cu_seqlens and indices (7 is
+     * past the pool: padding on CUDA), zero inputs and pool */
+    static const int32_t idx[RN0] = {2, -1, 0, 7};
+    const int up = gdn_dev_upload(d[CU], r_cu, sizeof r_cu) == 0 &&
+                   gdn_dev_upload(d[IDX], idx, sizeof idx) == 0;
+    for (int i = Q; i <= POOL; i++)
+        if (i != IDX) gdn_dev_fill(d[i], 0, bytes[i]);
+    CHECK(up, "device upload: %s", gdn_dev_error());
+    CHECK_STATUS(rrun(ctx, &p, &c), GDN_SUCCESS, ctx);
+    CHECK(gdn_dev_sync() == 0, "recurrent on CUDA: %s", gdn_dev_error());
     /* validation comes first */
     c = dc, c.state_pool = r_pool;
     EXPECT(ctx, rrun(ctx, &p, &c), BAD, "recurrent on CUDA: host pool", OPR,
@@ -767,9 +799,9 @@ int main(void) {
     test_status_strings();
     test_problem_helpers();
     test_chunk_forward(ctx);
-    test_chunk_forward_cuda_not_supported();
+    test_chunk_forward_cuda();
     test_recurrent_forward(ctx);
-    test_recurrent_forward_cuda_not_supported();
+    test_recurrent_forward_cuda();
     gdn_context_destroy(ctx);
     return gdn_test_finish("test_validation");
 }

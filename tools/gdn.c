@@ -56,15 +56,13 @@ void cli_run_usage(FILE *f) {
           "    --beta-sigmoid            beta.npy holds logits; the kernel applies sigmoid\n"
           "    --qwen-gate               g.npy holds Qwen3-Next's raw a; the decay is\n"
           "                              -exp(A_log) * softplus(a + dt_bias)\n"
-          "  (the CUDA backend does not implement this operation yet: use --backend cpu)\n"
           "\n"
           "gdn run --op recurrent --in DIR --out DIR [options]\n"
           "  The same inputs and outputs as --op forward, through the token recurrence\n"
           "  (gdn_recurrent_forward): a pool of N slots holds h0 (or zeros), sequence n in\n"
           "  slot n; final_state.npy is the pool afterwards, as '<f4'. Options as for\n"
           "  --op forward, and\n"
-          "    --pool-dtype f32|bf16     the pool's element type (default f32)\n"
-          "  (the CUDA backend does not implement this operation yet: use --backend cpu)\n",
+          "    --pool-dtype f32|bf16     the pool's element type (default f32)\n",
           f);
 }
 

@@ -142,8 +142,10 @@ template <typename E, int KP, bool KV, bool VECS> struct Geo {
         !VECS || ELEMS == 128 ? 2 : ESIZE == 4 && ELEMS == 32 ? 4 : 3;
 };
 
-/* Sum over the lanes that share a row: xor butterfly over lane bits
- * [LO, 32 / ...); every participating lane gets the same bits. */
+/* Sum over the lanes that share a row: an xor butterfly over the lane
+ * offsets LO, 2 LO, ..., HI / 2 (VK: 1 .. LC / 2, KV: LR .. 16). Each step
+ * adds the same two values on both partners (a + b == b + a), so every
+ * lane of the row ends with the same bits. */
 template <int LO, int HI> __device__ __forceinline__ float lane_sum(float x) {
 #pragma unroll
     for (int off = LO; off < HI; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
