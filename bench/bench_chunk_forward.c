@@ -22,24 +22,9 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "bench_util.h"
 #include "gdn.h"
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define GK(ctx, call)                                                                              \
-    do {                                                                                           \
-        gdn_status s_ = (call);                                                                    \
-        if (s_ != GDN_SUCCESS) {                                                                   \
-            fprintf(stderr, "%s: %s: %s\n", #call, gdn_status_string(s_), gdn_last_error(ctx));    \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 typedef struct shape {
     const char *name;
@@ -52,11 +37,6 @@ static const shape SHAPES[] = {
     {"tp8_t64k", 1, 65536, 2, 8, 128},    {"tp8_t2k", 1, 2048, 2, 8, 128},
     {"k256_t8k", 1, 8192, 16, 32, 256},
 };
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* xorshift64*: uniform in [0, 1), fast enough for 10^8 draws. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -85,50 +65,6 @@ static void *dev_f32(size_t n, double lo, double hi) {
     CK(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice));
     free(h);
     return d;
-}
-
-static double time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, s));
-    CK(cudaStreamSynchronize(s));
-    double *t = malloc(sizeof(double) * reps);
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a, s));
-        for (int i = 0; i < inner; i++) CK(cudaGraphLaunch(exec, s));
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t[r] = ms / inner;
-    }
-    qsort(t, reps, sizeof(double), cmp_double);
-    const double med = t[reps / 2];
-    free(t);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    return med;
-}
-
-static double copy_bandwidth(cudaStream_t s) {
-    const size_t bytes = (size_t)1 << 30;
-    void *x, *y;
-    CK(cudaMalloc(&x, bytes));
-    CK(cudaMalloc(&y, bytes));
-    CK(cudaMemsetAsync(x, 1, bytes, s));
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    CK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&exec, g, 0));
-    const double ms = time_graph(exec, s, 20, 5);
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(g);
-    cudaFree(x);
-    cudaFree(y);
-    return 2.0 * bytes / (ms * 1e-3);
 }
 
 /* bf16 matmul rate (flop/s): cuBLAS 8192^3, bf16 operands, f32 accumulate. */
@@ -160,7 +96,7 @@ static double matmul_rate(cudaStream_t s) {
         exit(1);
     }
     CK(cudaGraphInstantiate(&exec, g, 0));
-    const double ms = time_graph(exec, s, 10, 5);
+    const double ms = bench_time_graph(exec, s, 10, 5);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(g);
     cublasDestroy(h);
@@ -202,7 +138,7 @@ int main(int argc, char **argv) {
     gdn_context *ctx;
     GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
     GK(ctx, gdn_context_set_stream(ctx, s));
-    const double bw = copy_bandwidth(s), mm = matmul_rate(s);
+    const double bw = bench_copy_bandwidth(s), mm = matmul_rate(s);
     printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read+write); bf16 matmul %.0f TFLOP/s\n",
            prop.name, prop.multiProcessorCount, bw / 1e9, mm / 1e12);
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
@@ -240,7 +176,7 @@ int main(int argc, char **argv) {
         GK(ctx, gdn_chunk_forward(ctx, &p, &opts, dq, dk, dv, dg, db, dh0, dO, dfs, NULL, ws, wsb));
         CK(cudaStreamEndCapture(s, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
-        const double ms = time_graph(exec, s, 20, 5);
+        const double ms = bench_time_graph(exec, s, 20, 5);
 
         const double bytes = 2.0 * (2 * nqk + nv) + 4.0 * 2 * ng + 2.0 * nv;
         const double flops = chunk_flops((double)K, (double)V) * (double)NT * sh->Hv;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "gdn.h"
 
 #define RUNS 7
@@ -27,11 +28,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 typedef struct job {
@@ -43,7 +39,7 @@ typedef struct job {
     int failed;
 } job;
 
-#define CK(j, call)                                                                                \
+#define CKJ(j, call)                                                                                \
     do {                                                                                           \
         cudaError_t e_ = (call);                                                                   \
         if (e_ != cudaSuccess) {                                                                   \
@@ -58,7 +54,7 @@ static void *run(void *arg) {
     cudaSetDevice(j->rank);
     gdn_context *ctx = NULL;
     cudaStream_t s;
-    CK(j, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CKJ(j, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     if (gdn_context_create(&ctx, GDN_BACKEND_CUDA, j->rank) != GDN_SUCCESS) j->failed = 1;
     if (!j->failed) gdn_context_set_stream(ctx, s);
     gdn_problem p;
@@ -69,26 +65,26 @@ static void *run(void *arg) {
     void *q = NULL, *k = NULL, *v = NULL, *g = NULL, *b = NULL, *o = NULL, *fs = NULL, *ws = NULL;
     const size_t nqk = (size_t)(T * Hk * K) * 2, nv = (size_t)(T * Hv * V) * 2;
     const size_t ng = (size_t)(T * Hv) * 4, ns = (size_t)(Hv * V * K) * 4;
-    CK(j, cudaMalloc(&q, nqk));
-    CK(j, cudaMalloc(&k, nqk));
-    CK(j, cudaMalloc(&v, nv));
-    CK(j, cudaMalloc(&o, nv));
-    CK(j, cudaMalloc(&g, ng));
-    CK(j, cudaMalloc(&b, ng));
-    CK(j, cudaMalloc(&fs, ns));
+    CKJ(j, cudaMalloc(&q, nqk));
+    CKJ(j, cudaMalloc(&k, nqk));
+    CKJ(j, cudaMalloc(&v, nv));
+    CKJ(j, cudaMalloc(&o, nv));
+    CKJ(j, cudaMalloc(&g, ng));
+    CKJ(j, cudaMalloc(&b, ng));
+    CKJ(j, cudaMalloc(&fs, ns));
     if (!j->failed) {
-        CK(j, cudaMemset(q, 0x3C, nqk)); /* bf16 0x3C3C = 0.0115 */
-        CK(j, cudaMemset(k, 0x3D, nqk));
-        CK(j, cudaMemset(v, 0x3E, nv));
-        CK(j, cudaMemset(g, 0xBC, ng)); /* f32 -0.023 */
-        CK(j, cudaMemset(b, 0x3E, ng)); /* f32 0.186 */
+        CKJ(j, cudaMemset(q, 0x3C, nqk)); /* bf16 0x3C3C = 0.0115 */
+        CKJ(j, cudaMemset(k, 0x3D, nqk));
+        CKJ(j, cudaMemset(v, 0x3E, nv));
+        CKJ(j, cudaMemset(g, 0xBC, ng)); /* f32 -0.023 */
+        CKJ(j, cudaMemset(b, 0x3E, ng)); /* f32 0.186 */
     }
     size_t wsb = 0;
     gdn_status st = GDN_SUCCESS;
     if (!j->failed) {
         st = j->P == 1 ? gdn_chunk_forward_workspace_size(ctx, &p, &opts, &wsb)
                        : gdn_chunk_forward_cp_workspace_size(ctx, &p, &opts, j->comm, &wsb);
-        if (st == GDN_SUCCESS && wsb) CK(j, cudaMalloc(&ws, wsb));
+        if (st == GDN_SUCCESS && wsb) CKJ(j, cudaMalloc(&ws, wsb));
     }
     for (int it = -1; it < RUNS; it++) {
         pthread_barrier_wait(j->bar);
@@ -98,7 +94,7 @@ static void *run(void *arg) {
                                                wsb)
                            : gdn_chunk_forward_cp(ctx, &p, &opts, q, k, v, g, b, NULL, o, fs, j->comm,
                                                   ws, wsb);
-        if (!j->failed) CK(j, cudaStreamSynchronize(s));
+        if (!j->failed) CKJ(j, cudaStreamSynchronize(s));
         pthread_barrier_wait(j->bar); /* the call is done when every rank is */
         if (it >= 0) j->times[it] = now_s() - t0;
     }
@@ -141,7 +137,7 @@ static double time_p(int64_t T, int P) {
     if (P > 1)
         for (int r = 0; r < P; r++) ncclCommDestroy(comms[r]);
     if (failed) return -1;
-    qsort(jobs[0].times, RUNS, sizeof(double), cmp_double);
+    qsort(jobs[0].times, RUNS, sizeof(double), bench_cmp_double);
     return jobs[0].times[RUNS / 2];
 }
 

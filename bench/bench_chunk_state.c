@@ -16,25 +16,10 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "bench_util.h"
 #include "gdn.h"
 #include "gdn_ref.h"
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define GK(ctx, call)                                                                              \
-    do {                                                                                           \
-        gdn_status s_ = (call);                                                                    \
-        if (s_ != GDN_SUCCESS) {                                                                   \
-            fprintf(stderr, "%s: %s: %s\n", #call, gdn_status_string(s_), gdn_last_error(ctx));    \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 typedef struct shape {
     const char *name;
@@ -47,64 +32,6 @@ static const shape SHAPES[] = {
     {"q35_b4_t8k", 4, 8192, 16, 32, 128}, {"tp8_t64k", 1, 65536, 2, 8, 128},
     {"k256_t8k", 1, 8192, 16, 32, 256},
 };
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void *dev_from(const void *host, size_t bytes) {
-    void *d;
-    CK(cudaMalloc(&d, bytes));
-    if (host) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
-/* Median of `reps` timings of fn(arg) replayed `inner` times each. */
-static double time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, s));
-    CK(cudaStreamSynchronize(s));
-    double *t = malloc(sizeof(double) * reps);
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a, s));
-        for (int i = 0; i < inner; i++) CK(cudaGraphLaunch(exec, s));
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t[r] = ms / inner;
-    }
-    qsort(t, reps, sizeof(double), cmp_double);
-    double med = t[reps / 2];
-    free(t);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    return med;
-}
-
-/* Device-to-device copy bandwidth, bytes read + written per second. */
-static double copy_bandwidth(cudaStream_t s) {
-    const size_t bytes = (size_t)1 << 30;
-    void *x, *y;
-    CK(cudaMalloc(&x, bytes));
-    CK(cudaMalloc(&y, bytes));
-    CK(cudaMemsetAsync(x, 1, bytes, s));
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    CK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&exec, g, 0));
-    double ms = time_graph(exec, s, 20, 5);
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(g);
-    cudaFree(x);
-    cudaFree(y);
-    return 2.0 * bytes / (ms * 1e-3);
-}
 
 int main(int argc, char **argv) {
     const char *csv_path = NULL, *only = NULL;
@@ -128,7 +55,7 @@ int main(int argc, char **argv) {
     gdn_context *ctx;
     GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
     GK(ctx, gdn_context_set_stream(ctx, s));
-    const double bw = copy_bandwidth(s);
+    const double bw = bench_copy_bandwidth(s);
     printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read+write)\n", prop.name,
            prop.multiProcessorCount, bw / 1e9);
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
@@ -161,12 +88,12 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < nu; i++) u[i] = gdn_f32_to_bf16((float)(0.5 * gdn_rng_normal(&rng)));
         for (size_t i = 0; i < ns; i++) h0[i] = (float)(0.1 * gdn_rng_normal(&rng));
 
-        void *dk = dev_from(k, nk * 2), *dw = dev_from(w, nw * 2), *du = dev_from(u, nu * 2);
-        void *dg = dev_from(g, ng * 4), *dh0 = dev_from(h0, ns * 4);
-        void *dh = dev_from(NULL, nh * 2), *dvn = dev_from(NULL, nu * 2), *dfs = dev_from(NULL, ns * 4);
+        void *dk = bench_dev_from(k, nk * 2), *dw = bench_dev_from(w, nw * 2), *du = bench_dev_from(u, nu * 2);
+        void *dg = bench_dev_from(g, ng * 4), *dh0 = bench_dev_from(h0, ns * 4);
+        void *dh = bench_dev_from(NULL, nh * 2), *dvn = bench_dev_from(NULL, nu * 2), *dfs = bench_dev_from(NULL, ns * 4);
         size_t wsb = 0;
         GK(ctx, gdn_chunk_state_workspace_size(ctx, &p, &wsb));
-        void *ws = wsb ? dev_from(NULL, wsb) : NULL;
+        void *ws = wsb ? bench_dev_from(NULL, wsb) : NULL;
 
         /* Warm up outside the graph (first-launch attribute setting), then
          * capture one call. */
@@ -178,7 +105,7 @@ int main(int argc, char **argv) {
         GK(ctx, gdn_chunk_state(ctx, &p, dk, dw, du, dg, dh0, dh, dvn, dfs, ws, wsb));
         CK(cudaStreamEndCapture(s, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
-        const double ms = time_graph(exec, s, 30, 10);
+        const double ms = bench_time_graph(exec, s, 30, 10);
 
         const double bytes = 2.0 * (nk + nw + nu) + 2.0 * (nh + nu) + 4.0 * 2 * ns;
         const double flops = 4.0 * BT * sh->Hv * V * K;

@@ -28,25 +28,10 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "bench_util.h"
 #include "gdn.h"
 #include "gdn_ref.h"
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define GK(ctx, call)                                                                              \
-    do {                                                                                           \
-        gdn_status s_ = (call);                                                                    \
-        if (s_ != GDN_SUCCESS) {                                                                   \
-            fprintf(stderr, "%s: %s: %s\n", #call, gdn_status_string(s_), gdn_last_error(ctx));    \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 enum { HK = 16, HV = 32, KD = 128, VD = 128 };
 static const double FOOTPRINT = 256.0 * (1 << 20); /* bytes of pool copies a graph cycles */
@@ -79,73 +64,6 @@ static const row ROWS[] = {
     {"f32_kv_n1024", 1024, GDN_DTYPE_F32, GDN_STATE_KV, 0},
     {"f32_n256_pool4096", 256, GDN_DTYPE_F32, GDN_STATE_VK, 4096},
 };
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void *dev_from(const void *host, size_t bytes) {
-    void *d;
-    CK(cudaMalloc(&d, bytes));
-    if (host) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
-/* Milliseconds of one replay of exec, median over reps repetitions of
- * inner replays each (inner chosen so that a repetition takes >= 2 ms). */
-static double time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, s));
-    CK(cudaEventRecord(a, s));
-    CK(cudaGraphLaunch(exec, s));
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float one;
-    CK(cudaEventElapsedTime(&one, a, b));
-    int inner = (int)ceil(2.0 / (one > 1e-3f ? one : 1e-3f));
-    if (inner < 1) inner = 1;
-    if (inner > 200) inner = 200;
-    double *t = malloc(sizeof(double) * reps);
-    for (int r = 0; r < reps; r++) {
-        CK(cudaEventRecord(a, s));
-        for (int i = 0; i < inner; i++) CK(cudaGraphLaunch(exec, s));
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t[r] = ms / inner;
-    }
-    qsort(t, reps, sizeof(double), cmp_double);
-    const double med = t[reps / 2];
-    free(t);
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    return med;
-}
-
-/* Device-to-device copy bandwidth, bytes read + written per second. */
-static double copy_bandwidth(cudaStream_t s) {
-    const size_t bytes = (size_t)1 << 30;
-    void *x, *y;
-    CK(cudaMalloc(&x, bytes));
-    CK(cudaMalloc(&y, bytes));
-    CK(cudaMemsetAsync(x, 1, bytes, s));
-    cudaGraph_t g;
-    cudaGraphExec_t exec;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    CK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&exec, g, 0));
-    const double ms = time_graph(exec, s, 15);
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(g);
-    cudaFree(x);
-    cudaFree(y);
-    return 2.0 * bytes / (ms * 1e-3);
-}
 
 static void usage(const char *argv0) {
     fprintf(stderr,
@@ -180,7 +98,7 @@ int main(int argc, char **argv) {
     gdn_context *ctx;
     GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
     GK(ctx, gdn_context_set_stream(ctx, s));
-    const double bw = copy_bandwidth(s);
+    const double bw = bench_copy_bandwidth(s);
     printf("device %s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read+write)\n", prop.name,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, bw / 1e9);
     printf("decode step: Hk=%d Hv=%d K=V=%d, T=1 per sequence; %s\n", HK, HV, KD,
@@ -236,16 +154,16 @@ int main(int argc, char **argv) {
             }
             idx = perm; /* the first N entries */
         }
-        void *dq = dev_from(q, nqk * 2), *dk = dev_from(k, nqk * 2), *dv = dev_from(v, nv * 2);
-        void *dg = dev_from(g, ng * 4), *dbeta = dev_from(beta, ng * 4);
-        void *dout = dev_from(NULL, nv * 2);
-        void *didx = idx ? dev_from(idx, (size_t)N * 4) : NULL;
+        void *dq = bench_dev_from(q, nqk * 2), *dk = bench_dev_from(k, nqk * 2), *dv = bench_dev_from(v, nv * 2);
+        void *dg = bench_dev_from(g, ng * 4), *dbeta = bench_dev_from(beta, ng * 4);
+        void *dout = bench_dev_from(NULL, nv * 2);
+        void *didx = idx ? bench_dev_from(idx, (size_t)N * 4) : NULL;
         int copies = warm ? 1 : (int)ceil(FOOTPRINT / (double)pool_bytes);
         if (copies < 1) copies = 1;
         const int calls = copies < 4 ? 4 : copies;
         void **pools = malloc(sizeof(void *) * copies);
         for (int c = 0; c < copies; c++) {
-            pools[c] = dev_from(NULL, pool_bytes);
+            pools[c] = bench_dev_from(NULL, pool_bytes);
             /* 0x3C3C..: 0.0115 as f32 and as bf16, a small finite state */
             CK(cudaMemsetAsync(pools[c], 0x3C, pool_bytes, s));
         }
@@ -263,7 +181,7 @@ int main(int argc, char **argv) {
                                           rw->dtype, P, didx, dout, NULL));
         CK(cudaStreamEndCapture(s, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
-        const double us = time_graph(exec, s, 15) * 1e3 / calls;
+        const double us = bench_time_graph(exec, s, 15, 0) * 1e3 / calls;
         CK(cudaStreamSynchronize(s));
 
         const double floor_us = traffic / bw * 1e6;

@@ -146,6 +146,19 @@ extern "C" size_t gdn_cuda_chunk_forward_summary_workspace_size(const gdn_contex
 namespace gdn {
 namespace {
 
+/* No tokens at all: the final state is the initial one (h0, or 0). */
+gdn_status final_is_start(gdn_context *ctx, const gdn_chunk_forward_args *a, cudaStream_t stream) {
+    if (!a->final_state) return GDN_SUCCESS;
+    const gdn_problem *p = a->p;
+    const size_t bytes = (size_t)(a->N * p->Hv * p->V * p->K) * sizeof(float);
+    if (a->h0)
+        GDN_CUDA_TRY(ctx, cudaMemcpyAsync(a->final_state, a->h0, bytes, cudaMemcpyDeviceToDevice,
+                                          stream));
+    else
+        GDN_CUDA_TRY(ctx, cudaMemsetAsync(a->final_state, 0, bytes, stream));
+    return GDN_SUCCESS;
+}
+
 /* Stages 2 and 3 (prep done): the state from a->h0, then the output. */
 gdn_status run_state_output(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
                             const FwdLayout &l, uint8_t *ws, cudaStream_t stream) {
@@ -253,15 +266,7 @@ gdn_status cp_finish(gdn_context *ctx, const gdn_chunk_forward_args *a, int nran
     }
     gdn_chunk_forward_args b = *a;
     b.h0 = in;
-    if (b.NT == 0) {
-        if (b.final_state) {
-            const size_t bytes = (size_t)(a->N * p->Hv * p->V * p->K) * sizeof(float);
-            if (in) GDN_CUDA_TRY(ctx, cudaMemcpyAsync(b.final_state, in, bytes,
-                                                      cudaMemcpyDeviceToDevice, stream));
-            else GDN_CUDA_TRY(ctx, cudaMemsetAsync(b.final_state, 0, bytes, stream));
-        }
-        return GDN_SUCCESS;
-    }
+    if (b.NT == 0) return final_is_start(ctx, &b, stream);
     ChunkMap m;
     m.T = p->T;
     m.N = (int)a->N;
@@ -283,17 +288,7 @@ extern "C" gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_f
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
     if ((st = chunk_map(ctx, p, l, ws, stream, &m)) != GDN_SUCCESS) return st;
-    if (a->NT == 0) { /* no tokens at all: the final state is h0 */
-        if (a->final_state) {
-            const size_t bytes = (size_t)(a->N * p->Hv * p->V * p->K) * sizeof(float);
-            if (a->h0)
-                GDN_CUDA_TRY(ctx, cudaMemcpyAsync(a->final_state, a->h0, bytes,
-                                                  cudaMemcpyDeviceToDevice, stream));
-            else
-                GDN_CUDA_TRY(ctx, cudaMemsetAsync(a->final_state, 0, bytes, stream));
-        }
-        return GDN_SUCCESS;
-    }
+    if (a->NT == 0) return final_is_start(ctx, a, stream);
     if ((st = run_prep(ctx, a, m, l, ws, stream)) != GDN_SUCCESS) return st;
     return run_state_output(ctx, a, m, l, ws, stream);
 }

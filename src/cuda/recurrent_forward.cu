@@ -480,20 +480,6 @@ recurrent_kernel(const RecParams P) {
 
 /* ---- host side ---- */
 
-/* Makes ctx's device current for the call and restores the caller's (the
- * DeviceGuard idea of chunk_state.cu, under its own name so that this file
- * does not depend on where the shared one lives). */
-struct RecDeviceGuard {
-    int prev = -1;
-    explicit RecDeviceGuard(int dev) {
-        if (cudaGetDevice(&prev) == cudaSuccess && prev != dev) cudaSetDevice(dev);
-        else prev = -1;
-    }
-    ~RecDeviceGuard() {
-        if (prev >= 0) cudaSetDevice(prev);
-    }
-};
-
 template <typename E, int KP, bool KV, bool VECS>
 gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream) {
     using G = Geo<E, KP, KV, VECS>;
@@ -553,7 +539,7 @@ using namespace gdn;
 extern "C" gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx,
                                                  const gdn_recurrent_forward_args *a) {
     const gdn_problem *p = a->p;
-    RecDeviceGuard guard(ctx->device);
+    DeviceGuard guard(ctx->device);
     cudaStream_t stream = (cudaStream_t)ctx->stream;
     if (a->N > INT32_MAX || p->Hv > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,

@@ -1,0 +1,70 @@
+/* Shared pieces of the benchmark programs (bench_util.h). */
+#include "bench_util.h"
+
+#include <math.h>
+
+int bench_cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+void *bench_dev_from(const void *host, size_t bytes) {
+    void *d;
+    CK(cudaMalloc(&d, bytes));
+    if (host) CK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+double bench_time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, s));
+    if (inner <= 0) {
+        CK(cudaEventRecord(a, s));
+        CK(cudaGraphLaunch(exec, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float one;
+        CK(cudaEventElapsedTime(&one, a, b));
+        inner = (int)ceil(2.0 / (one > 1e-3f ? one : 1e-3f));
+        if (inner > 200) inner = 200;
+    }
+    CK(cudaStreamSynchronize(s));
+    double *t = malloc(sizeof(double) * (size_t)reps);
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(a, s));
+        for (int i = 0; i < inner; i++) CK(cudaGraphLaunch(exec, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t[r] = ms / inner;
+    }
+    qsort(t, (size_t)reps, sizeof(double), bench_cmp_double);
+    const double med = t[reps / 2];
+    free(t);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return med;
+}
+
+double bench_copy_bandwidth(cudaStream_t s) {
+    const size_t bytes = (size_t)1 << 30;
+    void *x, *y;
+    CK(cudaMalloc(&x, bytes));
+    CK(cudaMalloc(&y, bytes));
+    CK(cudaMemsetAsync(x, 1, bytes, s));
+    cudaGraph_t g;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    CK(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice, s));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&exec, g, 0));
+    const double ms = bench_time_graph(exec, s, 20, 5);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(g);
+    cudaFree(x);
+    cudaFree(y);
+    return 2.0 * bytes / (ms * 1e-3);
+}

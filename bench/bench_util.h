@@ -1,0 +1,42 @@
+/* What the CUDA benchmark programs share: error checks that exit, device
+ * buffers, CUDA-graph timing and the copy bandwidth the floors use. */
+#ifndef GDN_BENCH_UTIL_H
+#define GDN_BENCH_UTIL_H
+
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gdn.h"
+
+/* A CUDA runtime call or a libgdn call that must succeed (else exit 1). */
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+#define GK(ctx, call)                                                                              \
+    do {                                                                                           \
+        gdn_status s_ = (call);                                                                    \
+        if (s_ != GDN_SUCCESS) {                                                                   \
+            fprintf(stderr, "%s: %s: %s\n", #call, gdn_status_string(s_), gdn_last_error(ctx));    \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* qsort comparator for doubles, ascending. */
+int bench_cmp_double(const void *a, const void *b);
+/* cudaMalloc of bytes, filled from host unless host is NULL. */
+void *bench_dev_from(const void *host, size_t bytes);
+/* Milliseconds of one replay of exec: median over reps repetitions of inner
+ * replays each, after three warm-up replays; inner <= 0 chooses it so that
+ * a repetition takes about 2 ms (1 to 200). */
+double bench_time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner);
+/* Device-to-device copy bandwidth, bytes read + written per second: a
+ * 1 GiB cudaMemcpy captured in a graph and replayed. */
+double bench_copy_bandwidth(cudaStream_t s);
+
+#endif
