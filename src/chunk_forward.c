@@ -8,11 +8,7 @@ gdn_status gdn_chunk_forward_workspace_size(gdn_context *ctx, const gdn_problem 
                                             const gdn_forward_options *opts, size_t *bytes) {
     if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
     gdn_clear_error(ctx);
-    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", OP_WS);
-    *bytes = 0;
-    gdn_status st = gdn_validate_problem(ctx, OP_WS, p);
-    if (st != GDN_SUCCESS) return st;
-    st = gdn_validate_forward_options(ctx, OP_WS, p, opts, NULL);
+    gdn_status st = gdn_validate_size_query(ctx, OP_WS, p, opts, bytes);
     if (st != GDN_SUCCESS) return st;
     if (ctx->backend == GDN_BACKEND_CUDA) *bytes = gdn_cuda_chunk_forward_workspace_size(ctx, p);
     return GDN_SUCCESS;
@@ -43,16 +39,12 @@ gdn_status gdn_chunk_forward(gdn_context *ctx, const gdn_problem *p,
     st = gdn_validate_pointers(ctx, OP, ptrs, (int)(sizeof ptrs / sizeof ptrs[0]));
     if (st != GDN_SUCCESS) return st;
 
-    gdn_chunk_forward_args a = {
-        .p = p,
-        .N = gdn_problem_num_seqs(p),
-        .NT = gdn_problem_num_chunks(p),
-        .q = q, .k = k, .v = v, .g = g, .beta = beta, .h0 = h0,
-        .o = o, .final_state = final_state, .chunk_states = chunk_states,
-        .workspace = workspace, .workspace_bytes = workspace_bytes,
-    };
-    st = gdn_validate_forward_options(ctx, OP, p, opts, &a.opts);
+    gdn_chunk_forward_args a;
+    st = gdn_forward_args_init(ctx, OP, p, opts, &a);
     if (st != GDN_SUCCESS) return st;
+    a.q = q, a.k = k, a.v = v, a.g = g, a.beta = beta, a.h0 = h0;
+    a.o = o, a.final_state = final_state, a.chunk_states = chunk_states;
+    a.workspace = workspace, a.workspace_bytes = workspace_bytes;
 
     if (ctx->backend == GDN_BACKEND_CUDA) {
         st = gdn_validate_workspace(ctx, OP, OP_WS, workspace, workspace_bytes,

@@ -10,11 +10,7 @@ gdn_status gdn_chunk_forward_summary_workspace_size(gdn_context *ctx, const gdn_
                                                     size_t *bytes) {
     if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
     gdn_clear_error(ctx);
-    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", OP_SUM_WS);
-    *bytes = 0;
-    gdn_status st = gdn_validate_problem(ctx, OP_SUM_WS, p);
-    if (st != GDN_SUCCESS) return st;
-    st = gdn_validate_forward_options(ctx, OP_SUM_WS, p, opts, NULL);
+    gdn_status st = gdn_validate_size_query(ctx, OP_SUM_WS, p, opts, bytes);
     if (st != GDN_SUCCESS) return st;
     if (ctx->backend == GDN_BACKEND_CUDA)
         *bytes = gdn_cuda_chunk_forward_summary_workspace_size(ctx, p);
@@ -40,16 +36,12 @@ gdn_status gdn_chunk_forward_summary(gdn_context *ctx, const gdn_problem *p,
     };
     st = gdn_validate_pointers(ctx, OP, ptrs, (int)(sizeof ptrs / sizeof ptrs[0]));
     if (st != GDN_SUCCESS) return st;
-    gdn_chunk_forward_args a = {
-        .p = p,
-        .N = gdn_problem_num_seqs(p),
-        .NT = gdn_problem_num_chunks(p),
-        .k = k, .v = v, .g = g, .beta = beta,
-        .final_state = partial, .transition = transition,
-        .workspace = workspace, .workspace_bytes = workspace_bytes,
-    };
-    st = gdn_validate_forward_options(ctx, OP, p, opts, &a.opts);
+    gdn_chunk_forward_args a;
+    st = gdn_forward_args_init(ctx, OP, p, opts, &a);
     if (st != GDN_SUCCESS) return st;
+    a.k = k, a.v = v, a.g = g, a.beta = beta;
+    a.final_state = partial, a.transition = transition;
+    a.workspace = workspace, a.workspace_bytes = workspace_bytes;
     if (ctx->backend == GDN_BACKEND_CUDA) {
         st = gdn_validate_workspace(ctx, OP, OP_SUM_WS, workspace, workspace_bytes,
                                     gdn_cuda_chunk_forward_summary_workspace_size(ctx, p));
@@ -102,11 +94,7 @@ gdn_status gdn_chunk_forward_cp_workspace_size(gdn_context *ctx, const gdn_probl
     static const char *const OP = "gdn_chunk_forward_cp_workspace_size";
     if (!ctx) return GDN_ERROR_INVALID_ARGUMENT;
     gdn_clear_error(ctx);
-    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", OP);
-    *bytes = 0;
-    gdn_status st = gdn_validate_problem(ctx, OP, p);
-    if (st != GDN_SUCCESS) return st;
-    st = gdn_validate_forward_options(ctx, OP, p, opts, NULL);
+    gdn_status st = gdn_validate_size_query(ctx, OP, p, opts, bytes);
     if (st != GDN_SUCCESS) return st;
     if ((st = cp_check(ctx, OP, p, nccl_comm)) != GDN_SUCCESS) return st;
     return gdn_cuda_chunk_forward_cp_workspace_size(ctx, p, nccl_comm, bytes);
@@ -132,16 +120,12 @@ gdn_status gdn_chunk_forward_cp(gdn_context *ctx, const gdn_problem *p,
     };
     st = gdn_validate_pointers(ctx, OP, ptrs, (int)(sizeof ptrs / sizeof ptrs[0]));
     if (st != GDN_SUCCESS) return st;
-    gdn_chunk_forward_args a = {
-        .p = p,
-        .N = gdn_problem_num_seqs(p),
-        .NT = gdn_problem_num_chunks(p),
-        .q = q, .k = k, .v = v, .g = g, .beta = beta, .h0 = h0,
-        .o = o, .final_state = final_state,
-        .workspace = workspace, .workspace_bytes = workspace_bytes,
-    };
-    st = gdn_validate_forward_options(ctx, OP, p, opts, &a.opts);
+    gdn_chunk_forward_args a;
+    st = gdn_forward_args_init(ctx, OP, p, opts, &a);
     if (st != GDN_SUCCESS) return st;
+    a.q = q, a.k = k, a.v = v, a.g = g, a.beta = beta, a.h0 = h0;
+    a.o = o, a.final_state = final_state;
+    a.workspace = workspace, a.workspace_bytes = workspace_bytes;
     size_t need = 0;
     if ((st = gdn_cuda_chunk_forward_cp_workspace_size(ctx, p, nccl_comm, &need)) != GDN_SUCCESS)
         return st;

@@ -131,6 +131,15 @@ typedef struct gdn_chunk_forward_args {
 } gdn_chunk_forward_args;
 
 gdn_status gdn_cpu_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a);
+
+/* What the forward family's workspace-size queries check first: bytes not
+ * NULL (then set to 0), the problem, the options. */
+gdn_status gdn_validate_size_query(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                   const gdn_forward_options *opts, size_t *bytes);
+/* *a for problem p (N, NT derived) with the options validated and
+ * resolved; the caller fills in the tensors. */
+gdn_status gdn_forward_args_init(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                 const gdn_forward_options *opts, gdn_chunk_forward_args *a);
 /* The slice summary (transition, partial) of gdn_chunk_forward_summary. */
 gdn_status gdn_cpu_chunk_forward_summary(gdn_context *ctx, const gdn_chunk_forward_args *a);
 /* gdn_state_advance on the CPU (arguments validated). */

@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "gdn_internal.h"
 
@@ -210,4 +211,22 @@ gdn_status gdn_validate_forward_options(gdn_context *ctx, const char *op, const 
     if (o.scale == 0.0f) o.scale = (float)(1.0 / sqrt((double)p->K));
     if (out) *out = o;
     return GDN_SUCCESS;
+}
+
+gdn_status gdn_validate_size_query(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                   const gdn_forward_options *opts, size_t *bytes) {
+    if (!bytes) return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "%s: bytes is NULL", op);
+    *bytes = 0;
+    gdn_status st = gdn_validate_problem(ctx, op, p);
+    if (st != GDN_SUCCESS) return st;
+    return gdn_validate_forward_options(ctx, op, p, opts, NULL);
+}
+
+gdn_status gdn_forward_args_init(gdn_context *ctx, const char *op, const gdn_problem *p,
+                                 const gdn_forward_options *opts, gdn_chunk_forward_args *a) {
+    memset(a, 0, sizeof *a);
+    a->p = p;
+    a->N = gdn_problem_num_seqs(p);
+    a->NT = gdn_problem_num_chunks(p);
+    return gdn_validate_forward_options(ctx, op, p, opts, &a->opts);
 }
