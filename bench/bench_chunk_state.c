@@ -34,27 +34,13 @@ static const shape SHAPES[] = {
 };
 
 int main(int argc, char **argv) {
-    const char *csv_path = NULL, *only = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--csv") && i + 1 < argc) csv_path = argv[++i];
-        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only = argv[++i];
-        else {
-            fprintf(stderr, "usage: %s [--csv FILE] [--shape NAME]\n", argv[0]);
-            return 2;
-        }
-    }
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-        fprintf(stderr, "bench_chunk_state: no CUDA device\n");
-        return 1;
-    }
-    struct cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    cudaStream_t s;
-    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    gdn_context *ctx;
-    GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
-    GK(ctx, gdn_context_set_stream(ctx, s));
+    const char *csv_path, *only;
+    bench_parse_csv_shape(argc, argv, &csv_path, &only);
+    bench_device dev;
+    bench_device_open("bench_chunk_state", &dev);
+    const struct cudaDeviceProp prop = dev.prop;
+    cudaStream_t s = dev.stream;
+    gdn_context *ctx = dev.ctx;
     const double bw = bench_copy_bandwidth(s);
     printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read+write)\n", prop.name,
            prop.multiProcessorCount, bw / 1e9);

@@ -86,18 +86,11 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-        fprintf(stderr, "bench_recurrent: no CUDA device\n");
-        return 1;
-    }
-    struct cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    cudaStream_t s;
-    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    gdn_context *ctx;
-    GK(NULL, gdn_context_create(&ctx, GDN_BACKEND_CUDA, 0));
-    GK(ctx, gdn_context_set_stream(ctx, s));
+    bench_device dev;
+    bench_device_open("bench_recurrent", &dev);
+    const struct cudaDeviceProp prop = dev.prop;
+    cudaStream_t s = dev.stream;
+    gdn_context *ctx = dev.ctx;
     const double bw = bench_copy_bandwidth(s);
     printf("device %s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read+write)\n", prop.name,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, bw / 1e9);

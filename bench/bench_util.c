@@ -2,6 +2,31 @@
 #include "bench_util.h"
 
 #include <math.h>
+#include <string.h>
+
+void bench_device_open(const char *prog, bench_device *d) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        fprintf(stderr, "%s: no CUDA device\n", prog);
+        exit(1);
+    }
+    CK(cudaGetDeviceProperties(&d->prop, 0));
+    CK(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking));
+    GK(NULL, gdn_context_create(&d->ctx, GDN_BACKEND_CUDA, 0));
+    GK(d->ctx, gdn_context_set_stream(d->ctx, d->stream));
+}
+
+void bench_parse_csv_shape(int argc, char **argv, const char **csv_path, const char **shape) {
+    *csv_path = *shape = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--csv") && i + 1 < argc) *csv_path = argv[++i];
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) *shape = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--csv FILE] [--shape NAME]\n", argv[0]);
+            exit(2);
+        }
+    }
+}
 
 int bench_cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;

@@ -27,6 +27,18 @@
         }                                                                                          \
     } while (0)
 
+/* The device a benchmark runs on: device 0, a non-blocking stream and a
+ * CUDA context on it; exits 1 (naming prog) when there is no device. */
+typedef struct bench_device {
+    struct cudaDeviceProp prop;
+    cudaStream_t stream;
+    gdn_context *ctx;
+} bench_device;
+void bench_device_open(const char *prog, bench_device *d);
+/* Options "--csv FILE" and "--shape NAME" (each NULL when absent); exits 2
+ * with a usage line on anything else. */
+void bench_parse_csv_shape(int argc, char **argv, const char **csv_path, const char **shape);
+
 /* qsort comparator for doubles, ascending. */
 int bench_cmp_double(const void *a, const void *b);
 /* cudaMalloc of bytes, filled from host unless host is NULL. */
