@@ -30,300 +30,24 @@
  *    as o, <= 1e-5; so the relative error is bf16's ~1.6e-3.
  *  - bf16 pool, decode loop: see check_decode_loop. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
 #include "gdn_internal.h"
 #include "gdn_ref.h"
+#include "recurrent_cases.h"
 #include "test_util.h"
 
-static const double BOUND_EXCESS = 1e-5; /* f32 error left after the allowed bf16 rounding */
-static const double BOUND_F32 = 1e-6;    /* f32 pool / history, relative Frobenius */
-static const double BOUND_O_REL = 3e-3;  /* o vs fp64: its bf16 rounding */
-
 /* Worst values seen, for the summary. */
-static double worst_o_rel, worst_o_excess, worst_f32, worst_bf16_excess, worst_bf16_rel;
-
-/* Option variants: 0 defaults (opts NULL), 1 L2 norm of q and k, 2 beta
- * sigmoid with an explicit scale, 3 the Qwen3-Next gate, 4 all of them. */
-enum { NUM_VARIANTS = 5 };
-static const char *const VARIANT_NAMES[NUM_VARIANTS] = {"defaults", "l2norm", "sigmoid+scale",
-                                                        "qwen_gate", "all"};
-
-typedef struct rf_case {
-    int64_t Hk, Hv, K, V;
-    gdn_state_layout layout;
-    gdn_head_map map;
-    gdn_dtype dtype;
-    int variant;
-    int64_t N;      /* sequences */
-    int varlen;     /* 1: cu_seqlens, T_n random in [tmin, 8] */
-    int tmin;       /* shortest sequence with varlen (0 allows empty ones) */
-    int64_t T;      /* tokens per sequence without varlen (B = N) */
-    int padding;    /* 1: some sequences are padding */
-    int identity;   /* 1: state_indices NULL */
-    int history;    /* 1: ask for state_history */
-    int tmax;       /* longest sequence with varlen; 0 means 8 */
-} rf_case;
-
-/* One problem: inputs, options, pool and indices. */
-typedef struct rf_problem {
-    gdn_ref_inputs in; /* q k v g beta; in.h0 unused (the pool holds the states) */
-    int32_t *cu;       /* varlen lengths */
-    gdn_forward_options opts;
-    const gdn_forward_options *opts_arg; /* NULL for the defaults variant */
-    float A_log[64], dt_bias[64];
-    int64_t P;            /* pool slots */
-    size_t elem;          /* pool element bytes */
-    int64_t S;            /* elements per state (Hv*V*K) */
-    void *pool, *pool0;   /* the pool, and its contents before the call */
-    int32_t *idx;         /* [N], NULL with identity */
-    int32_t *slot_of;     /* [N]: the slot of each sequence, < 0 padding */
-    float *h0;            /* [N, S]: the initial state of each sequence (0 for padding) */
-    int64_t tokens;       /* B*T */
-} rf_problem;
-
-static double pool_elem(const rf_problem *r, const void *base, int64_t i) {
-    return r->elem == 4 ? (double)((const float *)base)[i]
-                        : (double)gdn_bf16_to_f32(((const gdn_bf16 *)base)[i]);
-}
-
-static void describe(const rf_case *c, char *buf, size_t len) {
-    if (c->varlen)
-        snprintf(buf, len, "N=%lld varlen Hk=%lld Hv=%lld K=%lld V=%lld %s %s %s %s%s%s",
-                 (long long)c->N, (long long)c->Hk, (long long)c->Hv, (long long)c->K,
-                 (long long)c->V, c->layout == GDN_STATE_KV ? "KV" : "VK",
-                 c->map == GDN_HEAD_MAP_TILED ? "tiled" : "block",
-                 c->dtype == GDN_DTYPE_F32 ? "f32" : "bf16", VARIANT_NAMES[c->variant],
-                 c->identity ? " identity" : "", c->tmin == 0 ? " empty-seqs" : "");
-    else
-        snprintf(buf, len, "B=%lld T=%lld Hk=%lld Hv=%lld K=%lld V=%lld %s %s %s %s%s",
-                 (long long)c->N, (long long)c->T, (long long)c->Hk, (long long)c->Hv,
-                 (long long)c->K, (long long)c->V, c->layout == GDN_STATE_KV ? "KV" : "VK",
-                 c->map == GDN_HEAD_MAP_TILED ? "tiled" : "block",
-                 c->dtype == GDN_DTYPE_F32 ? "f32" : "bf16", VARIANT_NAMES[c->variant],
-                 c->identity ? " identity" : "");
-}
-
-static void problem_free(rf_problem *r) {
-    gdn_ref_inputs_free(&r->in);
-    free(r->cu);
-    free(r->pool);
-    free(r->pool0);
-    free(r->idx);
-    free(r->slot_of);
-    free(r->h0);
-    memset(r, 0, sizeof *r);
-}
-
-/* Random inputs for the case; the option variants get inputs that make the
- * option matter (un-normalised q and k, beta logits, raw gate inputs). */
-static int problem_make(rf_problem *r, const rf_case *c, uint64_t seed) {
-    memset(r, 0, sizeof *r);
-    gdn_rng rng;
-    gdn_rng_seed(&rng, seed ^ 0x9e3779b97f4a7c15ull);
-    int64_t B = c->N, T = c->T; /* without varlen: B = N sequences of T tokens */
-    if (c->varlen) {
-        r->cu = gdn_test_alloc(c->N + 1, sizeof(int32_t));
-        r->cu[0] = 0;
-        const int tmax = c->tmax ? c->tmax : 8;
-        for (int64_t n = 0; n < c->N; n++)
-            r->cu[n + 1] =
-                r->cu[n] + c->tmin + (int32_t)(gdn_rng_uniform(&rng) * (tmax + 1 - c->tmin));
-        B = 1;
-        T = r->cu[c->N] > 0 ? r->cu[c->N] : 1;
-        if (r->cu[c->N] == 0) r->cu[c->N] = 1; /* at least one token overall */
-    }
-    const gdn_problem shape = gdn_test_problem(B, T, c->Hk, c->Hv, c->K, c->V, c->layout, c->map,
-                                               r->cu, c->varlen ? c->N : 0);
-    if (!CHECK(gdn_ref_inputs_make(&r->in, &shape, seed, 1) == 0, "inputs_make")) return 0;
-    const gdn_problem *p = &r->in.p;
-    r->tokens = p->B * p->T;
-    r->S = p->Hv * p->V * p->K;
-
-    gdn_forward_options_init(&r->opts);
-    const int l2 = c->variant == 1 || c->variant == 4, sig = c->variant == 2 || c->variant == 4;
-    const int qwen = c->variant == 3 || c->variant == 4;
-    r->opts.l2norm_qk = l2;
-    r->opts.beta_sigmoid = sig;
-    if (sig) r->opts.scale = 0.37f;
-    if (l2) { /* q and k of random norms, 0.3 to 3 */
-        gdn_bf16 *x[2] = {r->in.q, r->in.k};
-        for (int a = 0; a < 2; a++)
-            for (int64_t vec = 0; vec < r->tokens * p->Hk; vec++) {
-                const float f = (float)(0.3 + 2.7 * gdn_rng_uniform(&rng));
-                for (int64_t i = 0; i < p->K; i++)
-                    x[a][vec * p->K + i] =
-                        gdn_f32_to_bf16(gdn_bf16_to_f32(x[a][vec * p->K + i]) * f);
-            }
-    }
-    if (sig)
-        for (int64_t i = 0; i < r->tokens * p->Hv; i++)
-            r->in.beta[i] = (float)(2.0 * gdn_rng_normal(&rng));
-    if (qwen) {
-        r->opts.qwen_gate = 1;
-        for (int64_t h = 0; h < p->Hv; h++) {
-            r->A_log[h] = (float)log(0.1 + 1.9 * gdn_rng_uniform(&rng));
-            r->dt_bias[h] = (float)(-4.0 + 3.0 * gdn_rng_uniform(&rng));
-        }
-        r->opts.A_log = r->A_log;
-        r->opts.dt_bias = r->dt_bias;
-        for (int64_t i = 0; i < r->tokens * p->Hv; i++) r->in.g[i] = (float)gdn_rng_normal(&rng);
-    }
-    r->opts_arg = c->variant == 0 ? NULL : &r->opts;
-
-    /* The pool: random contents everywhere; the sequences' slots a random
-     * permutation; padding marked with assorted negatives. */
-    const int64_t N = r->in.N;
-    r->P = c->identity ? N + 2 : N + N / 2 + 3;
-    r->elem = c->dtype == GDN_DTYPE_F32 ? 4 : 2;
-    r->pool = gdn_test_alloc(r->P * r->S, r->elem);
-    r->pool0 = gdn_test_alloc(r->P * r->S, r->elem);
-    for (int64_t x = 0; x < r->P * r->S; x++) {
-        const float f = (float)(0.3 * (gdn_rng_uniform(&rng) - 0.5));
-        if (r->elem == 4)
-            ((float *)r->pool)[x] = f;
-        else
-            ((gdn_bf16 *)r->pool)[x] = gdn_f32_to_bf16(f);
-    }
-    r->slot_of = gdn_test_alloc(N, sizeof(int32_t));
-    if (c->identity) {
-        for (int64_t n = 0; n < N; n++) r->slot_of[n] = (int32_t)n;
-    } else {
-        int32_t *perm = gdn_test_alloc(r->P, sizeof(int32_t));
-        for (int64_t i = 0; i < r->P; i++) perm[i] = (int32_t)i;
-        for (int64_t i = r->P - 1; i > 0; i--) {
-            const int64_t j = (int64_t)(gdn_rng_uniform(&rng) * (double)(i + 1));
-            const int32_t t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-        static const int32_t negatives[] = {-1, -1, -1, -2, -1000, INT32_MIN};
-        r->idx = gdn_test_alloc(N, sizeof(int32_t));
-        for (int64_t n = 0; n < N; n++) {
-            const int pad = c->padding && N > 1 && (n % 4 == 1 || gdn_rng_uniform(&rng) < 0.15);
-            r->idx[n] = pad ? negatives[(int)(gdn_rng_uniform(&rng) * 6)] : perm[n];
-            r->slot_of[n] = r->idx[n];
-        }
-        free(perm);
-    }
-    /* The sequences' initial states: the oracle's h0 in those slots. */
-    r->h0 = gdn_test_alloc(N * r->S, sizeof(float));
-    for (int64_t n = 0; n < N; n++) {
-        const int64_t s = r->slot_of[n];
-        for (int64_t x = 0; x < r->S; x++) {
-            if (s < 0) {
-                r->h0[n * r->S + x] = 0.0f;
-                continue;
-            }
-            const float f = r->in.h0[n * r->S + x];
-            if (r->elem == 4) {
-                ((float *)r->pool)[s * r->S + x] = f;
-                r->h0[n * r->S + x] = f;
-            } else {
-                const gdn_bf16 b = gdn_f32_to_bf16(f);
-                ((gdn_bf16 *)r->pool)[s * r->S + x] = b;
-                r->h0[n * r->S + x] = gdn_bf16_to_f32(b);
-            }
-        }
-    }
-    memcpy(r->pool0, r->pool, (size_t)(r->P * r->S) * r->elem);
-    return 1;
-}
+static rf_worst worst_seen;
 
 static gdn_status run_op(gdn_context *ctx, rf_problem *r, gdn_dtype dt, gdn_bf16 *o,
                          void *history) {
     const gdn_ref_inputs *in = &r->in;
     return gdn_recurrent_forward(ctx, &in->p, r->opts_arg, in->q, in->k, in->v, in->g, in->beta,
                                  r->pool, dt, r->P, r->idx, o, history);
-}
-
-/* Error measures of one kind of tensor, accumulated element by element:
- * the relative Frobenius error ||x - ref|| / ||ref|| (+INFINITY if any x
- * is not finite) and the f32 error left after one allowed bf16 rounding,
- * in units of the reference's rms:
- *   excess = max_i (|x_i - ref_i| - ulp(max(|x_i|, |ref_i|)) / 2)_+ / rms(ref). */
-typedef struct errs {
-    double ss_diff, ss_ref, worst;
-    int64_t n;
-    int nonfinite;
-} errs;
-
-/* bf16 ulp of x: the spacing of bf16 values at |x| (8 significant bits),
- * from the exponent bits of (float)x; 0 for 0. */
-static double ulp_bf16(double x) {
-    const float f = (float)x;
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    u &= 0x7f800000u; /* 2^floor(log2|x|) */
-    float p2;
-    memcpy(&p2, &u, sizeof p2);
-    return (double)p2 * 0x1p-7;
-}
-
-static void errs_add(errs *er, double x, double ref) {
-    if (!isfinite(x)) er->nonfinite = 1;
-    const double d = x - ref;
-    er->ss_diff += d * d;
-    er->ss_ref += ref * ref;
-    er->n++;
-    const double m = fmax(fabs(x), fabs(ref));
-    er->worst = fmax(er->worst, fabs(d) - 0.5 * ulp_bf16(m));
-}
-
-static double errs_rel(const errs *er) {
-    if (er->nonfinite) return INFINITY;
-    return er->ss_ref > 0.0 ? sqrt(er->ss_diff / er->ss_ref) : sqrt(er->ss_diff);
-}
-
-static double errs_excess(const errs *er) {
-    if (er->nonfinite) return INFINITY;
-    const double rms = sqrt(er->ss_ref / (double)(er->n > 0 ? er->n : 1));
-    return rms > 0.0 ? er->worst / rms : er->worst;
-}
-
-/* The final state of every sequence after its first L tokens (all of them
- * if it has fewer), from the oracle: the sequences cut to their prefixes
- * and packed. out [N, S]. */
-static void oracle_prefix_states(const rf_problem *r, int64_t L, double *out) {
-    const gdn_problem *p = &r->in.p;
-    const int64_t N = r->in.N, Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V;
-    int32_t *cu = gdn_test_alloc(N + 1, sizeof(int32_t));
-    cu[0] = 0;
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        cu[n + 1] = cu[n] + (int32_t)(eos - bos < L ? eos - bos : L);
-    }
-    const int64_t T = cu[N] > 0 ? cu[N] : 1;
-    gdn_bf16 *q = gdn_test_alloc(T * Hk * K, 2), *k = gdn_test_alloc(T * Hk * K, 2);
-    gdn_bf16 *v = gdn_test_alloc(T * Hv * V, 2);
-    float *g = gdn_test_alloc(T * Hv, 4), *beta = gdn_test_alloc(T * Hv, 4);
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        for (int64_t t = cu[n]; t < cu[n + 1]; t++) {
-            const int64_t src = bos + (t - cu[n]);
-            memcpy(q + t * Hk * K, r->in.q + src * Hk * K, (size_t)(Hk * K) * 2);
-            memcpy(k + t * Hk * K, r->in.k + src * Hk * K, (size_t)(Hk * K) * 2);
-            memcpy(v + t * Hv * V, r->in.v + src * Hv * V, (size_t)(Hv * V) * 2);
-            memcpy(g + t * Hv, r->in.g + src * Hv, (size_t)Hv * 4);
-            memcpy(beta + t * Hv, r->in.beta + src * Hv, (size_t)Hv * 4);
-        }
-    }
-    gdn_problem pp = *p;
-    pp.B = 1;
-    pp.T = T;
-    pp.cu_seqlens = cu;
-    pp.num_seqs = N;
-    gdn_ref_forward_f64(&pp, r->opts_arg, q, k, v, g, beta, r->h0, NULL, out, NULL);
-    free(q);
-    free(k);
-    free(v);
-    free(g);
-    free(beta);
-    free(cu);
 }
 
 /* The oracle used here (gdn_ref_forward_f64) is the SPEC 1 oracle
@@ -350,153 +74,46 @@ static void check_oracles_agree(void) {
     gdn_ref_inputs_free(&in);
 }
 
-/* The op vs the oracle on one case. */
+/* The op vs the oracle on one case; then the same call again on another
+ * thread count. */
 static void check_case(gdn_context *ctx, gdn_context *ctx1, const rf_case *c, uint64_t seed) {
     char name[256];
-    describe(c, name, sizeof name);
+    rf_describe(c, name, sizeof name);
     rf_problem r;
-    if (!problem_make(&r, c, seed)) return;
-    const gdn_problem *p = &r.in.p;
-    const int64_t N = r.in.N, Hv = p->Hv, V = p->V, S = r.S;
-    const int64_t n_o = r.tokens * Hv * V, n_hist = r.tokens * S;
+    if (!rf_problem_make(&r, c, seed, RF_FOR_CPU_TEST)) return;
+    const int64_t n_o = r.tokens * r.in.p.Hv * r.in.p.V, n_hist = r.tokens * r.S;
     gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, 2);
     void *hist = c->history ? gdn_test_alloc_poisoned(n_hist, r.elem) : NULL;
     if (!CHECK_STATUS(run_op(ctx, &r, c->dtype, o, hist), GDN_SUCCESS, ctx)) {
         free(o);
         free(hist);
-        problem_free(&r);
+        rf_problem_free(&r);
         return;
     }
-
-    /* The oracle, from the states the pool held. */
-    double *o_ref = gdn_test_alloc(n_o, sizeof(double));
-    double *fs_ref = gdn_test_alloc(N * S, sizeof(double));
-    gdn_ref_forward_f64(p, r.opts_arg, r.in.q, r.in.k, r.in.v, r.in.g, r.in.beta, r.h0, o_ref,
-                        fs_ref, NULL);
-
-    /* o: padding rows zero, the rest vs the oracle. */
-    errs po = {0}, ps = {0};
-    int pad_rows_zero = 1;
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        for (int64_t x = bos * Hv * V; x < eos * Hv * V; x++) {
-            if (r.slot_of[n] < 0)
-                pad_rows_zero &= o[x] == 0;
-            else
-                errs_add(&po, gdn_bf16_to_f32(o[x]), o_ref[x]);
-        }
-        if (r.slot_of[n] >= 0 && eos > bos)
-            for (int64_t x = 0; x < S; x++)
-                errs_add(&ps, pool_elem(&r, r.pool, r.slot_of[n] * S + x), fs_ref[n * S + x]);
-    }
-    CHECK(pad_rows_zero, "%s: o rows of padding sequences are not zero", name);
-    const double eo = errs_rel(&po), xo = errs_excess(&po);
-    CHECK(eo <= BOUND_O_REL, "%s: o rel err %.3e > %.1e", name, eo, BOUND_O_REL);
-    CHECK(xo <= BOUND_EXCESS, "%s: o excess over bf16 rounding %.3e > %.1e", name, xo,
-          BOUND_EXCESS);
-    worst_o_rel = fmax(worst_o_rel, eo);
-    worst_o_excess = fmax(worst_o_excess, xo);
-
-    /* The written-back states. */
-    const double es = errs_rel(&ps), xs = errs_excess(&ps);
-    if (c->dtype == GDN_DTYPE_F32) {
-        CHECK(es <= BOUND_F32, "%s: state rel err %.3e > %.1e", name, es, BOUND_F32);
-        worst_f32 = fmax(worst_f32, es);
-    } else {
-        CHECK(xs <= BOUND_EXCESS, "%s: bf16 state excess over rounding %.3e > %.1e", name, xs,
-              BOUND_EXCESS);
-        worst_bf16_excess = fmax(worst_bf16_excess, xs);
-        worst_bf16_rel = fmax(worst_bf16_rel, es);
-    }
-
-    /* Slots no (non-empty, non-padding) sequence names: bitwise unchanged. */
-    char *named = gdn_test_alloc(r.P, 1);
-    memset(named, 0, (size_t)r.P);
-    for (int64_t n = 0; n < N; n++) {
-        int64_t bos, eos;
-        gdn_seq_bounds(p, n, &bos, &eos);
-        if (r.slot_of[n] >= 0 && eos > bos) named[r.slot_of[n]] = 1;
-    }
-    int64_t changed = 0;
-    for (int64_t s = 0; s < r.P; s++)
-        if (!named[s] && memcmp((char *)r.pool + s * S * r.elem, (char *)r.pool0 + s * S * r.elem,
-                                (size_t)S * r.elem) != 0)
-            changed++;
-    CHECK(changed == 0, "%s: %lld pool slots that no sequence names were changed", name,
-          (long long)changed);
-
-    /* The history vs the oracle's prefix states; padding rows untouched. */
-    double eh = 0.0, xh = 0.0;
-    if (hist) {
-        errs ph = {0};
-        int64_t maxlen = 0;
-        for (int64_t n = 0; n < N; n++) {
-            int64_t bos, eos;
-            gdn_seq_bounds(p, n, &bos, &eos);
-            if (eos - bos > maxlen) maxlen = eos - bos;
-        }
-        double *pref = gdn_test_alloc(N * S, sizeof(double));
-        for (int64_t L = 1; L <= maxlen; L++) {
-            oracle_prefix_states(&r, L, pref);
-            for (int64_t n = 0; n < N; n++) {
-                int64_t bos, eos;
-                gdn_seq_bounds(p, n, &bos, &eos);
-                if (r.slot_of[n] < 0 || eos - bos < L) continue;
-                const int64_t t = bos + L - 1;
-                for (int64_t x = 0; x < S; x++)
-                    errs_add(&ph, pool_elem(&r, hist, t * S + x), pref[n * S + x]);
-            }
-        }
-        free(pref);
-        eh = errs_rel(&ph);
-        xh = errs_excess(&ph);
-        if (c->dtype == GDN_DTYPE_F32) {
-            CHECK(eh <= BOUND_F32, "%s: history rel err %.3e > %.1e", name, eh, BOUND_F32);
-            worst_f32 = fmax(worst_f32, eh);
-        } else {
-            CHECK(xh <= BOUND_EXCESS, "%s: bf16 history excess over rounding %.3e > %.1e", name,
-                  xh, BOUND_EXCESS);
-            worst_bf16_excess = fmax(worst_bf16_excess, xh);
-            worst_bf16_rel = fmax(worst_bf16_rel, eh);
-        }
-        int pad_untouched = 1;
-        for (int64_t n = 0; n < N; n++) {
-            if (r.slot_of[n] >= 0) continue;
-            int64_t bos, eos;
-            gdn_seq_bounds(p, n, &bos, &eos);
-            const unsigned char *b = (const unsigned char *)hist + bos * S * r.elem;
-            for (int64_t x = 0; x < (eos - bos) * S * (int64_t)r.elem; x++)
-                pad_untouched &= b[x] == 0xFF;
-        }
-        CHECK(pad_untouched, "%s: history rows of padding sequences were written", name);
-    }
-    printf("  %-72s o %.2e (+%.0e)  state %.2e%s\n", name, eo, xo, c->history ? eh : es,
-           c->history ? " (history)" : "");
+    rf_oracle_errs e;
+    rf_check_vs_oracle(&r, c, name, o, r.pool, hist, &worst_seen, &e);
+    rf_check_untouched(&r, name, o, r.pool);
+    if (hist)
+        CHECK(rf_padding_history_untouched(&r, hist),
+              "%s: history rows of padding sequences were written", name);
+    printf("  %-72s o %.2e (+%.0e)  state %.2e%s\n", name, e.o_rel, e.o_excess,
+           c->history ? e.hist_rel : e.state_rel, c->history ? " (history)" : "");
 
     /* Determinism: the same call again from the same pool, on another
      * thread count, gives the same bits everywhere. */
-    void *pool_a = gdn_test_alloc(r.P * S, r.elem);
-    memcpy(pool_a, r.pool, (size_t)(r.P * S) * r.elem);
-    memcpy(r.pool, r.pool0, (size_t)(r.P * S) * r.elem);
+    void *pool_a = gdn_test_alloc(r.P * r.S, r.elem);
+    memcpy(pool_a, r.pool, (size_t)(r.P * r.S) * r.elem);
+    memcpy(r.pool, r.pool0, (size_t)(r.P * r.S) * r.elem);
     gdn_bf16 *o2 = gdn_test_alloc_poisoned(n_o, 2);
     void *hist2 = hist ? gdn_test_alloc_poisoned(n_hist, r.elem) : NULL;
-    if (CHECK_STATUS(run_op(ctx1, &r, c->dtype, o2, hist2), GDN_SUCCESS, ctx1)) {
-        CHECK(memcmp(o, o2, (size_t)n_o * 2) == 0, "%s: o differs between two runs", name);
-        CHECK(memcmp(pool_a, r.pool, (size_t)(r.P * S) * r.elem) == 0,
-              "%s: pool differs between two runs", name);
-        CHECK(!hist || memcmp(hist, hist2, (size_t)n_hist * r.elem) == 0,
-              "%s: history differs between two runs", name);
-    }
+    if (CHECK_STATUS(run_op(ctx1, &r, c->dtype, o2, hist2), GDN_SUCCESS, ctx1))
+        rf_check_same_bits(&r, name, o, o2, pool_a, r.pool, hist, hist2);
     free(pool_a);
     free(o2);
     free(hist2);
-    free(named);
-    free(o_ref);
-    free(fs_ref);
     free(o);
     free(hist);
-    problem_free(&r);
+    rf_problem_free(&r);
 }
 
 /* The sweep: sizes x layouts x head maps x dtypes, the options cycling;
@@ -511,49 +128,36 @@ static void check_sweep(gdn_context *ctx, gdn_context *ctx1) {
         for (int layout = 0; layout < 2; layout++)
             for (int map = 0; map < 2; map++)
                 for (int dt = 0; dt < 2; dt++) {
-                    const int64_t area = dims[d][0] * dims[d][1];
-                    rf_case c = {2, area >= 128 * 128 ? 4 : 6, dims[d][0], dims[d][1],
-                                 (gdn_state_layout)layout, (gdn_head_map)map, (gdn_dtype)dt,
-                                 variant, area > 128 * 128 ? 5 : area == 128 * 128 ? 7 : 11, 1,
-                                 1, 0, 1, 0, layout == map, 0};
+                    rf_case c = rf_sweep_case(dims[d][0], dims[d][1], layout, map, dt, variant);
                     check_case(ctx, ctx1, &c, seed++);
-                    variant = (variant + 1) % NUM_VARIANTS;
+                    variant = (variant + 1) % RF_NUM_VARIANTS;
                 }
 }
 
-/* Shapes the sweep does not cover. */
+/* Shapes the sweep does not cover: the shared rf_special_cases between
+ * cases of this test's own; seed 5000 + the place in the list. */
 static void check_special(gdn_context *ctx, gdn_context *ctx1) {
-    /* Hk Hv K V layout map dtype variant N varlen tmin T padding identity history tmax */
-    const rf_case cases[] = {
-        /* decode, batch layout (no cu_seqlens): B = N, T = 1 */
-        {4, 8, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 9, 0, 1, 1, 1, 0, 1,
-         0},
-        {4, 8, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, GDN_DTYPE_BF16, 4, 9, 0, 1, 1, 1, 0, 1,
-         0},
-        /* batch of 3-token verifications */
-        {2, 4, 64, 96, GDN_STATE_VK, GDN_HEAD_MAP_TILED, GDN_DTYPE_BF16, 2, 5, 0, 1, 3, 1, 0, 1, 0},
-        /* identity indices (NULL), with and without history */
-        {1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 3, 6, 1, 1, 0, 0, 1, 1, 0},
-        {2, 2, 32, 16, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_BF16, 1, 5, 0, 1, 2, 0, 1, 0, 0},
-        /* empty sequences among the others (T_n from 0 to 8) */
-        {2, 4, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 4, 12, 1, 0, 0, 1, 0, 0,
-         0},
-        {2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, GDN_DTYPE_BF16, 0, 12, 1, 0, 0, 1, 0, 1,
-         0},
-        /* tiny heads, one sequence */
-        {1, 1, 1, 1, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 4, 1, 1, 1, 0, 0, 0, 1, 0},
-        {1, 3, 5, 3, GDN_STATE_KV, GDN_HEAD_MAP_TILED, GDN_DTYPE_BF16, 1, 3, 1, 1, 0, 1, 0, 1, 0},
-    };
-    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        check_case(ctx, ctx1, &cases[i], 5000 + i);
+    rf_case cases[RF_NUM_SPECIAL + 3];
+    int n = 0;
+    /* decode, batch layout (no cu_seqlens): B = N, T = 1 */
+    cases[n++] = (rf_case){.Hk = 4, .Hv = 8, .K = 128, .V = 128, .N = 9, .T = 1, .padding = 1,
+                           .history = 1};
+    for (int i = 0; i < RF_NUM_SPECIAL; i++) cases[n++] = rf_special_cases[i];
+    /* tiny heads, one sequence */
+    cases[n++] = (rf_case){.Hk = 1, .Hv = 1, .K = 1, .V = 1, .variant = 4, .N = 1, .varlen = 1,
+                           .tmin = 1, .history = 1};
+    cases[n++] = (rf_case){.Hk = 1, .Hv = 3, .K = 5, .V = 3, .layout = GDN_STATE_KV,
+                           .map = GDN_HEAD_MAP_TILED, .dtype = GDN_DTYPE_BF16, .variant = 1,
+                           .N = 3, .varlen = 1, .tmin = 1, .padding = 1, .history = 1};
+    for (int i = 0; i < n; i++) check_case(ctx, ctx1, &cases[i], 5000 + (uint64_t)i);
 }
 
 /* Every sequence padding: o all zero, the pool untouched. */
 static void check_all_padding(gdn_context *ctx) {
-    rf_case c = {2, 4, 32, 32, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 4, 1, 1,
-                 0, 1, 0, 1, 0};
+    rf_case c = {.Hk = 2, .Hv = 4, .K = 32, .V = 32, .N = 4, .varlen = 1, .tmin = 1, .padding = 1,
+                 .history = 1};
     rf_problem r;
-    if (!problem_make(&r, &c, 77)) return;
+    if (!rf_problem_make(&r, &c, 77, RF_FOR_CPU_TEST)) return;
     for (int64_t n = 0; n < r.in.N; n++) r.idx[n] = r.slot_of[n] = -1 - (int32_t)n;
     const int64_t n_o = r.tokens * r.in.p.Hv * r.in.p.V;
     gdn_bf16 *o = gdn_test_alloc_poisoned(n_o, 2);
@@ -565,56 +169,30 @@ static void check_all_padding(gdn_context *ctx) {
               "all padding: the pool changed");
     }
     free(o);
-    problem_free(&r);
+    rf_problem_free(&r);
 }
 
 /* A NaN in one (sequence, head)'s input stays there: every other o row and
  * pool slot is bitwise what it is without the NaN. */
 static void check_nan_containment(gdn_context *ctx) {
-    rf_case c = {2, 4, 32, 32, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 4, 1, 2,
-                 0, 0, 0, 0, 0};
+    rf_case c = {.Hk = 2, .Hv = 4, .K = 32, .V = 32, .N = 4, .varlen = 1, .tmin = 2};
     rf_problem r;
-    if (!problem_make(&r, &c, 78)) return;
-    const gdn_problem *p = &r.in.p;
-    const int64_t Hv = p->Hv, V = p->V, n_o = r.tokens * Hv * V;
+    if (!rf_problem_make(&r, &c, 78, RF_FOR_CPU_TEST)) return;
+    const int64_t n_o = r.tokens * r.in.p.Hv * r.in.p.V;
     gdn_bf16 *o1 = gdn_test_alloc(n_o, 2), *o2 = gdn_test_alloc(n_o, 2);
     void *pool1 = gdn_test_alloc(r.P * r.S, r.elem);
     const int64_t hn = 2; /* head 2 of sequence 1, its first token */
-    int64_t bos, eos;
-    gdn_seq_bounds(p, 1, &bos, &eos);
     if (CHECK_STATUS(run_op(ctx, &r, c.dtype, o1, NULL), GDN_SUCCESS, ctx)) {
         memcpy(pool1, r.pool, (size_t)(r.P * r.S) * r.elem);
         memcpy(r.pool, r.pool0, (size_t)(r.P * r.S) * r.elem);
-        r.in.v[(bos * Hv + hn) * V + 3] = 0x7fc0; /* NaN */
-        if (CHECK_STATUS(run_op(ctx, &r, c.dtype, o2, NULL), GDN_SUCCESS, ctx)) {
-            int other_same = 1, hit_nan = 0;
-            for (int64_t t = 0; t < r.tokens; t++)
-                for (int64_t h = 0; h < Hv; h++) {
-                    const int hit = t >= bos && t < eos && h == hn;
-                    for (int64_t j = 0; j < V; j++) {
-                        const int64_t x = (t * Hv + h) * V + j;
-                        if (hit)
-                            hit_nan |= (o2[x] & 0x7fff) > 0x7f80;
-                        else
-                            other_same &= o1[x] == o2[x];
-                    }
-                }
-            const int64_t hs = p->V * p->K;
-            for (int64_t s = 0; s < r.P; s++)
-                for (int64_t h = 0; h < Hv; h++) {
-                    if (s == r.slot_of[1] && h == hn) continue;
-                    other_same &= memcmp((char *)pool1 + (s * Hv + h) * hs * r.elem,
-                                         (char *)r.pool + (s * Hv + h) * hs * r.elem,
-                                         (size_t)hs * r.elem) == 0;
-                }
-            CHECK(hit_nan, "NaN in v did not reach its own o rows");
-            CHECK(other_same, "a NaN in one (sequence, head) changed other outputs or slots");
-        }
+        rf_put_nan_in_v(&r, hn);
+        if (CHECK_STATUS(run_op(ctx, &r, c.dtype, o2, NULL), GDN_SUCCESS, ctx))
+            rf_check_nan_contained(&r, hn, o1, o2, pool1, r.pool);
     }
     free(o1);
     free(o2);
     free(pool1);
-    problem_free(&r);
+    rf_problem_free(&r);
 }
 
 /* The accuracy cost of a bf16 pool. A decode loop of `steps` one-token
@@ -729,7 +307,7 @@ static void check_decode_loop(gdn_context *ctx) {
         }
         printf("  %5lld  %.2e / %.2e       %.2e / %.2e       %.2e / %.2e\n", (long long)steps,
                worst[0], worst[1], worst[2], worst[3], worst[4], worst[5]);
-        CHECK(worst[0] <= BOUND_O_REL && worst[1] <= BOUND_F32,
+        CHECK(worst[0] <= RF_BOUND_O_REL && worst[1] <= RF_BOUND_F32,
               "f32 pool decode loop (%lld steps): o %.3e, state %.3e", (long long)steps, worst[0],
               worst[1]);
         CHECK(worst[2] <= BOUND_LOOP && worst[3] <= BOUND_LOOP,
@@ -744,10 +322,10 @@ static void check_decode_loop(gdn_context *ctx) {
 /* The bounds catch real bugs: the op's outputs against the oracle of a
  * subtly different computation must fail them. */
 static void check_bound_sensitivity(gdn_context *ctx) {
-    rf_case c = {2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 6, 1, 1,
-                 0, 0, 1, 0, 0};
+    rf_case c = {.Hk = 2, .Hv = 4, .K = 128, .V = 128, .N = 6, .varlen = 1, .tmin = 1,
+                 .identity = 1};
     rf_problem r;
-    if (!problem_make(&r, &c, 4242)) return;
+    if (!rf_problem_make(&r, &c, 4242, RF_FOR_CPU_TEST)) return;
     const gdn_problem *p = &r.in.p;
     const int64_t N = r.in.N, S = r.S, n_o = r.tokens * p->Hv * p->V;
     gdn_bf16 *o = gdn_test_alloc(n_o, 2);
@@ -766,14 +344,14 @@ static void check_bound_sensitivity(gdn_context *ctx) {
             if (what == 2) pp.head_map = GDN_HEAD_MAP_TILED;
             gdn_ref_forward_f64(&pp, &op, r.in.q, r.in.k, r.in.v, g2, r.in.beta, r.h0, o_ref,
                                 fs_ref, NULL);
-            errs eo = {0}, es = {0};
-            for (int64_t x = 0; x < n_o; x++) errs_add(&eo, gdn_bf16_to_f32(o[x]), o_ref[x]);
+            rf_errs eo = {0}, es = {0};
+            for (int64_t x = 0; x < n_o; x++) rf_errs_add(&eo, gdn_bf16_to_f32(o[x]), o_ref[x]);
             for (int64_t x = 0; x < N * S; x++)
-                errs_add(&es, ((const float *)r.pool)[x], fs_ref[x]);
+                rf_errs_add(&es, ((const float *)r.pool)[x], fs_ref[x]);
             printf("  sensitivity: %s: o excess %.1e, state rel err %.1e\n", names[what],
-                   errs_excess(&eo), errs_rel(&es));
-            CHECK(errs_excess(&eo) > BOUND_EXCESS, "%s passes the o bound", names[what]);
-            CHECK(what == 1 || errs_rel(&es) > BOUND_F32, "%s passes the state bound",
+                   rf_errs_excess(&eo), rf_errs_rel(&es));
+            CHECK(rf_errs_excess(&eo) > RF_BOUND_EXCESS, "%s passes the o bound", names[what]);
+            CHECK(what == 1 || rf_errs_rel(&es) > RF_BOUND_F32, "%s passes the state bound",
                   names[what]);
         }
         free(g2);
@@ -781,7 +359,7 @@ static void check_bound_sensitivity(gdn_context *ctx) {
     free(o);
     free(o_ref);
     free(fs_ref);
-    problem_free(&r);
+    rf_problem_free(&r);
 }
 
 /* The same sequences through the chunked path (gdn_chunk_forward, from the
@@ -798,25 +376,24 @@ static void check_vs_chunked(gdn_context *ctx) {
     printf("recurrent vs chunked (gdn_chunk_forward), same inputs and initial states\n");
     const rf_case cases[] = {
         /* decode / verify sizes */
-        {2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 6, 1, 1, 0, 0, 1, 0,
-         0},
-        {2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, GDN_DTYPE_F32, 4, 6, 1, 1, 0, 0, 1, 0,
-         0},
+        {.Hk = 2, .Hv = 4, .K = 128, .V = 128, .N = 6, .varlen = 1, .tmin = 1, .identity = 1},
+        {.Hk = 2, .Hv = 4, .K = 64, .V = 64, .layout = GDN_STATE_KV, .map = GDN_HEAD_MAP_TILED,
+         .variant = 4, .N = 6, .varlen = 1, .tmin = 1, .identity = 1},
         /* sequences across chunk boundaries (up to 150 tokens) */
-        {1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, GDN_DTYPE_F32, 0, 4, 1, 1, 0, 0, 1, 0,
-         150},
-        {2, 4, 100, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, GDN_DTYPE_F32, 3, 3, 1, 40, 0, 0, 1, 0,
-         150},
+        {.Hk = 1, .Hv = 2, .K = 64, .V = 64, .N = 4, .varlen = 1, .tmin = 1, .identity = 1,
+         .tmax = 150},
+        {.Hk = 2, .Hv = 4, .K = 100, .V = 100, .layout = GDN_STATE_KV, .map = GDN_HEAD_MAP_TILED,
+         .variant = 3, .N = 3, .varlen = 1, .tmin = 40, .identity = 1, .tmax = 150},
         /* a bf16 pool (the chunked path starts from the same widened state) */
-        {2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_TILED, GDN_DTYPE_BF16, 2, 5, 0, 1, 5, 0, 1,
-         0, 0},
+        {.Hk = 2, .Hv = 4, .K = 128, .V = 128, .map = GDN_HEAD_MAP_TILED, .dtype = GDN_DTYPE_BF16,
+         .variant = 2, .N = 5, .T = 5, .identity = 1},
     };
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const rf_case *c = &cases[i];
         char name[256];
-        describe(c, name, sizeof name);
+        rf_describe(c, name, sizeof name);
         rf_problem r;
-        if (!problem_make(&r, c, 7000 + i)) continue;
+        if (!rf_problem_make(&r, c, 7000 + i, RF_FOR_CPU_TEST)) continue;
         const gdn_problem *p = &r.in.p;
         const int64_t N = r.in.N, S = r.S, n_o = r.tokens * p->Hv * p->V;
         gdn_bf16 *o_r = gdn_test_alloc(n_o, 2), *o_c = gdn_test_alloc_poisoned(n_o, 2);
@@ -830,7 +407,7 @@ static void check_vs_chunked(gdn_context *ctx) {
             gdn_ref_forward_f64(p, r.opts_arg, r.in.q, r.in.k, r.in.v, r.in.g, r.in.beta, r.h0,
                                 o_ref, fs_ref, NULL);
             for (int64_t x = 0; x < n_o; x++) o_rd[x] = gdn_bf16_to_f32(o_r[x]);
-            for (int64_t x = 0; x < N * S; x++) fs_rd[x] = pool_elem(&r, r.pool, x);
+            for (int64_t x = 0; x < N * S; x++) fs_rd[x] = rf_pool_elem(r.elem, r.pool, x);
             const double d_o = gdn_rel_err_bf16(o_c, o_rd, n_o);
             const double d_s = gdn_rel_err_f32(fs_c, fs_rd, N * S);
             printf("  %-66s diff o %.2e state %.2e | vs fp64: rec o %.2e state %.2e, chunk o "
@@ -850,7 +427,7 @@ static void check_vs_chunked(gdn_context *ctx) {
         free(fs_rd);
         free(o_ref);
         free(fs_ref);
-        problem_free(&r);
+        rf_problem_free(&r);
     }
 }
 
@@ -904,7 +481,8 @@ int main(void) {
 
     printf("worst: o %.2e (excess %.1e), f32 state/history %.2e, bf16 state/history %.2e "
            "(excess %.1e)\n",
-           worst_o_rel, worst_o_excess, worst_f32, worst_bf16_rel, worst_bf16_excess);
+           worst_seen.o_rel, worst_seen.o_excess, worst_seen.f32, worst_seen.bf16_rel,
+           worst_seen.bf16_excess);
     gdn_context_destroy(ctx);
     gdn_context_destroy(ctx1);
     printf("(%.1f s)\n", gdn_test_seconds() - t0);
