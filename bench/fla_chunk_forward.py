@@ -23,7 +23,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from fla_chunk_state import graph_time_ms, torch_copy_bandwidth  # noqa: E402
 
 
-def python_call_ms(fn, reps=20):
+def python_call_ms(fn, reps=10):
     for _ in range(3):
         fn()
     torch.cuda.synchronize()

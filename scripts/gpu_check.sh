@@ -2,7 +2,9 @@
 # One GPU session's work in one command: build, GPU tests, compute-sanitizer,
 # benchmark with FLA side by side. Run from the repository root on a machine
 # with an NVIDIA GPU. Steps: any of build test sanitize demo ours bench
-# bench_recurrent (default: build test sanitize demo bench bench_recurrent;
+# bench_forward bench_recurrent cp (default: build test sanitize demo bench
+# bench_forward bench_recurrent; 'cp' (2+ GPUs) runs the context-parallel
+# test and benchmark;
 # 'ours' is the libgdn chunk_state benchmark alone, 'bench' adds FLA side by
 # side; 'bench_recurrent' runs bench/bench_recurrent (the decode step) and
 # then FLA's fused_recurrent_gated_delta_rule on the same rows).
@@ -12,7 +14,7 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-steps=${*:-build test sanitize demo bench bench_recurrent}
+steps=${*:-build test sanitize demo bench bench_forward bench_recurrent}
 BUILD=build-gpu
 fail=0
 has() { [[ " $steps " == *" $1 "* ]]; }
@@ -41,12 +43,14 @@ if has test; then
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
 fi
 if has sanitize; then
-  for tool in memcheck racecheck; do
-    GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 $BUILD/tests/test_chunk_state_cuda \
-      > "$OUT/sanitize_$tool.log" 2>&1
-    rc=$?
-    echo "compute-sanitizer $tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
-    [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_$tool.log"; }
+  for t in test_chunk_state_cuda test_chunk_forward_cuda; do
+    for tool in memcheck racecheck; do
+      GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 $BUILD/tests/$t \
+        > "$OUT/sanitize_${tool}_$t.log" 2>&1
+      rc=$?
+      echo "compute-sanitizer $tool $t: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$OUT/sanitize_${tool}_$t.log" | tr '\n' ' ')"
+      [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_${tool}_$t.log"; }
+    done
   done
   # the 64-row tile (chosen only for large or split K = 128 problems)
   GDN_CUDA_ROWS_PER_BLOCK=64 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool memcheck \
@@ -73,6 +77,19 @@ if has bench; then
   timeout 200 $BUILD/bench/bench_chunk_state --csv "$OUT/ours.csv" | tee "$OUT/bench_ours.txt"
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/fla_chunk_state.py "$OUT/ours.csv" --markdown "$OUT/bench.md" \
     2>&1 | tee "$OUT/bench_fla.txt" | tail -15
+fi
+if has bench_forward; then
+  # the whole forward, then FLA's chunk_gated_delta_rule on the same rows
+  fla_setup
+  timeout 200 $BUILD/bench/bench_chunk_forward --csv "$OUT/ours_forward.csv" | tee "$OUT/bench_forward_ours.txt" || fail=1
+  PYTHONUNBUFFERED=1 timeout 540 python3 bench/fla_chunk_forward.py "$OUT/ours_forward.csv" \
+    --markdown "$OUT/bench_forward.md" 2>&1 | tee "$OUT/bench_forward_fla.txt" | tail -12
+fi
+if has cp; then
+  # context parallelism: needs 2+ GPUs (a multi-GPU kind), NVLink multicast off
+  export NCCL_NVLS_ENABLE=0
+  timeout 300 $BUILD/tests/test_chunk_forward_cp 2>&1 | tee "$OUT/test_cp.log" | tail -12 || fail=1
+  timeout 500 $BUILD/bench/bench_chunk_forward_cp 2>&1 | tee "$OUT/bench_cp.txt" | tail -12
 fi
 if has bench_recurrent; then
   # ours first, then FLA on the same rows (each row in its own process)
