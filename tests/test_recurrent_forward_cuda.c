@@ -14,7 +14,8 @@
  *    sizes, scalar q/k loads), batch decode without cu_seqlens, identity
  *    indices (NULL), empty sequences, longer sequences (up to 40 tokens),
  *    an all-padding call, NaN containment;
- *  - large launches: 4096 sequences (16384 and 131072 blocks);
+ *  - large launches: 4096 sequences (16384 and 131072 blocks), and the
+ *    largest f32 pool of the production head shape that fits the card;
  *  - the CUDA-only argument rules.
  * Every case: o and state_history poisoned (0xFF) on the device before each
  * run; o vs the oracle (one bf16 rounding of a value within 1e-5 rms of
@@ -340,6 +341,95 @@ static void check_large(void) {
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i], 6000 + i);
 }
 
+/* The largest pool that fits the card (issue 4: no fault at any N up to
+ * it): the production head shape (Hk 16, Hv 32, K = V = 128, f32 pool,
+ * 2 MiB a state), as many slots as 85% of the free memory holds (over 32 K
+ * on an 80 GB card, so slot offsets pass 2^32 elements), one token per
+ * sequence, sequence n in slot P-1-n. Every sequence sees the same inputs
+ * and the same initial state (byte patterns), so every slot must end with
+ * the same bits and o must be the same for every sequence; one sequence is
+ * checked against the CPU backend. */
+static void check_largest_pool(void) {
+    enum { HK = 16, HV = 32, KD = 128 };
+    const size_t S = (size_t)HV * KD * KD, sbytes = S * 4;
+    size_t free_b = 0, total_b = 0;
+    if (!CHECK(gdn_dev_mem_info(&free_b, &total_b) == 0, "cudaMemGetInfo: %s", gdn_dev_error()))
+        return;
+    const size_t per_seq = sbytes + (size_t)(2 * HK * KD + HV * KD) * 2 + 2 * HV * 4 + 4 +
+                           (size_t)HV * KD * 2;
+    const int64_t P = (int64_t)(0.85 * (double)free_b / (double)per_seq);
+    if (!CHECK(P >= 2, "largest pool: only %zu bytes free", free_b)) return;
+    gdn_problem p;
+    gdn_problem_init(&p, P, 1, HK, HV, KD, KD);
+    void *q = NULL, *k = NULL, *v = NULL, *g = NULL, *b = NULL, *pool = NULL, *idx = NULL, *o = NULL;
+    const size_t nqk = (size_t)P * HK * KD * 2, nv = (size_t)P * HV * KD * 2, ng = (size_t)P * HV * 4;
+    int ok = gdn_dev_alloc(&q, nqk) == 0 && gdn_dev_alloc(&k, nqk) == 0 &&
+             gdn_dev_alloc(&v, nv) == 0 && gdn_dev_alloc(&g, ng) == 0 &&
+             gdn_dev_alloc(&b, ng) == 0 && gdn_dev_alloc(&o, nv) == 0 &&
+             gdn_dev_alloc(&idx, (size_t)P * 4) == 0 && gdn_dev_alloc(&pool, (size_t)P * sbytes) == 0;
+    int32_t *hidx = gdn_test_alloc(P, 4);
+    for (int64_t n = 0; n < P; n++) hidx[n] = (int32_t)(P - 1 - n);
+    /* bf16 0x3C3C = 0.0115 (q, k), 0x3D3D = 0.046 (v); f32 0xBCBCBCBC =
+     * -0.023 (g), 0x3E3E3E3E = 0.186 (beta), 0x3C3C3C3C = 0.0115 (state) */
+    ok = ok && gdn_dev_fill(q, 0x3C, nqk) == 0 && gdn_dev_fill(k, 0x3C, nqk) == 0 &&
+         gdn_dev_fill(v, 0x3D, nv) == 0 && gdn_dev_fill(g, 0xBC, ng) == 0 &&
+         gdn_dev_fill(b, 0x3E, ng) == 0 && gdn_dev_fill(pool, 0x3C, (size_t)P * sbytes) == 0 &&
+         gdn_dev_fill(o, 0xFF, nv) == 0 && gdn_dev_upload(idx, hidx, (size_t)P * 4) == 0;
+    if (CHECK(ok, "largest pool (%lld slots, %.1f GB): device buffers: %s", (long long)P,
+              (double)P * (double)sbytes / 1e9, gdn_dev_error())) {
+        CHECK_STATUS(gdn_recurrent_forward(gpu_ctx, &p, NULL, q, k, v, g, b, pool, GDN_DTYPE_F32, P,
+                                           idx, o, NULL),
+                     GDN_SUCCESS, gpu_ctx);
+        CHECK(gdn_dev_sync() == 0, "largest pool: %s", gdn_dev_error());
+        /* the same sequence on the CPU */
+        gdn_bf16 *hq = gdn_test_alloc(HK * KD, 2), *hv = gdn_test_alloc(HV * KD, 2);
+        float *hg = gdn_test_alloc(HV, 4), *hb = gdn_test_alloc(HV, 4);
+        float *cpu_state = gdn_test_alloc((int64_t)S, 4), *st = gdn_test_alloc((int64_t)S, 4);
+        gdn_bf16 *cpu_o = gdn_test_alloc(HV * KD, 2), *go = gdn_test_alloc(HV * KD, 2);
+        memset(hq, 0x3C, (size_t)HK * KD * 2);
+        memset(hv, 0x3D, (size_t)HV * KD * 2);
+        memset(hg, 0xBC, HV * 4);
+        memset(hb, 0x3E, HV * 4);
+        memset(cpu_state, 0x3C, sbytes);
+        gdn_problem one;
+        gdn_problem_init(&one, 1, 1, HK, HV, KD, KD);
+        CHECK_STATUS(gdn_recurrent_forward(cpu_ctx, &one, NULL, hq, hq, hv, hg, hb, cpu_state,
+                                           GDN_DTYPE_F32, 1, NULL, cpu_o, NULL),
+                     GDN_SUCCESS, cpu_ctx);
+        /* slots 0, P/2 and P-1 (sequences P-1, .., 0) and o of sequences 0 and P-1 */
+        const int64_t slots[3] = {0, P / 2, P - 1};
+        float *first = gdn_test_alloc((int64_t)S, 4);
+        double worst = 0;
+        int same = 1;
+        for (int i = 0; i < 3; i++) {
+            if (gdn_dev_download(st, (const char *)pool + (size_t)slots[i] * sbytes, sbytes) != 0)
+                die("download a slot");
+            worst = fmax(worst, cmp_cpu(st, cpu_state, 4, (int64_t)S, NULL, NULL));
+            if (i == 0) memcpy(first, st, sbytes);
+            else same &= memcmp(first, st, sbytes) == 0; /* same work, same bits */
+        }
+        free(first);
+        for (int i = 0; i < 2; i++) {
+            const int64_t n = i ? P - 1 : 0;
+            if (gdn_dev_download(go, (const char *)o + (size_t)n * HV * KD * 2, (size_t)HV * KD * 2))
+                die("download o");
+            same &= cmp_cpu(go, cpu_o, 2, HV * KD, NULL, NULL) <= 1e-2;
+        }
+        printf("  largest pool: %lld slots (%.1f GB of f32 states), last slot at byte %.3g: "
+               "state vs CPU %.2e\n",
+               (long long)P, (double)P * (double)sbytes / 1e9, (double)(P - 1) * (double)sbytes,
+               worst);
+        CHECK(worst <= BOUND_CPU_F32, "largest pool: slot states differ from the CPU by %.2e",
+              worst);
+        CHECK(same, "largest pool: slots differ from each other, or o of the first or last "
+                    "sequence differs from the CPU's");
+        free(hq), free(hv), free(hg), free(hb), free(cpu_state), free(st), free(cpu_o), free(go);
+    }
+    void *bufs[] = {q, k, v, g, b, pool, idx, o};
+    for (unsigned i = 0; i < sizeof bufs / sizeof bufs[0]; i++) gdn_dev_free(bufs[i]);
+    free(hidx);
+}
+
 /* Every sequence padding (negatives and indices past the pool): o all
  * zero, the pool and the history untouched. */
 static void check_all_padding(void) {
@@ -449,6 +539,7 @@ int main(void) {
     check_sweep();
     check_special();
     if (!quick) check_large();
+    if (!quick) check_largest_pool();
     check_all_padding();
     check_nan_containment();
     check_cuda_rules();

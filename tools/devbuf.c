@@ -92,6 +92,9 @@ double gdn_dev_copy_bandwidth(void) {
     qsort(ms, COPIES, sizeof ms[0], cmp_float);
     return 2.0 * (double)bytes / (ms[COPIES / 2] * 1e-3);
 }
+int gdn_dev_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    return check(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
 const char *gdn_dev_name(void) {
     static struct cudaDeviceProp prop;
     int dev = 0;
@@ -138,4 +141,8 @@ double gdn_dev_copy_bandwidth(void) {
     return -1;
 }
 const char *gdn_dev_name(void) { return "none"; }
+int gdn_dev_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = *total_bytes = 0;
+    return not_built();
+}
 #endif

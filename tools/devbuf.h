@@ -34,6 +34,8 @@ double gdn_dev_timer_stop(void);
 double gdn_dev_copy_bandwidth(void);
 /* Device name, or "none". */
 const char *gdn_dev_name(void);
+/* Free and total device memory of the current device, bytes. */
+int gdn_dev_mem_info(size_t *free_bytes, size_t *total_bytes);
 
 #ifdef __cplusplus
 }
