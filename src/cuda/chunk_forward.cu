@@ -98,12 +98,7 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
     P.l2norm = a->opts.l2norm_qk;
     P.beta_sigmoid = a->opts.beta_sigmoid;
     P.qwen_gate = a->opts.qwen_gate;
-    P.Hk = (int)p->Hk;
-    P.Hv = (int)p->Hv;
-    P.K = (int)p->K;
-    P.V = (int)p->V;
-    P.group = (int)(p->Hv / p->Hk);
-    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    set_heads(P, p);
     P.w = reinterpret_cast<__nv_bfloat16 *>(ws + l.w);
     P.u = reinterpret_cast<__nv_bfloat16 *>(ws + l.u);
     P.gcum = reinterpret_cast<float *>(ws + l.gcum);
@@ -185,12 +180,7 @@ gdn_status run_state_output(gdn_context *ctx, const gdn_chunk_forward_args *a, c
     O.v_new = s.v_new;
     O.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     O.scale = a->opts.scale;
-    O.Hk = (int)p->Hk;
-    O.Hv = (int)p->Hv;
-    O.K = (int)p->K;
-    O.V = (int)p->V;
-    O.group = (int)(p->Hv / p->Hk);
-    O.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    set_heads(O, p);
     return launch_chunk_output(ctx, O, stream);
 }
 

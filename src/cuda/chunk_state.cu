@@ -737,12 +737,7 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
     P.chunk_offsets = a.chunk_offsets;
     P.T = p->T;
     P.N = (int)a.N;
-    P.Hk = (int)p->Hk;
-    P.Hv = (int)p->Hv;
-    P.K = (int)p->K;
-    P.V = (int)p->V;
-    P.group = (int)(p->Hv / p->Hk);
-    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    set_heads(P, p);
     P.kv_layout = p->state_layout == GDN_STATE_KV;
     P.hout_kv = a.hout_kv;
     P.segments = a.transition ? 2 : pl.segments; /* summary: segment 0 is the whole sequence */

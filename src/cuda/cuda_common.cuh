@@ -33,6 +33,17 @@ namespace gdn {
 /* Workspace carving: every piece starts 256-byte aligned. */
 inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* The head geometry every kernel's parameter block carries (fields Hk, Hv,
+ * K, V, group = Hv / Hk, tiled = the tiled head map). */
+template <class Params> inline void set_heads(Params &P, const gdn_problem *p) {
+    P.Hk = (int)p->Hk;
+    P.Hv = (int)p->Hv;
+    P.K = (int)p->K;
+    P.V = (int)p->V;
+    P.group = (int)(p->Hv / p->Hk);
+    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+}
+
 /* Makes ctx's device current for a call and restores the caller's. */
 struct DeviceGuard {
     int prev = -1;

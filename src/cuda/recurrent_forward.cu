@@ -560,12 +560,7 @@ extern "C" gdn_status gdn_cuda_recurrent_forward(gdn_context *ctx,
     P.o = a->o;
     P.pool_size = a->pool_size;
     P.T = p->T;
-    P.Hk = (int)p->Hk;
-    P.Hv = (int)p->Hv;
-    P.K = (int)p->K;
-    P.V = (int)p->V;
-    P.group = (int)(p->Hv / p->Hk);
-    P.tiled = p->head_map == GDN_HEAD_MAP_TILED;
+    set_heads(P, p);
     P.scale = a->opts.scale;
     P.l2norm = a->opts.l2norm_qk;
     P.beta_sigmoid = a->opts.beta_sigmoid;
