@@ -247,6 +247,23 @@ chunk_state_kernel(const Params P) {
                 H[mt][nt][e] = x;
             }
 
+    /* The f32 state tile (rows < row_limit, columns < K) to dst: [rows][K]
+     * with rows_k, else a state in layout kv. */
+    auto store_state = [&](float *dst, bool rows_k, int kv) {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
+                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
+                    if (r < row_limit && col < P.K)
+                        dst[rows_k ? (int64_t)r * P.K + col : state_index(kv, P.V, P.K, r, col)] =
+                            H[mt][nt][e];
+                }
+    };
+
     __nv_bfloat16 *Hs = reinterpret_cast<__nv_bfloat16 *>(smem + L::HS);
     __nv_bfloat16 *VNs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VN);
     __nv_bfloat16 *VGs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VG);
@@ -321,20 +338,9 @@ chunk_state_kernel(const Params P) {
             gate[threadIdx.x] = gt;
         }
         /* the f32 chunk-start state, straight from the accumulators */
-        if (MODE == MODE_STATE_F32) {
-            float *dst = P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT2; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
-                        const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
-                        if (r < P.V && col < P.K)
-                            dst[state_index(P.kv_layout, P.V, P.K, r, col)] = H[mt][nt][e];
-                    }
-        }
+        if (MODE == MODE_STATE_F32)
+            store_state(P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K, false,
+                        P.kv_layout);
         __syncthreads();
 
         /* 2. h_out[c] = Hs */
@@ -499,21 +505,7 @@ chunk_state_kernel(const Params P) {
         base = head * P.V * P.K;
         kv = P.kv_layout;
     }
-    if (out) {
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
-                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
-                    if (r < row_limit && col < P.K)
-                        out[base + (rows_k ? (int64_t)r * P.K + col
-                                           : state_index(kv, P.V, P.K, r, col))] =
-                            H[mt][nt][e];
-                }
-    }
+    if (out) store_state(out + base, rows_k, kv);
 }
 
 /* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
