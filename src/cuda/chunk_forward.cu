@@ -107,6 +107,16 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
     return launch_chunk_prep(ctx, P, stream);
 }
 
+/* What every entry point does first: the int32 size rule, the chunk map,
+ * and stage 1 when there are tokens. */
+gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forward_args *a,
+                        const FwdLayout &l, uint8_t *ws, cudaStream_t stream, ChunkMap *m) {
+    gdn_status st = check_sizes(ctx, op, a);
+    if (st != GDN_SUCCESS) return st;
+    if ((st = chunk_map(ctx, a->p, l, ws, stream, m)) != GDN_SUCCESS) return st;
+    return a->NT > 0 ? run_prep(ctx, a, *m, l, ws, stream) : GDN_SUCCESS;
+}
+
 /* Stage 2's arguments shared by the forward and the summary. */
 StateArgs state_args(const gdn_chunk_forward_args *a, const ChunkMap &m, const FwdLayout &l,
                      uint8_t *ws) {
@@ -218,14 +228,12 @@ size_t cp_workspace_bytes(const gdn_context *ctx, const gdn_problem *p, int nran
 gdn_status cp_summarise(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks,
                         float **send, float **recv, size_t *count) {
     const gdn_problem *p = a->p;
-    gdn_status st = check_sizes(ctx, "gdn_chunk_forward_cp", a);
-    if (st != GDN_SUCCESS) return st;
     cudaStream_t stream = (cudaStream_t)ctx->stream;
     const CpLayout c = cp_layout(ctx, p, nranks);
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
-    if ((st = chunk_map(ctx, p, c.f, ws, stream, &m)) != GDN_SUCCESS) return st;
-    if (a->NT > 0 && (st = run_prep(ctx, a, m, c.f, ws, stream)) != GDN_SUCCESS) return st;
+    gdn_status st = map_and_prep(ctx, "gdn_chunk_forward_cp", a, c.f, ws, stream, &m);
+    if (st != GDN_SUCCESS) return st;
     *send = reinterpret_cast<float *>(ws + c.send);
     *recv = reinterpret_cast<float *>(ws + c.recv);
     *count = c.summary_floats;
@@ -269,17 +277,14 @@ gdn_status cp_finish(gdn_context *ctx, const gdn_chunk_forward_args *a, int nran
 
 extern "C" gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_forward_args *a) {
     static const char *const OP = "gdn_chunk_forward";
-    const gdn_problem *p = a->p;
-    gdn_status st = check_sizes(ctx, OP, a);
-    if (st != GDN_SUCCESS) return st;
     DeviceGuard guard(ctx->device);
     cudaStream_t stream = (cudaStream_t)ctx->stream;
-    const FwdLayout l = fwd_layout(ctx, p, false);
+    const FwdLayout l = fwd_layout(ctx, a->p, false);
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
-    if ((st = chunk_map(ctx, p, l, ws, stream, &m)) != GDN_SUCCESS) return st;
+    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m);
+    if (st != GDN_SUCCESS) return st;
     if (a->NT == 0) return final_is_start(ctx, a, stream);
-    if ((st = run_prep(ctx, a, m, l, ws, stream)) != GDN_SUCCESS) return st;
     return run_state_output(ctx, a, m, l, ws, stream);
 }
 
@@ -287,15 +292,13 @@ extern "C" gdn_status gdn_cuda_chunk_forward_summary(gdn_context *ctx,
                                                      const gdn_chunk_forward_args *a) {
     static const char *const OP = "gdn_chunk_forward_summary";
     const gdn_problem *p = a->p;
-    gdn_status st = check_sizes(ctx, OP, a);
-    if (st != GDN_SUCCESS) return st;
     DeviceGuard guard(ctx->device);
     cudaStream_t stream = (cudaStream_t)ctx->stream;
     const FwdLayout l = fwd_layout(ctx, p, true);
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
-    if ((st = chunk_map(ctx, p, l, ws, stream, &m)) != GDN_SUCCESS) return st;
-    if (a->NT > 0 && (st = run_prep(ctx, a, m, l, ws, stream)) != GDN_SUCCESS) return st;
+    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m);
+    if (st != GDN_SUCCESS) return st;
     StateArgs s = state_args(a, m, l, ws);
     s.final_state = a->final_state; /* the partial */
     s.transition = a->transition;
