@@ -228,6 +228,64 @@ static void test_validation(void) {
     }
 }
 
+/* The rules of the workspace-size queries and of gdn_chunk_forward_cp
+ * that hold on any backend: bytes not NULL, no cu_seqlens, a communicator,
+ * and (here, on the CPU) the CUDA backend required. The pointer rules of
+ * gdn_chunk_forward_cp are the forward's (gdn_validate_pointers, tested in
+ * test_validation) and are reached only on a CUDA context. */
+static void test_cp_validation(void) {
+    gdn_problem p;
+    gdn_problem_init(&p, 1, 8, 1, 1, 4, 4);
+    gdn_bf16 x[32] = {0};
+    float f[16] = {0};
+    int fake_comm = 0; /* never dereferenced: the CPU backend is refused first */
+    size_t bytes = 7;
+    CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &p, NULL, NULL),
+                 GDN_ERROR_INVALID_ARGUMENT, ctx);
+    CHECK(strstr(gdn_last_error(ctx), "gdn_chunk_forward_summary_workspace_size: bytes is NULL"),
+          "message: %s", gdn_last_error(ctx));
+    CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &p, NULL, &bytes), GDN_SUCCESS, ctx);
+    CHECK(bytes == 0, "the CPU summary needs no workspace (got %zu)", bytes);
+    gdn_problem bad = p;
+    bad.Hv = 3, bad.Hk = 2;
+    CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &bad, NULL, &bytes),
+                 GDN_ERROR_INVALID_ARGUMENT, ctx);
+    CHECK(strstr(gdn_last_error(ctx), "Hv") != NULL, "message: %s", gdn_last_error(ctx));
+
+    static const int32_t cu[] = {0, 3, 8};
+    gdn_problem pv = p;
+    pv.cu_seqlens = cu;
+    pv.num_seqs = 2;
+    struct {
+        const char *what, *want;
+        const gdn_problem *p;
+        void *comm;
+        gdn_status status;
+    } cases[] = {
+        {"cu_seqlens", "cu_seqlens must be NULL", &pv, &fake_comm, GDN_ERROR_INVALID_ARGUMENT},
+        {"no communicator", "nccl_comm is NULL", &p, NULL, GDN_ERROR_INVALID_ARGUMENT},
+        {"CPU backend", "needs the CUDA backend", &p, &fake_comm, GDN_ERROR_NOT_SUPPORTED},
+    };
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECK_STATUS(gdn_chunk_forward_cp_workspace_size(ctx, cases[i].p, NULL, cases[i].comm,
+                                                         &bytes),
+                     cases[i].status, ctx);
+        CHECK(strstr(gdn_last_error(ctx), "gdn_chunk_forward_cp_workspace_size") &&
+                  strstr(gdn_last_error(ctx), cases[i].want),
+              "cp workspace size, %s: message: %s", cases[i].what, gdn_last_error(ctx));
+        CHECK_STATUS(gdn_chunk_forward_cp(ctx, cases[i].p, NULL, x, x, x, f, f, NULL, x, NULL,
+                                          cases[i].comm, NULL, 0),
+                     cases[i].status, ctx);
+        CHECK(strstr(gdn_last_error(ctx), "gdn_chunk_forward_cp:") &&
+                  strstr(gdn_last_error(ctx), cases[i].want),
+              "cp, %s: message: %s", cases[i].what, gdn_last_error(ctx));
+    }
+    CHECK_STATUS(gdn_chunk_forward_cp_workspace_size(ctx, &p, NULL, &fake_comm, NULL),
+                 GDN_ERROR_INVALID_ARGUMENT, ctx);
+    CHECK(strstr(gdn_last_error(ctx), "bytes is NULL") != NULL, "message: %s",
+          gdn_last_error(ctx));
+}
+
 /* Summaries of a varlen batch equal each sequence's alone, bit for bit;
  * an empty sequence has the identity transition and a zero partial. */
 static void test_summary_varlen(void) {
@@ -289,6 +347,7 @@ int main(void) {
     const double t0 = gdn_test_seconds();
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], 7000 + i);
     test_validation();
+    test_cp_validation();
     test_summary_varlen();
     printf("elapsed %.1f s\n", gdn_test_seconds() - t0);
     gdn_context_destroy(ctx);
