@@ -48,7 +48,7 @@ struct Params {
     float *final_state;
     float *chunk_states;       /* [NT, Hv, V, K] f32 chunk-start states (forward), or NULL */
     const int32_t *cu_seqlens; /* device; NULL without varlen */
-    const int64_t *chunk_offsets; /* device [N+1] chunks before each sequence, or NULL */
+    const int64_t *chunk_offsets; /* device [N+1] chunks before each sequence (varlen) */
     int64_t T;
     int N, Hk, Hv, K, V;
     int group;        /* Hv / Hk */
@@ -87,20 +87,6 @@ template <int KP, int BV, int STAGES> struct Smem {
 
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
     return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
-}
-
-/* Chunks of sequences before n (the h_out offset with varlen). */
-template <int NW>
-__device__ int64_t chunks_before(const int32_t *cu, int n, int64_t *red) {
-    int64_t sum = 0;
-    for (int i = threadIdx.x; i < n; i += NW * 32) sum += (cu[i + 1] - cu[i] + BT - 1) / BT;
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    int64_t total = 0;
-    for (int i = 0; i < NW; i++) total += red[i];
-    __syncthreads();
-    return total;
 }
 
 /* Where one chunk's rows start, and the strides between tokens. */
@@ -178,7 +164,6 @@ chunk_state_kernel(const Params P) {
     constexpr int NW = Warps<KP>::NW;
     constexpr int NTHREADS = Warps<KP>::NTHREADS;
     extern __shared__ __align__(16) uint8_t smem[];
-    __shared__ int64_t red[NW];
 
     /* Warp roles. MMA2 (state update): warp owns state columns
      * [warp*KP/NW, ...) of all BV rows. MMA1 (v_new): warps form a
@@ -213,7 +198,7 @@ chunk_state_kernel(const Params P) {
         bos = P.cu_seqlens[n];
         eos = P.cu_seqlens[n + 1];
         if (MODE != MODE_SUMMARY)
-            hoff = P.chunk_offsets ? P.chunk_offsets[n] : chunks_before<NW>(P.cu_seqlens, n, red);
+            hoff = P.chunk_offsets[n];
     } else {
         bos = (int64_t)n * P.T;
         eos = bos + P.T;
@@ -709,6 +694,8 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
         pl.stages = 2;
         pl.segments = 1;
     }
+    if (a.cu_seqlens && !a.chunk_offsets && !a.transition) /* the kernel reads h_out offsets there */
+        return gdn_fail(ctx, GDN_ERROR_INTERNAL, "run_chunk_state: varlen without chunk offsets");
     if (a.N > INT32_MAX || p->Hv > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "gdn_chunk_state: N (%lld) and Hv (%lld) must each fit in int32",
