@@ -1,14 +1,16 @@
 /*
  * gdn_chunk_state on CUDA: the inter-chunk state recurrence (SPEC 3 step 4).
  *
- * One block owns BV rows of one head's state [V, K] and walks that
- * sequence's chunks in order; the state tile lives in registers as mma.sync
- * accumulators (f32), the chunk inputs (w, k, u, g) stream through a
- * cp.async ring of shared-memory stages. Per chunk:
- *   Hs      = bf16(H)                          (shared; also stored as h_out)
- *   vn^T    = u^T - Hs w^T                     (tensor cores, f32 accumulate)
+ * One block owns BV = 16 NW rows of one head's state [V, K] and walks that
+ * sequence's chunks in order; the chunk inputs (w, k, u, g) stream through
+ * a cp.async ring of shared-memory stages. Each warp owns 16 state rows and
+ * all K columns as mma.sync accumulators (f32), and a chunk never leaves
+ * its registers:
+ *   vn^T    = u^T - bf16(H) w^T        (A = bf16(H), packed from the accumulators)
  *   vg^T    = bf16(vn^T * exp(G_last - G_t))   (rows past the end -> 0)
- *   H       = exp(G_last) H + vg^T k           (tensor cores)
+ *   H       = exp(G_last) H + vg^T k   (A = vg^T, packed from vn's accumulators)
+ * so the only block barrier is the ring's, once a chunk. h_out and v_new
+ * go out through small per-warp staging tiles for 16-byte stores.
  * Rows of the state are independent, so blocks never communicate.
  *
  * Few heads, long sequences (the tp8 shapes) leave most SMs idle. Then the
@@ -29,12 +31,6 @@ namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
-/* Warps per block: 8 for K > 64, so that each scheduler has two warps to
- * switch between; 4 for K <= 64, where 8 would leave a warp one column. */
-template <int KP> struct Warps {
-    static constexpr int NW = KP >= 128 ? 8 : 4;
-    static constexpr int NTHREADS = NW * 32;
-};
 
 /* MODE_STATE_F32 is MODE_STATE that also stores the f32 chunk-start
  * states (a variant of its own: the stores cost registers). */
@@ -64,24 +60,23 @@ struct Params {
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
 };
 
-template <int KP, int BV, int STAGES> struct Smem {
+/* A block is NW warps, each owning 16 state rows and all KP columns, so a
+ * block covers BV = 16 NW rows of one head. */
+template <int KP, int NW, int STAGES> struct Smem {
+    static constexpr int BV = 16 * NW;
+    static constexpr int NTHREADS = 32 * NW;
     static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDU = BV + 8;
-    static constexpr int LDG = BT + 8;
     static constexpr int W = 0;
     static constexpr int KC = W + BT * LDK * 2;
     static constexpr int U = KC + BT * LDK * 2;
     static constexpr int G = U + BT * LDU * 2;
     static constexpr int KS = G + BT * 4; /* kscale, when given */
     static constexpr int STAGE = KS + BT * 4;
-    static constexpr int HS = STAGES * STAGE;
-    static constexpr int VN = HS + BV * LDK * 2;
-    static constexpr int VG = VN + BT * LDU * 2;
-    static constexpr int GATE = VG + BV * LDG * 2; /* exp(G_last - G_t), 0 past the end */
-    static constexpr int BYTES = GATE + BT * 4;
+    static constexpr int HST = STAGES * STAGE; /* per warp: [16][LDK] bf16 state, for h_out */
+    static constexpr int BYTES = HST + NW * 16 * LDK * 2;
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
-     * give a block up to 227 KB, 228 KB a multiprocessor): asking the
-     * compiler for two caps registers so that two do fit. */
+     * give a block up to 227 KB, 228 KB a multiprocessor). */
     static constexpr int MIN_BLOCKS = 2 * (BYTES + 1024) <= 228 * 1024 ? 2 : 1;
 };
 
@@ -96,16 +91,32 @@ struct ChunkSrc {
     int64_t rs_w, rs_k, rs_u, rs_g;
 };
 
+/* A chunk's g (and k scale) into a stage by cp.async, zero past nvalid. */
+template <int KP, int NW, int STAGES>
+__device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, int nvalid) {
+    using L = Smem<KP, NW, STAGES>;
+    static_assert(L::NTHREADS >= BT, "one thread a token");
+    float *sg = reinterpret_cast<float *>(stage + L::G);
+    float *sks = reinterpret_cast<float *>(stage + L::KS);
+    const int tid = threadIdx.x;
+    if (tid < BT) {
+        const bool ok = tid < nvalid;
+        cp_async4(sg + tid, ok ? src.g + tid * src.rs_g : src.g, ok ? 4 : 0);
+        if (src.ks) cp_async4(sks + tid, ok ? src.ks + tid * src.rs_g : src.ks, ok ? 4 : 0);
+    }
+}
+
 /* Load one chunk's w, k, u, g rows [0, nvalid) into a stage; rows and
  * columns past the valid range are zero. VEC: 16-byte cp.async (needs K, V
  * multiples of 8 and aligned bases); otherwise plain element loads. Each
  * thread keeps one column and steps over rows, so the per-chunk address
  * math is one multiply-add a copy. */
-template <int KP, int BV, int STAGES, bool VEC>
+template <int KP, int NW, int STAGES, bool VEC>
 __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
                                            int vrows, bool load_u) {
-    using L = Smem<KP, BV, STAGES>;
-    constexpr int NTHREADS = Warps<KP>::NTHREADS;
+    using L = Smem<KP, NW, STAGES>;
+    constexpr int NTHREADS = L::NTHREADS, BV = L::BV;
+    static_assert(NTHREADS >= BT, "one thread a token for g");
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
     __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
@@ -118,26 +129,46 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
         static_assert(NTHREADS % CPR == 0 && BT % RSTEP == 0, "load shape");
         const int c = (tid % CPR) * 8;
         const bool col_ok = c < K;
+        constexpr int UPR = BV / 8;
+        if (nvalid == BT) {
+            /* a whole chunk (all but a sequence's last): running pointers,
+             * no per-row checks; this is most of the kernel's issue slots */
+            const int t1 = tid / CPR, cc = col_ok ? c : 0, bytes = col_ok ? 16 : 0;
+            const __nv_bfloat16 *pw = src.w + t1 * src.rs_w + cc, *pk = src.k + t1 * src.rs_k + cc;
+            const int64_t stw = RSTEP * src.rs_w, stk = RSTEP * src.rs_k;
 #pragma unroll
+            for (int i = 0; i < BT / RSTEP; i++, pw += stw, pk += stk) {
+                cp_async16(sw + (t1 + i * RSTEP) * L::LDK + c, pw, bytes);
+                cp_async16(sk + (t1 + i * RSTEP) * L::LDK + c, pk, bytes);
+            }
+            if (load_u) {
+                constexpr int USTEP = NTHREADS / UPR;
+                static_assert(NTHREADS % UPR == 0 && BT % USTEP == 0, "u load shape");
+                const int tu = tid / UPR, cu = (tid % UPR) * 8;
+                const bool uok = cu < vrows;
+                const __nv_bfloat16 *pu = src.u + tu * src.rs_u + (uok ? cu : 0);
+                const int64_t stu = USTEP * src.rs_u;
+#pragma unroll
+                for (int i = 0; i < BT / USTEP; i++, pu += stu)
+                    cp_async16(su + (tu + i * USTEP) * L::LDU + cu, pu, uok ? 16 : 0);
+            }
+            load_gates<KP, NW, STAGES>(stage, src, nvalid);
+            return;
+        }
+#pragma unroll 4
         for (int t = tid / CPR; t < BT; t += RSTEP) {
             const bool ok = col_ok && t < nvalid;
             cp_async16(sw + t * L::LDK + c, ok ? src.w + t * src.rs_w + c : src.w, ok ? 16 : 0);
             cp_async16(sk + t * L::LDK + c, ok ? src.k + t * src.rs_k + c : src.k, ok ? 16 : 0);
         }
         if (load_u) {
-            constexpr int UPR = BV / 8;
-            static_assert(NTHREADS >= BT * UPR / 2, "u load shape");
             for (int i = tid; i < BT * UPR; i += NTHREADS) {
                 const int t = i / UPR, cu = (i % UPR) * 8;
                 const bool ok = t < nvalid && cu < vrows;
                 cp_async16(su + t * L::LDU + cu, ok ? src.u + t * src.rs_u + cu : src.u, ok ? 16 : 0);
             }
         }
-        if (tid < BT) {
-            const bool ok = tid < nvalid;
-            cp_async4(sg + tid, ok ? src.g + tid * src.rs_g : src.g, ok ? 4 : 0);
-            if (src.ks) cp_async4(sks + tid, ok ? src.ks + tid * src.rs_g : src.ks, ok ? 4 : 0);
-        }
+        load_gates<KP, NW, STAGES>(stage, src, nvalid);
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
         for (int i = tid; i < BT * KP; i += NTHREADS) {
@@ -157,25 +188,52 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
     }
 }
 
-template <int KP, int BV, int STAGES, bool VEC, int MODE>
-__global__ void __launch_bounds__(Warps<KP>::NTHREADS, (Smem<KP, BV, STAGES>::MIN_BLOCKS))
+/* Four 8x8 bf16 tiles from registers to shared memory (the inverse of
+ * ldmatrix_x4, lane addresses alike); stmatrix on sm_90, stores elsewhere. */
+template <bool TRANS>
+__device__ __forceinline__ void store_tiles_x4(__nv_bfloat16 *base, int ld, const uint32_t r[4]) {
+    const int lane = threadIdx.x & 31;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const __nv_bfloat16 *p = base + ((lane >> 4) * 8 + (lane & 7)) * ld + ((lane >> 3) & 1) * 8;
+    if (TRANS)
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(
+                         smem_addr(p)), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]));
+    else
+        asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(
+                         smem_addr(p)), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]));
+#else
+    /* tile i: rows (i >> 1) * 8.., columns (i & 1) * 8..; this lane holds
+     * (row gid, columns 2 tig, 2 tig + 1), transposed with TRANS */
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r0 = (i >> 1) * 8, c0 = (i & 1) * 8;
+        const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162 *>(&r[i]);
+        if (TRANS) {
+            base[(r0 + 2 * tig) * ld + c0 + gid] = v.x;
+            base[(r0 + 2 * tig + 1) * ld + c0 + gid] = v.y;
+        } else {
+            *reinterpret_cast<uint32_t *>(base + (r0 + gid) * ld + c0 + 2 * tig) = r[i];
+        }
+    }
+#endif
+}
+
+template <int KP, int NW, int STAGES, bool VEC, int MODE>
+__global__ void __launch_bounds__(Smem<KP, NW, STAGES>::NTHREADS, (Smem<KP, NW, STAGES>::MIN_BLOCKS))
 chunk_state_kernel(const Params P) {
-    using L = Smem<KP, BV, STAGES>;
-    constexpr int NW = Warps<KP>::NW;
-    constexpr int NTHREADS = Warps<KP>::NTHREADS;
+    using L = Smem<KP, NW, STAGES>;
+    constexpr int BV = L::BV;
+    constexpr int NK = KP / 8; /* n8 tiles of state columns */
     extern __shared__ __align__(16) uint8_t smem[];
 
-    /* Warp roles. MMA2 (state update): warp owns state columns
-     * [warp*KP/NW, ...) of all BV rows. MMA1 (v_new): warps form a
-     * (NW/4) x 4 grid over (rows, chunk columns t), 16 t columns each. */
-    constexpr int MT = BV / 16;        /* m16 tiles over the rows */
-    constexpr int NT2 = KP / NW / 8;   /* n8 tiles of state columns a warp */
-    constexpr int WM1 = NW / 4;        /* MMA1 warps along rows */
-    constexpr int MT1 = MT / WM1;      /* MMA1 m16 tiles a warp */
-    static_assert(NT2 % 2 == 0 && MT % WM1 == 0, "tile shape");
+    /* Everything a warp computes stays in its registers: the state rows
+     * [wrow, wrow + 16) x [0, KP) as mma accumulators, which are also (as
+     * bf16) the A operand of v_new^T = u^T - h w^T, whose accumulators are
+     * in turn (gated, bf16) the A operand of h += vg^T k. Shared memory
+     * holds only the chunk's w, k, u, g (shared by the block's warps). */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    const int wm1 = warp / 4, wn1 = warp % 4;
 
     /* Block -> (row tile, head, segment, sequence); x only, so no grid
      * dimension limit applies to N * Hv. */
@@ -192,6 +250,7 @@ chunk_state_kernel(const Params P) {
     const bool trans_rows = MODE == MODE_SUMMARY && tile >= vtiles; /* rows of P_s */
     const int row0 = trans_rows ? (tile - vtiles) * BV : tile * BV;
     const int row_limit = trans_rows ? P.K : P.V;
+    const int wrow = warp * 16; /* this warp's first row within the tile */
 
     int64_t bos, eos, hoff = 0;
     if (P.cu_seqlens) {
@@ -208,53 +267,48 @@ chunk_state_kernel(const Params P) {
     const int c_begin = min(seg * P.chunks_per_segment, nchunks);
     const int c_end = P.segments == 1 ? nchunks : min(c_begin + P.chunks_per_segment, nchunks);
 
-    /* ---- initial state into the accumulators ---- */
-    float H[MT][NT2][4];
+    /* ---- initial state into the accumulators: H[nt][e] holds row
+     * wrow + gid + 8 (e >> 1), column nt * 8 + 2 tig + (e & 1) ---- */
+    float H[NK][4];
     const int64_t head = (int64_t)n * P.Hv + h;
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+    for (int nt = 0; nt < NK; nt++)
 #pragma unroll
-        for (int nt = 0; nt < NT2; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
-                const int c = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
-                float x = 0.f;
-                if (r < row_limit && c < P.K) {
-                    if (MODE == MODE_SUMMARY) {
-                        x = trans_rows && r == c ? 1.f : 0.f;
-                    } else if (P.segments > 1) {
-                        x = P.h_start[(((int64_t)seg * P.N * P.Hv + head) * P.V + r) * P.K + c];
-                    } else if (P.h0) {
-                        x = P.h0[head * P.V * P.K + state_index(P.kv_layout, P.V, P.K, r, c)];
-                    }
+        for (int e = 0; e < 4; e++) {
+            const int r = row0 + wrow + gid + (e >> 1) * 8;
+            const int c = nt * 8 + 2 * tig + (e & 1);
+            float x = 0.f;
+            if (r < row_limit && c < P.K) {
+                if (MODE == MODE_SUMMARY) {
+                    x = trans_rows && r == c ? 1.f : 0.f;
+                } else if (P.segments > 1) {
+                    x = P.h_start[(((int64_t)seg * P.N * P.Hv + head) * P.V + r) * P.K + c];
+                } else if (P.h0) {
+                    x = P.h0[head * P.V * P.K + state_index(P.kv_layout, P.V, P.K, r, c)];
                 }
-                H[mt][nt][e] = x;
             }
+            H[nt][e] = x;
+        }
 
     /* The f32 state tile (rows < row_limit, columns < K) to dst: [rows][K]
      * with rows_k, else a state in layout kv. */
     auto store_state = [&](float *dst, bool rows_k, int kv) {
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+        for (int nt = 0; nt < NK; nt++)
 #pragma unroll
-            for (int nt = 0; nt < NT2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = row0 + mt * 16 + gid + (e >> 1) * 8;
-                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig + (e & 1);
-                    if (r < row_limit && col < P.K)
-                        dst[rows_k ? (int64_t)r * P.K + col : state_index(kv, P.V, P.K, r, col)] =
-                            H[mt][nt][e];
-                }
+            for (int e = 0; e < 4; e++) {
+                const int r = row0 + wrow + gid + (e >> 1) * 8;
+                const int col = nt * 8 + 2 * tig + (e & 1);
+                if (r < row_limit && col < P.K)
+                    dst[rows_k ? (int64_t)r * P.K + col : state_index(kv, P.V, P.K, r, col)] =
+                        H[nt][e];
+            }
     };
 
-    __nv_bfloat16 *Hs = reinterpret_cast<__nv_bfloat16 *>(smem + L::HS);
-    __nv_bfloat16 *VNs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VN);
-    __nv_bfloat16 *VGs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VG);
-    float *gate = reinterpret_cast<float *>(smem + L::GATE);
+    __nv_bfloat16 *Hw = reinterpret_cast<__nv_bfloat16 *>(smem + L::HST) + warp * 16 * L::LDK;
     const bool load_u = !trans_rows;
-    const int vrows = P.V - row0;
+    const int vrows = P.V - row0;       /* valid rows of this tile */
+    const int wrows = vrows - wrow;     /* ... of this warp's 16 */
 
     /* Token row t of chunk c is at token bos + 64c + t. */
     ChunkSrc src;
@@ -272,200 +326,183 @@ chunk_state_kernel(const Params P) {
         return (int)(eos - t0 < BT ? eos - t0 : BT);
     };
 
+    auto issue = [&](int c, int slot) {
+        const int nv = point_at(c);
+        load_chunk<KP, NW, STAGES, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
+    };
+
     /* ---- pipeline prologue ---- */
 #pragma unroll
     for (int i = 0; i < STAGES - 1; i++) {
-        const int c = c_begin + i;
-        if (c < c_end) {
-            const int nv = point_at(c);
-            load_chunk<KP, BV, STAGES, VEC>(smem + i * L::STAGE, src, nv, P.K, vrows, load_u);
-        }
+        if (c_begin + i < c_end) issue(c_begin + i, i);
         cp_async_commit();
     }
 
     for (int c = c_begin; c < c_end; c++) {
         const int it = c - c_begin;
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        {
-            const int cn = c + STAGES - 1;
-            if (cn < c_end) {
-                const int nv = point_at(cn);
-                load_chunk<KP, BV, STAGES, VEC>(smem + ((it + STAGES - 1) % STAGES) * L::STAGE, src, nv,
-                                            P.K, vrows, load_u);
-            }
-            cp_async_commit();
-        }
         uint8_t *stage = smem + (it % STAGES) * L::STAGE;
-        const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
-        const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
-        const __nv_bfloat16 *Us = reinterpret_cast<const __nv_bfloat16 *>(stage + L::U);
-        const float *Gs = reinterpret_cast<const float *>(stage + L::G);
         const int64_t t0 = bos + (int64_t)c * BT;
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (c + STAGES - 1 < c_end) issue(c + STAGES - 1, (it + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
+        const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
+        __nv_bfloat16 *Us = reinterpret_cast<__nv_bfloat16 *>(stage + L::U) + wrow;
+        const float *Gs = reinterpret_cast<const float *>(stage + L::G);
         const float g_last = Gs[nvalid - 1];
 
-        /* 1. Hs = bf16(H); the chunk's gates, once */
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int nt = 0; nt < NT2; nt++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int r = mt * 16 + gid + hf * 8;
-                    const int col = warp * (KP / NW) + nt * 8 + 2 * tig;
-                    *reinterpret_cast<uint32_t *>(Hs + r * L::LDK + col) =
-                        pack_bf16x2(H[mt][nt][2 * hf], H[mt][nt][2 * hf + 1]);
-                }
-        if (threadIdx.x < BT) {
-            float gt = threadIdx.x < nvalid ? expf(g_last - Gs[threadIdx.x]) : 0.f;
-            if (P.kscale) gt *= reinterpret_cast<const float *>(stage + L::KS)[threadIdx.x];
-            gate[threadIdx.x] = gt;
-        }
-        /* the f32 chunk-start state, straight from the accumulators */
         if (MODE == MODE_STATE_F32)
             store_state(P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K, false,
                         P.kv_layout);
-        __syncthreads();
 
-        /* 2. h_out[c] = Hs */
+        /* 1. acc[j] (this warp's rows, tokens 8j..8j+7) = bf16(H) . w^T.
+         * k-step q's A fragment is bf16(H) tiles 2q, 2q+1, packed here and
+         * also staged (for h_out) in the warp's tile Hw. Eight independent
+         * accumulators, so no long dependent mma chain. */
+        float acc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+#pragma unroll
+        for (int q = 0; q < NK / 2; q++) {
+            /* A order: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) */
+            const uint32_t a[4] = {pack_bf16x2(H[2 * q][0], H[2 * q][1]),
+                                   pack_bf16x2(H[2 * q][2], H[2 * q][3]),
+                                   pack_bf16x2(H[2 * q + 1][0], H[2 * q + 1][1]),
+                                   pack_bf16x2(H[2 * q + 1][2], H[2 * q + 1][3])};
+            if (MODE != MODE_SUMMARY) {
+                /* store_tiles_x4 order: (row block i >> 1, column block i & 1) */
+                const uint32_t r[4] = {a[0], a[2], a[1], a[3]};
+                store_tiles_x4<false>(Hw + q * 16, L::LDK, r);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                uint32_t b[4]; /* tokens 8j.. and 8j+8.., columns 16q.. */
+                ldmatrix_x4(b, Ws + (j * 8 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + q * 16 +
+                                   ((lane >> 3) & 1) * 8);
+                mma_bf16_16816(acc[j], a, b);
+                mma_bf16_16816(acc[j + 1], a, b + 2);
+            }
+        }
+
+        /* 2. h_out[c] = bf16(H) of this warp's rows, from Hw */
         if (MODE != MODE_SUMMARY) {
+            __syncwarp();
             __nv_bfloat16 *dst = P.h_out + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
             if (!P.hout_kv && VEC) {
-                for (int i = threadIdx.x; i < BV * (KP / 8); i += NTHREADS) {
+                __nv_bfloat16 *drow = dst + (int64_t)(row0 + wrow) * P.K;
+#pragma unroll
+                for (int i = lane; i < 16 * (KP / 8); i += 32) {
                     const int r = i / (KP / 8), col = (i % (KP / 8)) * 8;
-                    if (r < vrows && col < P.K)
-                        *reinterpret_cast<uint4 *>(dst + (int64_t)(row0 + r) * P.K + col) =
-                            *reinterpret_cast<const uint4 *>(Hs + r * L::LDK + col);
+                    if (r < wrows && col < P.K)
+                        *reinterpret_cast<uint4 *>(drow + r * P.K + col) =
+                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + col);
                 }
             } else if (P.hout_kv && VEC) {
-                for (int i = threadIdx.x; i < KP * (BV / 8); i += NTHREADS) {
-                    const int col = i / (BV / 8), r = (i % (BV / 8)) * 8;
-                    if (r < vrows && col < P.K) {
+                for (int i = lane; i < KP * 2; i += 32) {
+                    const int col = i >> 1, r = (i & 1) * 8;
+                    if (r < wrows && col < P.K) {
                         uint32_t packed[4];
 #pragma unroll
                         for (int j = 0; j < 4; j++) {
-                            const uint32_t lo = __bfloat16_as_ushort(Hs[(r + 2 * j) * L::LDK + col]);
-                            const uint32_t hi = __bfloat16_as_ushort(Hs[(r + 2 * j + 1) * L::LDK + col]);
+                            const uint32_t lo = __bfloat16_as_ushort(Hw[(r + 2 * j) * L::LDK + col]);
+                            const uint32_t hi = __bfloat16_as_ushort(Hw[(r + 2 * j + 1) * L::LDK + col]);
                             packed[j] = lo | (hi << 16);
                         }
-                        *reinterpret_cast<uint4 *>(dst + (int64_t)col * P.V + row0 + r) =
+                        *reinterpret_cast<uint4 *>(dst + (int64_t)col * P.V + row0 + wrow + r) =
                             make_uint4(packed[0], packed[1], packed[2], packed[3]);
                     }
                 }
             } else {
-                for (int i = threadIdx.x; i < BV * KP; i += NTHREADS) {
+                for (int i = lane; i < 16 * KP; i += 32) {
                     const int r = i / KP, col = i % KP;
-                    if (r < vrows && col < P.K)
-                        dst[state_index(P.hout_kv, P.V, P.K, row0 + r, col)] =
-                            Hs[r * L::LDK + col];
+                    if (r < wrows && col < P.K)
+                        dst[state_index(P.hout_kv, P.V, P.K, row0 + wrow + r, col)] = Hw[r * L::LDK + col];
                 }
             }
         }
 
-        /* 3. acc[v][t] = Hs . w^T over the K columns; this warp: rows
-         * wm1*16*MT1.., columns t in [wn1*16, wn1*16+16). Even and odd
-         * k-steps accumulate apart, halving the dependent mma chain. */
-        float acc[MT1][2][4], acc2[MT1][2][4];
+        /* 3. the gates of this lane's tokens 8j + 2 tig + {0, 1}: each lane
+         * computes tokens lane and lane + 32, the warp shares them */
+        float gl[2];
 #pragma unroll
-        for (int mt = 0; mt < MT1; mt++)
+        for (int i = 0; i < 2; i++) {
+            const int t = lane + 32 * i;
+            float x = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
+            if (P.kscale) x *= reinterpret_cast<const float *>(stage + L::KS)[t];
+            gl[i] = x;
+        }
+
+        /* 4. vn = u - acc (u^T fragments by ldmatrix.trans), v_new = bf16(vn)
+         * back in u's place, vg = bf16(vn * gate) as MMA2's A fragments
+         * (k-step q over tokens: tiles 2q, 2q+1) */
+        uint32_t Vg[4][4];
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
+        for (int q = 0; q < 4; q++) {
+            /* tiles (tokens 16q.., rows 0-7), (16q.., 8-15), (16q+8.., 0-7), (16q+8.., 8-15) */
+            uint32_t ur[4] = {0u, 0u, 0u, 0u};
+            __nv_bfloat16 *ut = Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8;
+            if (load_u) ldmatrix_x4_trans(ur, ut);
+            uint32_t vb[4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][nt][e] = acc2[mt][nt][e] = 0.f;
-        const int mrow = wm1 * MT1 * 16;
-#pragma unroll
-        for (int kk = 0; kk < KP; kk += 16) {
-            uint32_t a[MT1][4], b[4];
-#pragma unroll
-            for (int mt = 0; mt < MT1; mt++)
-                ldmatrix_x4(a[mt], Hs + (mrow + mt * 16 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
-            /* two n8 tiles of t: rows t = wn1*16 + (lane>>4)*8 + lane%8 */
-            ldmatrix_x4(b, Ws + (wn1 * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + kk +
-                               ((lane >> 3) & 1) * 8);
-#pragma unroll
-            for (int mt = 0; mt < MT1; mt++) {
-                float(*dst)[4] = (kk / 16) % 2 ? acc2[mt] : acc[mt];
-                mma_bf16_16816(dst[0], a[mt], b);
-                mma_bf16_16816(dst[1], a[mt], b + 2);
+            for (int i = 0; i < 4; i++) {
+                const int j = 2 * q + (i >> 1), e = (i & 1) * 2; /* acc tile, element pair */
+                const float2 u2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&ur[i]));
+                const float vn0 = u2.x - acc[j][e], vn1 = u2.y - acc[j][e + 1];
+                vb[i] = pack_bf16x2(vn0, vn1);
+                const int t = 8 * j + 2 * tig;
+                const float g0 = __shfl_sync(0xffffffffu, gl[j >> 2], t & 31);
+                const float g1 = __shfl_sync(0xffffffffu, gl[j >> 2], (t + 1) & 31);
+                /* a zero gate must not turn an Inf/NaN of a padding row
+                 * into NaN: select, don't multiply */
+                Vg[q][i] = pack_bf16x2(t < nvalid ? vn0 * g0 : 0.f, t + 1 < nvalid ? vn1 * g1 : 0.f);
+            }
+            /* A fragment order: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), ... */
+            if (MODE != MODE_SUMMARY && P.v_new) {
+                /* store_tiles_x4 numbering: (row block i >> 1 = tokens, col block i & 1 = v rows) */
+                store_tiles_x4<true>(Us + q * 16 * L::LDU, L::LDU, vb);
             }
         }
-#pragma unroll
-        for (int mt = 0; mt < MT1; mt++)
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][nt][e] += acc2[mt][nt][e];
 
-        /* 4. vn = u - acc; VNs[t][v] = bf16(vn); VGs[v][t] = bf16(vn * gate) */
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            const int t = wn1 * 16 + nt * 8 + 2 * tig;
-            const float g0 = gate[t], g1 = gate[t + 1];
-#pragma unroll
-            for (int mt = 0; mt < MT1; mt++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int r = mrow + mt * 16 + gid + hf * 8;
-                    float vn0 = -acc[mt][nt][2 * hf], vn1 = -acc[mt][nt][2 * hf + 1];
-                    if (load_u) {
-                        vn0 += __bfloat162float(Us[t * L::LDU + r]);
-                        vn1 += __bfloat162float(Us[(t + 1) * L::LDU + r]);
-                    }
-                    if (MODE != MODE_SUMMARY) {
-                        VNs[t * L::LDU + r] = __float2bfloat16(vn0);
-                        VNs[(t + 1) * L::LDU + r] = __float2bfloat16(vn1);
-                    }
-                    /* a zero gate must not turn an Inf/NaN of a padding
-                     * row into NaN: select, don't multiply */
-                    *reinterpret_cast<uint32_t *>(VGs + r * L::LDG + t) =
-                        pack_bf16x2(t < nvalid ? vn0 * g0 : 0.f, t + 1 < nvalid ? vn1 * g1 : 0.f);
-                }
-        }
-        __syncthreads();
-
-        /* 5. v_new rows of this chunk */
+        /* 5. v_new rows of this chunk, this warp's 16 value rows */
         if (MODE != MODE_SUMMARY && P.v_new) {
-            __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0;
+            __syncwarp();
+            __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0 + wrow;
             if (VEC) {
-                for (int i = threadIdx.x; i < BT * (BV / 8); i += NTHREADS) {
-                    const int t = i / (BV / 8), r = (i % (BV / 8)) * 8;
-                    if (t < nvalid && r < vrows)
+#pragma unroll
+                for (int i = lane; i < BT * 2; i += 32) {
+                    const int t = i >> 1, r = (i & 1) * 8;
+                    if (t < nvalid && r < wrows)
                         *reinterpret_cast<uint4 *>(dst + (int64_t)t * P.Hv * P.V + r) =
-                            *reinterpret_cast<const uint4 *>(VNs + t * L::LDU + r);
+                            *reinterpret_cast<const uint4 *>(Us + t * L::LDU + r);
                 }
             } else {
-                for (int i = threadIdx.x; i < BT * BV; i += NTHREADS) {
-                    const int t = i / BV, r = i % BV;
-                    if (t < nvalid && r < vrows) dst[(int64_t)t * P.Hv * P.V + r] = VNs[t * L::LDU + r];
+                for (int i = lane; i < BT * 16; i += 32) {
+                    const int t = i >> 4, r = i & 15;
+                    if (t < nvalid && r < wrows) dst[(int64_t)t * P.Hv * P.V + r] = Us[t * L::LDU + r];
                 }
             }
         }
 
-        /* 6. H = exp(G_last) H + VG . k */
+        /* 6. H = exp(G_last) H + vg^T k */
         const float decay = expf(g_last);
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
+        for (int nt = 0; nt < NK; nt++)
 #pragma unroll
-            for (int nt = 0; nt < NT2; nt++)
+            for (int e = 0; e < 4; e++) H[nt][e] *= decay;
 #pragma unroll
-                for (int e = 0; e < 4; e++) H[mt][nt][e] *= decay;
+        for (int q = 0; q < 4; q++) {
+            const uint32_t a[4] = {Vg[q][0], Vg[q][1], Vg[q][2], Vg[q][3]};
 #pragma unroll
-        for (int kk = 0; kk < BT; kk += 16) {
-            uint32_t a[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++)
-                ldmatrix_x4(a[mt], VGs + (mt * 16 + (lane & 15)) * L::LDG + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int nt = 0; nt < NT2; nt += 2) {
+            for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
-                ldmatrix_x4_trans(b, Ks + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
-                                         warp * (KP / NW) + nt * 8 + (lane >> 4) * 8);
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    mma_bf16_16816(H[mt][nt], a[mt], b);
-                    mma_bf16_16816(H[mt][nt + 1], a[mt], b + 2);
-                }
+                ldmatrix_x4_trans(b, Ks + (q * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
+                                         nt * 8 + (lane >> 4) * 8);
+                mma_bf16_16816(H[nt], a, b);
+                mma_bf16_16816(H[nt + 1], a, b + 2);
             }
         }
     }
@@ -573,14 +610,12 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
     const int64_t blocks32 = N * p->Hv * gdn_ceil_div(p->V, 32);
     const int64_t blocks64 = N * p->Hv * gdn_ceil_div(p->V, 64);
-    /* Rows a block (K = 128): a block's time per chunk grows faster than
-     * its rows (H100: 2.1 us at 32 rows, 5.1 us at 64), so 64 rows pay only
-     * where they still give every multiprocessor a block, or where they
-     * let a problem that splits anyway cut more segments (measured:
-     * q397_t8k 0.41 -> 0.37 ms, q35_b4_t8k 0.78 -> 0.74, tp8_t64k 1.69 ->
-     * 1.49; but q35_t8k 0.27 -> 0.64 when 64 rows made it split). */
+    /* Rows a block: 64 (four warps sharing each chunk's w and k tiles, half
+     * the shared-memory fill traffic of 32) where that still gives every
+     * multiprocessor a block or lets a split problem cut more segments;
+     * else 32, for twice the blocks. */
     pl.bv = 32;
-    const bool can64 = pl.kp == 128 && pl.vec;
+    const bool can64 = pl.vec;
     if (per_seq) {
         pl.segments = (int)split_segments(p, p->Hv * gdn_ceil_div(p->V, 32), sms);
         if (can64 && 10 * blocks64 * pl.segments >= 9 * (int64_t)sms) pl.bv = 64;
@@ -594,8 +629,8 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
     if (force && can64 && (atoi(force) == 32 || atoi(force) == 64)) pl.bv = atoi(force);
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
-    /* A lone block on a multiprocessor gets a three-deep ring (four
-     * measured the same); with several resident, two. */
+    /* A lone block on a multiprocessor gets a three-deep ring; with
+     * several resident (or K = 256, whose stages are twice the size), two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
@@ -611,10 +646,11 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     return pl;
 }
 
-template <int KP, int BV, int STAGES, bool VEC, int MODE>
+template <int KP, int NW, int STAGES, bool VEC, int MODE>
 gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_t stream) {
-    auto kern = chunk_state_kernel<KP, BV, STAGES, VEC, MODE>;
-    const int bytes = Smem<KP, BV, STAGES>::BYTES;
+    using L = Smem<KP, NW, STAGES>;
+    auto kern = chunk_state_kernel<KP, NW, STAGES, VEC, MODE>;
+    const int bytes = L::BYTES;
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "gdn_chunk_state: kernel needs %d bytes of shared memory, device allows %zu",
@@ -623,29 +659,30 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "gdn_chunk_state: %lld blocks (sequences * Hv * V/%d) exceed the grid limit",
-                        (long long)blocks, BV);
+                        (long long)blocks, L::BV);
     if (blocks == 0) return GDN_SUCCESS;
-    kern<<<(unsigned)blocks, Warps<KP>::NTHREADS, bytes, stream>>>(P);
+    kern<<<(unsigned)blocks, L::NTHREADS, bytes, stream>>>(P);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_state_kernel");
     return GDN_SUCCESS;
 }
 
 /* The launches of one call: with P.transition set, only the summary pass
  * over whole sequences; else (split) summary, combine, then the state pass. */
-template <int KP, int BV, int STAGES, bool VEC>
+template <int KP, int NW, int STAGES, bool VEC>
 gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cudaStream_t stream) {
+    constexpr int BV = 16 * NW;
     const int vtiles = (P.V + BV - 1) / BV;
     const int ktiles = (P.K + BV - 1) / BV;
     if (P.transition) {
         P.row_tiles = vtiles + ktiles;
         P.seg_launch = 1;
-        return launch<KP, BV, STAGES, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
+        return launch<KP, NW, STAGES, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
     }
     if (pl.segments > 1) {
         Params S = P;
         S.row_tiles = vtiles + ktiles;
         S.seg_launch = pl.segments - 1;
-        gdn_status st = launch<KP, BV, STAGES, VEC, MODE_SUMMARY>(
+        gdn_status st = launch<KP, NW, STAGES, VEC, MODE_SUMMARY>(
             ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
         const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
@@ -656,25 +693,23 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     P.row_tiles = vtiles;
     P.seg_launch = pl.segments;
     const int64_t blocks = N * P.Hv * vtiles * pl.segments;
-    if (P.chunk_states) return launch<KP, BV, STAGES, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
-    return launch<KP, BV, STAGES, VEC, MODE_STATE>(ctx, P, blocks, stream);
+    if (P.chunk_states) return launch<KP, NW, STAGES, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
+    return launch<KP, NW, STAGES, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
 
 /* The compiled configurations: the generic (unaligned) path, and per K the
- * ring depths and row tiles make_plan can choose. */
+ * row tiles (warps) and ring depths make_plan can choose. */
 template <int KP>
 gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
                     cudaStream_t stream) {
-    if (!pl.vec) return run_passes<KP, 32, 2, false>(ctx, P, pl, N, stream);
-    if constexpr (KP == 128) {
-        if (pl.bv == 64) {
-            if (pl.stages == 2) return run_passes<KP, 64, 2, true>(ctx, P, pl, N, stream);
-            return run_passes<KP, 64, 3, true>(ctx, P, pl, N, stream);
-        }
+    if (!pl.vec) return run_passes<KP, 2, 2, false>(ctx, P, pl, N, stream);
+    if constexpr (KP < 256) {
+        if (pl.stages >= 3)
+            return pl.bv == 64 ? run_passes<KP, 4, 3, true>(ctx, P, pl, N, stream)
+                               : run_passes<KP, 2, 3, true>(ctx, P, pl, N, stream);
     }
-    if constexpr (KP < 256)
-        if (pl.stages >= 3) return run_passes<KP, 32, 3, true>(ctx, P, pl, N, stream);
-    return run_passes<KP, 32, 2, true>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_passes<KP, 4, 2, true>(ctx, P, pl, N, stream)
+                       : run_passes<KP, 2, 2, true>(ctx, P, pl, N, stream);
 }
 
 } // namespace
