@@ -41,6 +41,14 @@ fi
 if has test; then
   timeout 300 ctest --test-dir $BUILD --output-on-failure 2>&1 | tee "$OUT/ctest.log" | tail -40 || fail=1
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
+  # the state kernel's other row tile (64 rows, 4 warps), which the plan
+  # picks only for large problems: every CUDA case through it as well
+  for t in test_chunk_state_cuda test_chunk_forward_cuda; do
+    GDN_CUDA_ROWS_PER_BLOCK=64 timeout 200 $BUILD/tests/$t > "$OUT/rows64_$t.log" 2>&1
+    rc=$?
+    echo "$t with 64-row tiles: exit $rc; $(grep -E 'passed' "$OUT/rows64_$t.log" | tail -1)"
+    [ $rc -eq 0 ] || { fail=1; grep -E "FAIL" "$OUT/rows64_$t.log" | head -10; }
+  done
 fi
 if has sanitize; then
   for t in test_chunk_state_cuda test_chunk_forward_cuda; do
