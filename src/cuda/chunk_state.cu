@@ -460,11 +460,11 @@ chunk_state_kernel(const Params P) {
                  * into NaN: select, don't multiply */
                 Vg[q][i] = pack_bf16x2(t < nvalid ? vn0 * g0 : 0.f, t + 1 < nvalid ? vn1 * g1 : 0.f);
             }
-            /* A fragment order: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), ... */
-            if (MODE != MODE_SUMMARY && P.v_new) {
-                /* store_tiles_x4 numbering: (row block i >> 1 = tokens, col block i & 1 = v rows) */
-                store_tiles_x4<true>(Us + q * 16 * L::LDU, L::LDU, vb);
-            }
+            /* Vg[q] is in A order, (rows 0-7, tokens 0-7), (rows 8-15, tokens
+             * 0-7), (rows 0-7, tokens 8-15), ...; vb in the same order is
+             * store_tiles_x4's (token block i >> 1, row block i & 1),
+             * transposed back to u's [token][row] */
+            if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(Us + q * 16 * L::LDU, L::LDU, vb);
         }
 
         /* 5. v_new rows of this chunk, this warp's 16 value rows */
