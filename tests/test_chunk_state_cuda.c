@@ -237,6 +237,9 @@ int main(void) {
         {"varlen_ragged_hostcu_kv", 1, 300, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1, cu_ragged, 7, 0, 0, 1},
         {"varlen_long", 1, 2000, 1, 2, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, cu_long, 3, 1, 0, 1},
         {"misaligned_k128", 1, 130, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 1, 1},
+        /* enough heads that the plan picks 64-row tiles (4 warps a block) */
+        {"wide_t130_k256_hv32", 1, 130, 16, 32, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
+        {"wide_t130_k128_hv64_kv", 1, 130, 16, 64, 128, 128, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, 1, 1, NULL, 0, 0, 0, 1},
         /* few heads, long sequence: the segmented (split) path */
         {"split_t8192_hv2", 1, 8192, 1, 2, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"split_t5000_kv_k64", 1, 5000, 1, 1, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
