@@ -76,7 +76,8 @@ template <int KP, int NW, int STAGES> struct Smem {
     static constexpr int HST = STAGES * STAGE; /* per warp: [16][LDK] bf16 state, for h_out */
     static constexpr int BYTES = HST + NW * 16 * LDK * 2;
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
-     * give a block up to 227 KB, 228 KB a multiprocessor). */
+     * give a block up to 227 KB, 228 KB a multiprocessor): asking the
+     * compiler for two caps registers so that two do fit. */
     static constexpr int MIN_BLOCKS = 2 * (BYTES + 1024) <= 228 * 1024 ? 2 : 1;
 };
 
