@@ -60,21 +60,28 @@ struct Params {
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
 };
 
-/* A block is NW warps, each owning 16 state rows and all KP columns, so a
- * block covers BV = 16 NW rows of one head. */
-template <int KP, int NW, int STAGES> struct Smem {
-    static constexpr int BV = 16 * NW;
+/* A block covers BV = 16 RG rows of one head's state: RG row groups of 16
+ * rows, each worked by KS warps that split the state's columns (and, for
+ * v_new, the chunk's tokens) between them. */
+template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
+    static constexpr int KP = KP_, RG = RG_, KS = KS_, STAGES = STAGES_;
+    static constexpr int BV = 16 * RG;
+    static constexpr int NW = RG * KS;
     static constexpr int NTHREADS = 32 * NW;
     static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDU = BV + 8;
+    static constexpr int LDV = BT + 8;
     static constexpr int W = 0;
     static constexpr int KC = W + BT * LDK * 2;
     static constexpr int U = KC + BT * LDK * 2;
     static constexpr int G = U + BT * LDU * 2;
-    static constexpr int KS = G + BT * 4; /* kscale, when given */
-    static constexpr int STAGE = KS + BT * 4;
-    static constexpr int HST = STAGES * STAGE; /* per warp: [16][LDK] bf16 state, for h_out */
-    static constexpr int BYTES = HST + NW * 16 * LDK * 2;
+    static constexpr int KS_OFF = G + BT * 4; /* kscale, when given */
+    static constexpr int STAGE = KS_OFF + BT * 4;
+    /* per row group: [16][LDK] bf16 state (MMA1's A with KS > 1; h_out) */
+    static constexpr int HST = STAGES * STAGE;
+    /* per row group, KS > 1: [16][LDV] bf16 gated v_new (MMA2's A) */
+    static constexpr int VST = HST + RG * 16 * LDK * 2;
+    static constexpr int BYTES = VST + (KS > 1 ? RG * 16 * LDV * 2 : 0);
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
@@ -93,12 +100,11 @@ struct ChunkSrc {
 };
 
 /* A chunk's g (and k scale) into a stage by cp.async, zero past nvalid. */
-template <int KP, int NW, int STAGES>
+template <class L>
 __device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, int nvalid) {
-    using L = Smem<KP, NW, STAGES>;
     static_assert(L::NTHREADS >= BT, "one thread a token");
     float *sg = reinterpret_cast<float *>(stage + L::G);
-    float *sks = reinterpret_cast<float *>(stage + L::KS);
+    float *sks = reinterpret_cast<float *>(stage + L::KS_OFF);
     const int tid = threadIdx.x;
     if (tid < BT) {
         const bool ok = tid < nvalid;
@@ -112,17 +118,16 @@ __device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, 
  * multiples of 8 and aligned bases); otherwise plain element loads. Each
  * thread keeps one column and steps over rows, so the per-chunk address
  * math is one multiply-add a copy. */
-template <int KP, int NW, int STAGES, bool VEC>
+template <class L, bool VEC>
 __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
                                            int vrows, bool load_u) {
-    using L = Smem<KP, NW, STAGES>;
-    constexpr int NTHREADS = L::NTHREADS, BV = L::BV;
+    constexpr int NTHREADS = L::NTHREADS, BV = L::BV, KP = L::KP;
     static_assert(NTHREADS >= BT, "one thread a token for g");
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
     __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
     float *sg = reinterpret_cast<float *>(stage + L::G);
-    float *sks = reinterpret_cast<float *>(stage + L::KS);
+    float *sks = reinterpret_cast<float *>(stage + L::KS_OFF);
     const int tid = threadIdx.x;
     if constexpr (VEC) {
         constexpr int CPR = KP / 8; /* 16-byte pieces a row */
@@ -153,7 +158,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
                 for (int i = 0; i < BT / USTEP; i++, pu += stu)
                     cp_async16(su + (tu + i * USTEP) * L::LDU + cu, pu, uok ? 16 : 0);
             }
-            load_gates<KP, NW, STAGES>(stage, src, nvalid);
+            load_gates<L>(stage, src, nvalid);
             return;
         }
 #pragma unroll 4
@@ -169,7 +174,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
                 cp_async16(su + t * L::LDU + cu, ok ? src.u + t * src.rs_u + cu : src.u, ok ? 16 : 0);
             }
         }
-        load_gates<KP, NW, STAGES>(stage, src, nvalid);
+        load_gates<L>(stage, src, nvalid);
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
         for (int i = tid; i < BT * KP; i += NTHREADS) {
@@ -220,21 +225,28 @@ __device__ __forceinline__ void store_tiles_x4(__nv_bfloat16 *base, int ld, cons
 #endif
 }
 
-template <int KP, int NW, int STAGES, bool VEC, int MODE>
-__global__ void __launch_bounds__(Smem<KP, NW, STAGES>::NTHREADS, (Smem<KP, NW, STAGES>::MIN_BLOCKS))
-chunk_state_kernel(const Params P) {
-    using L = Smem<KP, NW, STAGES>;
-    constexpr int BV = L::BV;
-    constexpr int NK = KP / 8; /* n8 tiles of state columns */
+template <class L, bool VEC, int MODE>
+__global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel(const Params P) {
+    constexpr int KP = L::KP, KS = L::KS, BV = L::BV;
+    constexpr int KW = KP / KS; /* state columns a warp owns */
+    constexpr int NK = KW / 8;  /* ... as n8 tiles */
+    constexpr int TW = BT / KS; /* chunk tokens a warp takes for v_new */
+    static_assert(NK % 2 == 0 && TW % 32 == 0, "warp split");
     extern __shared__ __align__(16) uint8_t smem[];
 
-    /* Everything a warp computes stays in its registers: the state rows
-     * [wrow, wrow + 16) x [0, KP) as mma accumulators, which are also (as
-     * bf16) the A operand of v_new^T = u^T - h w^T, whose accumulators are
-     * in turn (gated, bf16) the A operand of h += vg^T k. Shared memory
-     * holds only the chunk's w, k, u, g (shared by the block's warps). */
+    /* A warp owns the state rows [wrow, wrow + 16) x columns [kc0, kc0 + KW)
+     * as mma accumulators and computes v_new for tokens [tw0, tw0 + TW):
+     *   MMA1  vn^T = u^T - bf16(H) w^T over all K (A: bf16(H), from its own
+     *         accumulators when KS = 1, else the row group's staged copy);
+     *   MMA2  H += vg^T k over its columns (A: gated vn, from its own
+     *         accumulators when KS = 1, else the row group's staged copy).
+     * With KS = 2 a row group's two warps exchange bf16(H) and vg through
+     * shared memory, which doubles the warps (and halves the serial
+     * instructions of each) for the same rows. */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
+    const int rg = warp / KS, kpart = warp % KS;
+    const int kc0 = kpart * KW, tw0 = kpart * TW;
 
     /* Block -> (row tile, head, segment, sequence); x only, so no grid
      * dimension limit applies to N * Hv. */
@@ -251,7 +263,7 @@ chunk_state_kernel(const Params P) {
     const bool trans_rows = MODE == MODE_SUMMARY && tile >= vtiles; /* rows of P_s */
     const int row0 = trans_rows ? (tile - vtiles) * BV : tile * BV;
     const int row_limit = trans_rows ? P.K : P.V;
-    const int wrow = warp * 16; /* this warp's first row within the tile */
+    const int wrow = rg * 16; /* this warp's first row within the tile */
 
     int64_t bos, eos, hoff = 0;
     if (P.cu_seqlens) {
@@ -269,7 +281,7 @@ chunk_state_kernel(const Params P) {
     const int c_end = P.segments == 1 ? nchunks : min(c_begin + P.chunks_per_segment, nchunks);
 
     /* ---- initial state into the accumulators: H[nt][e] holds row
-     * wrow + gid + 8 (e >> 1), column nt * 8 + 2 tig + (e & 1) ---- */
+     * wrow + gid + 8 (e >> 1), column kc0 + nt * 8 + 2 tig + (e & 1) ---- */
     float H[NK][4];
     const int64_t head = (int64_t)n * P.Hv + h;
 #pragma unroll
@@ -277,7 +289,7 @@ chunk_state_kernel(const Params P) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int r = row0 + wrow + gid + (e >> 1) * 8;
-            const int c = nt * 8 + 2 * tig + (e & 1);
+            const int c = kc0 + nt * 8 + 2 * tig + (e & 1);
             float x = 0.f;
             if (r < row_limit && c < P.K) {
                 if (MODE == MODE_SUMMARY) {
@@ -299,14 +311,40 @@ chunk_state_kernel(const Params P) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r = row0 + wrow + gid + (e >> 1) * 8;
-                const int col = nt * 8 + 2 * tig + (e & 1);
+                const int col = kc0 + nt * 8 + 2 * tig + (e & 1);
                 if (r < row_limit && col < P.K)
                     dst[rows_k ? (int64_t)r * P.K + col : state_index(kv, P.V, P.K, r, col)] =
                         H[nt][e];
             }
     };
 
-    __nv_bfloat16 *Hw = reinterpret_cast<__nv_bfloat16 *>(smem + L::HST) + warp * 16 * L::LDK;
+    /* The row group's staged bf16(H) [16][LDK] and (KS > 1) gated v_new
+     * [16 rows][LDV tokens]. */
+    __nv_bfloat16 *Hw = reinterpret_cast<__nv_bfloat16 *>(smem + L::HST) + rg * 16 * L::LDK;
+    __nv_bfloat16 *Vs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VST) + rg * 16 * L::LDV;
+    constexpr bool STAGE_H = KS > 1 || MODE != MODE_SUMMARY;
+    /* bf16(H), this warp's columns, into Hw: the A fragment of k-step q of
+     * MMA1 is (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
+     * (rows 8-15, k 8-15) of tiles 2q, 2q + 1; store_tiles_x4 takes
+     * (row block i >> 1, column block i & 1). */
+    auto pack_h = [&](int q, uint32_t a[4]) {
+        a[0] = pack_bf16x2(H[2 * q][0], H[2 * q][1]);
+        a[1] = pack_bf16x2(H[2 * q][2], H[2 * q][3]);
+        a[2] = pack_bf16x2(H[2 * q + 1][0], H[2 * q + 1][1]);
+        a[3] = pack_bf16x2(H[2 * q + 1][2], H[2 * q + 1][3]);
+    };
+    auto stage_h = [&]() {
+        __syncwarp();
+#pragma unroll
+        for (int q = 0; q < NK / 2; q++) {
+            uint32_t a[4];
+            pack_h(q, a);
+            const uint32_t r[4] = {a[0], a[2], a[1], a[3]};
+            store_tiles_x4<false>(Hw + kc0 + q * 16, L::LDK, r);
+        }
+    };
+    if (STAGE_H) stage_h(); /* the loop's first barrier publishes it */
+
     const bool load_u = !trans_rows;
     const int vrows = P.V - row0;       /* valid rows of this tile */
     const int wrows = vrows - wrow;     /* ... of this warp's 16 */
@@ -329,24 +367,24 @@ chunk_state_kernel(const Params P) {
 
     auto issue = [&](int c, int slot) {
         const int nv = point_at(c);
-        load_chunk<KP, NW, STAGES, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
+        load_chunk<L, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
     };
 
     /* ---- pipeline prologue ---- */
 #pragma unroll
-    for (int i = 0; i < STAGES - 1; i++) {
+    for (int i = 0; i < L::STAGES - 1; i++) {
         if (c_begin + i < c_end) issue(c_begin + i, i);
         cp_async_commit();
     }
 
     for (int c = c_begin; c < c_end; c++) {
         const int it = c - c_begin;
-        uint8_t *stage = smem + (it % STAGES) * L::STAGE;
+        uint8_t *stage = smem + (it % L::STAGES) * L::STAGE;
         const int64_t t0 = bos + (int64_t)c * BT;
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
-        cp_async_wait<STAGES - 2>();
+        cp_async_wait<L::STAGES - 2>();
         __syncthreads();
-        if (c + STAGES - 1 < c_end) issue(c + STAGES - 1, (it + STAGES - 1) % STAGES);
+        if (c + L::STAGES - 1 < c_end) issue(c + L::STAGES - 1, (it + L::STAGES - 1) % L::STAGES);
         cp_async_commit();
         const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
         const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
@@ -358,53 +396,43 @@ chunk_state_kernel(const Params P) {
             store_state(P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K, false,
                         P.kv_layout);
 
-        /* 1. acc[j] (this warp's rows, tokens 8j..8j+7) = bf16(H) . w^T.
-         * k-step q's A fragment is bf16(H) tiles 2q, 2q+1, packed here and
-         * also staged (for h_out) in the warp's tile Hw. Eight independent
-         * accumulators, so no long dependent mma chain. */
-        float acc[8][4];
+        /* 1. acc[j] (tokens tw0 + 8j ..) = bf16(H) . w^T over all K; TW / 8
+         * independent accumulators, so no long dependent mma chain. */
+        float acc[TW / 8][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+        for (int j = 0; j < TW / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
 #pragma unroll
-        for (int q = 0; q < NK / 2; q++) {
-            /* A order: (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) */
-            const uint32_t a[4] = {pack_bf16x2(H[2 * q][0], H[2 * q][1]),
-                                   pack_bf16x2(H[2 * q][2], H[2 * q][3]),
-                                   pack_bf16x2(H[2 * q + 1][0], H[2 * q + 1][1]),
-                                   pack_bf16x2(H[2 * q + 1][2], H[2 * q + 1][3])};
-            if (MODE != MODE_SUMMARY) {
-                /* store_tiles_x4 order: (row block i >> 1, column block i & 1) */
-                const uint32_t r[4] = {a[0], a[2], a[1], a[3]};
-                store_tiles_x4<false>(Hw + q * 16, L::LDK, r);
-            }
+        for (int q = 0; q < KP / 16; q++) {
+            uint32_t a[4];
+            if constexpr (KS == 1) pack_h(q, a);
+            else ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + q * 16 + (lane >> 4) * 8);
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
-                uint32_t b[4]; /* tokens 8j.. and 8j+8.., columns 16q.. */
-                ldmatrix_x4(b, Ws + (j * 8 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + q * 16 +
-                                   ((lane >> 3) & 1) * 8);
+            for (int j = 0; j < TW / 8; j += 2) {
+                uint32_t b[4]; /* tokens tw0 + 8j.. and + 8.., columns 16q.. */
+                ldmatrix_x4(b, Ws + (tw0 + j * 8 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK +
+                                   q * 16 + ((lane >> 3) & 1) * 8);
                 mma_bf16_16816(acc[j], a, b);
                 mma_bf16_16816(acc[j + 1], a, b + 2);
             }
         }
 
-        /* 2. h_out[c] = bf16(H) of this warp's rows, from Hw */
+        /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
         if (MODE != MODE_SUMMARY) {
-            __syncwarp();
             __nv_bfloat16 *dst = P.h_out + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
             if (!P.hout_kv && VEC) {
-                __nv_bfloat16 *drow = dst + (int64_t)(row0 + wrow) * P.K;
+                __nv_bfloat16 *drow = dst + (int64_t)(row0 + wrow) * P.K + kc0;
 #pragma unroll
-                for (int i = lane; i < 16 * (KP / 8); i += 32) {
-                    const int r = i / (KP / 8), col = (i % (KP / 8)) * 8;
-                    if (r < wrows && col < P.K)
+                for (int i = lane; i < 16 * (KW / 8); i += 32) {
+                    const int r = i / (KW / 8), col = (i % (KW / 8)) * 8;
+                    if (r < wrows && kc0 + col < P.K)
                         *reinterpret_cast<uint4 *>(drow + r * P.K + col) =
-                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + col);
+                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + kc0 + col);
                 }
             } else if (P.hout_kv && VEC) {
-                for (int i = lane; i < KP * 2; i += 32) {
-                    const int col = i >> 1, r = (i & 1) * 8;
+                for (int i = lane; i < KW * 2; i += 32) {
+                    const int col = kc0 + (i >> 1), r = (i & 1) * 8;
                     if (r < wrows && col < P.K) {
                         uint32_t packed[4];
 #pragma unroll
@@ -418,35 +446,36 @@ chunk_state_kernel(const Params P) {
                     }
                 }
             } else {
-                for (int i = lane; i < 16 * KP; i += 32) {
-                    const int r = i / KP, col = i % KP;
+                for (int i = lane; i < 16 * KW; i += 32) {
+                    const int r = i / KW, col = kc0 + i % KW;
                     if (r < wrows && col < P.K)
                         dst[state_index(P.hout_kv, P.V, P.K, row0 + wrow + r, col)] = Hw[r * L::LDK + col];
                 }
             }
         }
 
-        /* 3. the gates of this lane's tokens 8j + 2 tig + {0, 1}: each lane
-         * computes tokens lane and lane + 32, the warp shares them */
-        float gl[2];
+        /* 3. the gates of this lane's tokens tw0 + 8j + 2 tig + {0, 1}: each
+         * lane computes tokens tw0 + lane + 32 i, the warp shares them */
+        float gl[TW / 32];
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int t = lane + 32 * i;
+        for (int i = 0; i < TW / 32; i++) {
+            const int t = tw0 + lane + 32 * i;
             float x = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
-            if (P.kscale) x *= reinterpret_cast<const float *>(stage + L::KS)[t];
+            if (P.kscale) x *= reinterpret_cast<const float *>(stage + L::KS_OFF)[t];
             gl[i] = x;
         }
 
         /* 4. vn = u - acc (u^T fragments by ldmatrix.trans), v_new = bf16(vn)
          * back in u's place, vg = bf16(vn * gate) as MMA2's A fragments
-         * (k-step q over tokens: tiles 2q, 2q+1) */
-        uint32_t Vg[4][4];
+         * (k-step q over tokens tw0 + 16q..: tiles 2q, 2q+1) */
+        uint32_t Vg[TW / 16][4];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < TW / 16; q++) {
             /* tiles (tokens 16q.., rows 0-7), (16q.., 8-15), (16q+8.., 0-7), (16q+8.., 8-15) */
             uint32_t ur[4] = {0u, 0u, 0u, 0u};
-            __nv_bfloat16 *ut = Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8;
-            if (load_u) ldmatrix_x4_trans(ur, ut);
+            __nv_bfloat16 *ut = Us + (tw0 + q * 16) * L::LDU;
+            if (load_u)
+                ldmatrix_x4_trans(ur, ut + (((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8);
             uint32_t vb[4];
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -454,9 +483,9 @@ chunk_state_kernel(const Params P) {
                 const float2 u2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&ur[i]));
                 const float vn0 = u2.x - acc[j][e], vn1 = u2.y - acc[j][e + 1];
                 vb[i] = pack_bf16x2(vn0, vn1);
-                const int t = 8 * j + 2 * tig;
-                const float g0 = __shfl_sync(0xffffffffu, gl[j >> 2], t & 31);
-                const float g1 = __shfl_sync(0xffffffffu, gl[j >> 2], (t + 1) & 31);
+                const int tl = 8 * j + 2 * tig, t = tw0 + tl;
+                const float g0 = __shfl_sync(0xffffffffu, gl[j >> 2], tl & 31);
+                const float g1 = __shfl_sync(0xffffffffu, gl[j >> 2], (tl + 1) & 31);
                 /* a zero gate must not turn an Inf/NaN of a padding row
                  * into NaN: select, don't multiply */
                 Vg[q][i] = pack_bf16x2(t < nvalid ? vn0 * g0 : 0.f, t + 1 < nvalid ? vn1 * g1 : 0.f);
@@ -465,47 +494,61 @@ chunk_state_kernel(const Params P) {
              * 0-7), (rows 0-7, tokens 8-15), ...; vb in the same order is
              * store_tiles_x4's (token block i >> 1, row block i & 1),
              * transposed back to u's [token][row] */
-            if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(Us + q * 16 * L::LDU, L::LDU, vb);
+            if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(ut, L::LDU, vb);
+            if constexpr (KS > 1) {
+                const uint32_t r[4] = {Vg[q][0], Vg[q][2], Vg[q][1], Vg[q][3]};
+                store_tiles_x4<false>(Vs + tw0 + q * 16, L::LDV, r);
+            }
         }
 
-        /* 5. v_new rows of this chunk, this warp's 16 value rows */
+        /* 5. v_new rows of this warp's tokens and 16 value rows */
         if (MODE != MODE_SUMMARY && P.v_new) {
             __syncwarp();
             __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0 + wrow;
             if (VEC) {
 #pragma unroll
-                for (int i = lane; i < BT * 2; i += 32) {
-                    const int t = i >> 1, r = (i & 1) * 8;
+                for (int i = lane; i < TW * 2; i += 32) {
+                    const int t = tw0 + (i >> 1), r = (i & 1) * 8;
                     if (t < nvalid && r < wrows)
                         *reinterpret_cast<uint4 *>(dst + (int64_t)t * P.Hv * P.V + r) =
                             *reinterpret_cast<const uint4 *>(Us + t * L::LDU + r);
                 }
             } else {
-                for (int i = lane; i < BT * 16; i += 32) {
-                    const int t = i >> 4, r = i & 15;
+                for (int i = lane; i < TW * 16; i += 32) {
+                    const int t = tw0 + (i >> 4), r = i & 15;
                     if (t < nvalid && r < wrows) dst[(int64_t)t * P.Hv * P.V + r] = Us[t * L::LDU + r];
                 }
             }
         }
+        /* the row group's vg (and, before it, reads of Hw) complete */
+        if constexpr (KS > 1) named_barrier(1 + rg, 32 * KS);
 
-        /* 6. H = exp(G_last) H + vg^T k */
+        /* 6. H = exp(G_last) H + vg^T k, this warp's columns */
         const float decay = expf(g_last);
 #pragma unroll
         for (int nt = 0; nt < NK; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) H[nt][e] *= decay;
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const uint32_t a[4] = {Vg[q][0], Vg[q][1], Vg[q][2], Vg[q][3]};
+        for (int q = 0; q < BT / 16; q++) {
+            uint32_t a[4];
+            if constexpr (KS == 1) {
+                a[0] = Vg[q][0], a[1] = Vg[q][1], a[2] = Vg[q][2], a[3] = Vg[q][3];
+            } else {
+                ldmatrix_x4(a, Vs + (lane & 15) * L::LDV + q * 16 + (lane >> 4) * 8);
+            }
 #pragma unroll
             for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, Ks + (q * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
-                                         nt * 8 + (lane >> 4) * 8);
+                                         kc0 + nt * 8 + (lane >> 4) * 8);
                 mma_bf16_16816(H[nt], a, b);
                 mma_bf16_16816(H[nt + 1], a, b + 2);
             }
         }
+        /* for the next chunk's MMA1 (KS > 1) and h_out; the partner's reads
+         * of Hw ended before the barrier above */
+        if (STAGE_H) stage_h();
     }
     cp_async_wait<0>();
 
@@ -581,6 +624,7 @@ struct Plan {
     int kp;     /* K padded to the kernel's: 64, 128 or 256 */
     int bv;     /* state rows a block */
     int stages; /* depth of the cp.async ring */
+    int ks;     /* warps a 16-row group (they split the columns) */
     bool vec;   /* 16-byte loads and stores */
     int segments;
     int chunks_per_segment;
@@ -633,6 +677,11 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* A lone block on a multiprocessor gets a three-deep ring; with
      * several resident (or K = 256, whose stages are twice the size), two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
+    /* Two warps a row group: each does half of the serial per-chunk work,
+     * and a 32-row block gets a warp on each of the SM's four schedulers.
+     * Testing override, documented in README: GDN_CUDA_KSPLIT=1. */
+    const char *ks = getenv("GDN_CUDA_KSPLIT");
+    pl.ks = ks && atoi(ks) == 1 ? 1 : 2;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
@@ -647,10 +696,9 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     return pl;
 }
 
-template <int KP, int NW, int STAGES, bool VEC, int MODE>
+template <class L, bool VEC, int MODE>
 gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_t stream) {
-    using L = Smem<KP, NW, STAGES>;
-    auto kern = chunk_state_kernel<KP, NW, STAGES, VEC, MODE>;
+    auto kern = chunk_state_kernel<L, VEC, MODE>;
     const int bytes = L::BYTES;
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
@@ -669,22 +717,22 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
 
 /* The launches of one call: with P.transition set, only the summary pass
  * over whole sequences; else (split) summary, combine, then the state pass. */
-template <int KP, int NW, int STAGES, bool VEC>
+template <class L, bool VEC>
 gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cudaStream_t stream) {
-    constexpr int BV = 16 * NW;
+    constexpr int BV = L::BV;
     const int vtiles = (P.V + BV - 1) / BV;
     const int ktiles = (P.K + BV - 1) / BV;
     if (P.transition) {
         P.row_tiles = vtiles + ktiles;
         P.seg_launch = 1;
-        return launch<KP, NW, STAGES, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
+        return launch<L, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
     }
     if (pl.segments > 1) {
         Params S = P;
         S.row_tiles = vtiles + ktiles;
         S.seg_launch = pl.segments - 1;
-        gdn_status st = launch<KP, NW, STAGES, VEC, MODE_SUMMARY>(
-            ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
+        gdn_status st =
+            launch<L, VEC, MODE_SUMMARY>(ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
         const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
         const size_t bytes = (size_t)COMBINE_ROWS * P.K * sizeof(float);
@@ -694,23 +742,31 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     P.row_tiles = vtiles;
     P.seg_launch = pl.segments;
     const int64_t blocks = N * P.Hv * vtiles * pl.segments;
-    if (P.chunk_states) return launch<KP, NW, STAGES, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
-    return launch<KP, NW, STAGES, VEC, MODE_STATE>(ctx, P, blocks, stream);
+    if (P.chunk_states) return launch<L, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
+    return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
+}
+
+/* One row tile (RG row groups) at ring depth STAGES, by column split. */
+template <int KP, int RG, int STAGES, bool VEC>
+gdn_status run_split(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
+                     cudaStream_t stream) {
+    if (pl.ks == 1) return run_passes<Smem<KP, RG, 1, STAGES>, VEC>(ctx, P, pl, N, stream);
+    return run_passes<Smem<KP, RG, 2, STAGES>, VEC>(ctx, P, pl, N, stream);
 }
 
 /* The compiled configurations: the generic (unaligned) path, and per K the
- * row tiles (warps) and ring depths make_plan can choose. */
+ * row tiles and ring depths make_plan can choose. */
 template <int KP>
 gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
                     cudaStream_t stream) {
-    if (!pl.vec) return run_passes<KP, 2, 2, false>(ctx, P, pl, N, stream);
+    if (!pl.vec) return run_passes<Smem<KP, 2, 2, 2>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
         if (pl.stages >= 3)
-            return pl.bv == 64 ? run_passes<KP, 4, 3, true>(ctx, P, pl, N, stream)
-                               : run_passes<KP, 2, 3, true>(ctx, P, pl, N, stream);
+            return pl.bv == 64 ? run_split<KP, 4, 3, true>(ctx, P, pl, N, stream)
+                               : run_split<KP, 2, 3, true>(ctx, P, pl, N, stream);
     }
-    return pl.bv == 64 ? run_passes<KP, 4, 2, true>(ctx, P, pl, N, stream)
-                       : run_passes<KP, 2, 2, true>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_split<KP, 4, 2, true>(ctx, P, pl, N, stream)
+                       : run_split<KP, 2, 2, true>(ctx, P, pl, N, stream);
 }
 
 } // namespace

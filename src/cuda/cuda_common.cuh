@@ -75,6 +75,12 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* bar.sync on barrier id (1..15; 0 is __syncthreads') for count threads,
+ * a multiple of 32: a barrier for some of a block's warps. */
+__device__ __forceinline__ void named_barrier(int id, int count) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
