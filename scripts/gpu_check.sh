@@ -41,11 +41,9 @@ fi
 if has test; then
   timeout 300 ctest --test-dir $BUILD --output-on-failure 2>&1 | tee "$OUT/ctest.log" | tail -40 || fail=1
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
-  # the state kernel's other configurations: the 64-row tile (4 row
-  # groups), which the plan picks only for large problems, and one warp a
-  # row group (GDN_CUDA_KSPLIT=1): every CUDA case through them as well
-  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
-           "GDN_CUDA_KSPLIT=1 test_chunk_state_cuda" "GDN_CUDA_KSPLIT=1 GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda"; do
+  # the state kernel's other row tile (64 rows, 4 row groups), which the
+  # plan picks only for large problems: every CUDA case through it as well
+  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?

@@ -1,16 +1,22 @@
 /*
  * gdn_chunk_state on CUDA: the inter-chunk state recurrence (SPEC 3 step 4).
  *
- * One block owns BV = 16 NW rows of one head's state [V, K] and walks that
+ * One block owns BV = 16 RG rows of one head's state [V, K] and walks that
  * sequence's chunks in order; the chunk inputs (w, k, u, g) stream through
- * a cp.async ring of shared-memory stages. Each warp owns 16 state rows and
- * all K columns as mma.sync accumulators (f32), and a chunk never leaves
- * its registers:
- *   vn^T    = u^T - bf16(H) w^T        (A = bf16(H), packed from the accumulators)
+ * a cp.async ring of shared-memory stages. Each 16-row group of the state
+ * is held by two warps as mma.sync accumulators (f32), each warp owning
+ * half of the K columns; per chunk:
+ *   vn^T    = u^T - bf16(H) w^T        (each warp: half of the tokens, all K;
+ *                                       A = bf16(H) staged in shared memory)
  *   vg^T    = bf16(vn^T * exp(G_last - G_t))   (rows past the end -> 0)
- *   H       = exp(G_last) H + vg^T k   (A = vg^T, packed from vn's accumulators)
- * so the only block barrier is the ring's, once a chunk. h_out and v_new
- * go out through small per-warp staging tiles for 16-byte stores.
+ *   H       = exp(G_last) H + vg^T k   (each warp: its columns, all tokens;
+ *                                       A = vg^T staged in shared memory)
+ * The two warps of a row group meet at a named barrier between the two
+ * products; the block meets once a chunk, at the ring. Halving each warp's
+ * serial work this way is what pays: the kernel is bound by the latency of
+ * one chunk's dependent steps, not by bandwidth or tensor throughput, for
+ * all but the largest problems. h_out and v_new go out from the staged
+ * tiles as 16-byte stores.
  * Rows of the state are independent, so blocks never communicate.
  *
  * Few heads, long sequences (the tp8 shapes) leave most SMs idle. Then the
@@ -31,6 +37,10 @@ namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
+/* Warps a 16-row group. Two halve each warp's serial per-chunk work and
+ * give a 32-row block a warp on each of the SM's four schedulers (H100,
+ * q35_t8k: 0.286 ms with one, 0.218 with two, 0.219 with four). */
+constexpr int KSPLIT = 2;
 
 /* MODE_STATE_F32 is MODE_STATE that also stores the f32 chunk-start
  * states (a variant of its own: the stores cost registers). */
@@ -77,11 +87,11 @@ template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
     static constexpr int G = U + BT * LDU * 2;
     static constexpr int KS_OFF = G + BT * 4; /* kscale, when given */
     static constexpr int STAGE = KS_OFF + BT * 4;
-    /* per row group: [16][LDK] bf16 state (MMA1's A with KS > 1; h_out) */
+    /* per row group: [16][LDK] bf16 state (MMA1's A; h_out) */
     static constexpr int HST = STAGES * STAGE;
-    /* per row group, KS > 1: [16][LDV] bf16 gated v_new (MMA2's A) */
+    /* per row group: [16][LDV] bf16 gated v_new (MMA2's A) */
     static constexpr int VST = HST + RG * 16 * LDK * 2;
-    static constexpr int BYTES = VST + (KS > 1 ? RG * 16 * LDV * 2 : 0);
+    static constexpr int BYTES = VST + RG * 16 * LDV * 2;
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
@@ -231,7 +241,8 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     constexpr int KW = KP / KS; /* state columns a warp owns */
     constexpr int NK = KW / 8;  /* ... as n8 tiles */
     constexpr int TW = BT / KS; /* chunk tokens a warp takes for v_new */
-    static_assert(NK % 2 == 0 && TW % 32 == 0, "warp split");
+    constexpr int GL = TW >= 32 ? TW / 32 : 1; /* gates a lane computes */
+    static_assert(NK % 2 == 0 && TW % 16 == 0, "warp split");
     extern __shared__ __align__(16) uint8_t smem[];
 
     /* A warp owns the state rows [wrow, wrow + 16) x columns [kc0, kc0 + KW)
@@ -318,11 +329,10 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             }
     };
 
-    /* The row group's staged bf16(H) [16][LDK] and (KS > 1) gated v_new
+    /* The row group's staged bf16(H) [16][LDK] and gated v_new
      * [16 rows][LDV tokens]. */
     __nv_bfloat16 *Hw = reinterpret_cast<__nv_bfloat16 *>(smem + L::HST) + rg * 16 * L::LDK;
     __nv_bfloat16 *Vs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VST) + rg * 16 * L::LDV;
-    constexpr bool STAGE_H = KS > 1 || MODE != MODE_SUMMARY;
     /* bf16(H), this warp's columns, into Hw: the A fragment of k-step q of
      * MMA1 is (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
      * (rows 8-15, k 8-15) of tiles 2q, 2q + 1; store_tiles_x4 takes
@@ -343,37 +353,60 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             store_tiles_x4<false>(Hw + kc0 + q * 16, L::LDK, r);
         }
     };
-    if (STAGE_H) stage_h(); /* the loop's first barrier publishes it */
+    stage_h(); /* the loop's first barrier publishes it */
 
     const bool load_u = !trans_rows;
     const int vrows = P.V - row0;       /* valid rows of this tile */
     const int wrows = vrows - wrow;     /* ... of this warp's 16 */
 
-    /* Token row t of chunk c is at token bos + 64c + t. */
+    /* Chunks are issued in order, so the sources run from the first
+     * chunk's rows by BT rows a chunk (token row t of chunk c is token
+     * bos + 64c + t), with no per-chunk address arithmetic. */
     ChunkSrc src;
     src.rs_w = (int64_t)P.Hv * P.K;
     src.rs_k = (int64_t)P.Hk * P.K;
     src.rs_u = (int64_t)P.Hv * P.V;
     src.rs_g = P.Hv;
-    auto point_at = [&](int c) {
-        const int64_t t0 = bos + (int64_t)c * BT;
-        src.w = P.w + t0 * src.rs_w + (int64_t)h * P.K;
-        src.k = P.k + t0 * src.rs_k + (int64_t)kh * P.K;
-        src.u = P.u + t0 * src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
-        src.g = P.g + t0 * src.rs_g + h;
-        src.ks = P.kscale ? P.kscale + t0 * src.rs_g + h : nullptr;
-        return (int)(eos - t0 < BT ? eos - t0 : BT);
+    int64_t t_issue = bos + (int64_t)c_begin * BT; /* first token of the next chunk to issue */
+    src.w = P.w + t_issue * src.rs_w + (int64_t)h * P.K;
+    src.k = P.k + t_issue * src.rs_k + (int64_t)kh * P.K;
+    src.u = P.u + t_issue * src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
+    src.g = P.g + t_issue * src.rs_g + h;
+    src.ks = P.kscale ? P.kscale + t_issue * src.rs_g + h : nullptr;
+    auto issue = [&](int slot) {
+        const int nv = (int)(eos - t_issue < BT ? eos - t_issue : BT);
+        load_chunk<L, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
+        t_issue += BT;
+        src.w += BT * src.rs_w;
+        src.k += BT * src.rs_k;
+        src.u += BT * src.rs_u;
+        src.g += BT * src.rs_g;
+        if (src.ks) src.ks += BT * src.rs_g;
     };
 
-    auto issue = [&](int c, int slot) {
-        const int nv = point_at(c);
-        load_chunk<L, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
-    };
+    /* h_out and v_new stores (V-first, vector path): each lane's first
+     * element, advanced by a chunk each chunk. h_out: 16 rows x KW columns
+     * in 16-byte pieces, HPR a row, lane -> row hr + HRS j, column hc.
+     * v_new: 16 rows x TW tokens, lane -> token tw0 + vt + 16 j, rows vr.. */
+    constexpr int HPR = KW / 8, HRS = 32 / HPR;
+    static_assert(32 % HPR == 0, "h_out pieces");
+    const int hr = lane / HPR, hc = kc0 + (lane % HPR) * 8;
+    const int64_t hstep = (int64_t)P.Hv * P.V * P.K;
+    __nv_bfloat16 *hp = nullptr;
+    if (MODE != MODE_SUMMARY)
+        hp = P.h_out + (hoff + c_begin) * hstep + (int64_t)h * P.V * P.K +
+             (int64_t)(row0 + wrow + hr) * P.K + hc;
+    const int vt = lane >> 1, vr = (lane & 1) * 8;
+    const int64_t vtok = (int64_t)P.Hv * P.V; /* v_new row stride */
+    __nv_bfloat16 *vp = nullptr;
+    if (MODE != MODE_SUMMARY && P.v_new)
+        vp = P.v_new + (bos + (int64_t)c_begin * BT + tw0 + vt) * vtok + (int64_t)h * P.V + row0 +
+             wrow + vr;
 
     /* ---- pipeline prologue ---- */
 #pragma unroll
     for (int i = 0; i < L::STAGES - 1; i++) {
-        if (c_begin + i < c_end) issue(c_begin + i, i);
+        if (c_begin + i < c_end) issue(i);
         cp_async_commit();
     }
 
@@ -384,7 +417,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
         cp_async_wait<L::STAGES - 2>();
         __syncthreads();
-        if (c + L::STAGES - 1 < c_end) issue(c + L::STAGES - 1, (it + L::STAGES - 1) % L::STAGES);
+        if (c + L::STAGES - 1 < c_end) issue((it + L::STAGES - 1) % L::STAGES);
         cp_async_commit();
         const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
         const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
@@ -406,8 +439,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 #pragma unroll
         for (int q = 0; q < KP / 16; q++) {
             uint32_t a[4];
-            if constexpr (KS == 1) pack_h(q, a);
-            else ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + q * 16 + (lane >> 4) * 8);
+            ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + q * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int j = 0; j < TW / 8; j += 2) {
                 uint32_t b[4]; /* tokens tw0 + 8j.. and + 8.., columns 16q.. */
@@ -420,15 +452,14 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 
         /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
         if (MODE != MODE_SUMMARY) {
-            __nv_bfloat16 *dst = P.h_out + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K;
+            __nv_bfloat16 *dst = P.h_out + (hoff + c) * hstep + (int64_t)h * P.V * P.K;
             if (!P.hout_kv && VEC) {
-                __nv_bfloat16 *drow = dst + (int64_t)(row0 + wrow) * P.K + kc0;
 #pragma unroll
-                for (int i = lane; i < 16 * (KW / 8); i += 32) {
-                    const int r = i / (KW / 8), col = (i % (KW / 8)) * 8;
-                    if (r < wrows && kc0 + col < P.K)
-                        *reinterpret_cast<uint4 *>(drow + r * P.K + col) =
-                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + kc0 + col);
+                for (int j = 0; j < 16 / HRS; j++) {
+                    const int r = hr + HRS * j;
+                    if (r < wrows && hc < P.K)
+                        *reinterpret_cast<uint4 *>(hp + (int64_t)(HRS * j) * P.K) =
+                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + hc);
                 }
             } else if (P.hout_kv && VEC) {
                 for (int i = lane; i < KW * 2; i += 32) {
@@ -455,11 +486,11 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         }
 
         /* 3. the gates of this lane's tokens tw0 + 8j + 2 tig + {0, 1}: each
-         * lane computes tokens tw0 + lane + 32 i, the warp shares them */
-        float gl[TW / 32];
+         * lane computes tokens tw0 + (lane mod TW) + 32 i, the warp shares them */
+        float gl[GL];
 #pragma unroll
-        for (int i = 0; i < TW / 32; i++) {
-            const int t = tw0 + lane + 32 * i;
+        for (int i = 0; i < GL; i++) {
+            const int t = tw0 + lane % TW + 32 * i;
             float x = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
             if (P.kscale) x *= reinterpret_cast<const float *>(stage + L::KS_OFF)[t];
             gl[i] = x;
@@ -495,25 +526,23 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
              * store_tiles_x4's (token block i >> 1, row block i & 1),
              * transposed back to u's [token][row] */
             if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(ut, L::LDU, vb);
-            if constexpr (KS > 1) {
-                const uint32_t r[4] = {Vg[q][0], Vg[q][2], Vg[q][1], Vg[q][3]};
-                store_tiles_x4<false>(Vs + tw0 + q * 16, L::LDV, r);
-            }
+            const uint32_t r[4] = {Vg[q][0], Vg[q][2], Vg[q][1], Vg[q][3]};
+            store_tiles_x4<false>(Vs + tw0 + q * 16, L::LDV, r);
         }
 
         /* 5. v_new rows of this warp's tokens and 16 value rows */
         if (MODE != MODE_SUMMARY && P.v_new) {
             __syncwarp();
-            __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0 + wrow;
             if (VEC) {
 #pragma unroll
-                for (int i = lane; i < TW * 2; i += 32) {
-                    const int t = tw0 + (i >> 1), r = (i & 1) * 8;
-                    if (t < nvalid && r < wrows)
-                        *reinterpret_cast<uint4 *>(dst + (int64_t)t * P.Hv * P.V + r) =
-                            *reinterpret_cast<const uint4 *>(Us + t * L::LDU + r);
+                for (int j = 0; j < TW / 16; j++) {
+                    const int t = tw0 + vt + 16 * j;
+                    if (t < nvalid && vr < wrows)
+                        *reinterpret_cast<uint4 *>(vp + (16 * j) * vtok) =
+                            *reinterpret_cast<const uint4 *>(Us + t * L::LDU + vr);
                 }
             } else {
+                __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0 + wrow;
                 for (int i = lane; i < TW * 16; i += 32) {
                     const int t = tw0 + (i >> 4), r = i & 15;
                     if (t < nvalid && r < wrows) dst[(int64_t)t * P.Hv * P.V + r] = Us[t * L::LDU + r];
@@ -521,7 +550,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             }
         }
         /* the row group's vg (and, before it, reads of Hw) complete */
-        if constexpr (KS > 1) named_barrier(1 + rg, 32 * KS);
+        named_barrier(1 + rg, 32 * KS);
 
         /* 6. H = exp(G_last) H + vg^T k, this warp's columns */
         const float decay = expf(g_last);
@@ -532,11 +561,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 #pragma unroll
         for (int q = 0; q < BT / 16; q++) {
             uint32_t a[4];
-            if constexpr (KS == 1) {
-                a[0] = Vg[q][0], a[1] = Vg[q][1], a[2] = Vg[q][2], a[3] = Vg[q][3];
-            } else {
-                ldmatrix_x4(a, Vs + (lane & 15) * L::LDV + q * 16 + (lane >> 4) * 8);
-            }
+            ldmatrix_x4(a, Vs + (lane & 15) * L::LDV + q * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
@@ -546,9 +571,13 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                 mma_bf16_16816(H[nt + 1], a, b + 2);
             }
         }
-        /* for the next chunk's MMA1 (KS > 1) and h_out; the partner's reads
-         * of Hw ended before the barrier above */
-        if (STAGE_H) stage_h();
+        /* for the next chunk's MMA1 and h_out; the partner's reads of Hw
+         * ended before the barrier above */
+        stage_h();
+        if (MODE != MODE_SUMMARY) {
+            hp += hstep;
+            if (vp) vp += BT * vtok;
+        }
     }
     cp_async_wait<0>();
 
@@ -624,7 +653,6 @@ struct Plan {
     int kp;     /* K padded to the kernel's: 64, 128 or 256 */
     int bv;     /* state rows a block */
     int stages; /* depth of the cp.async ring */
-    int ks;     /* warps a 16-row group (they split the columns) */
     bool vec;   /* 16-byte loads and stores */
     int segments;
     int chunks_per_segment;
@@ -677,11 +705,6 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* A lone block on a multiprocessor gets a three-deep ring; with
      * several resident (or K = 256, whose stages are twice the size), two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
-    /* Two warps a row group: each does half of the serial per-chunk work,
-     * and a 32-row block gets a warp on each of the SM's four schedulers.
-     * Testing override, documented in README: GDN_CUDA_KSPLIT=1. */
-    const char *ks = getenv("GDN_CUDA_KSPLIT");
-    pl.ks = ks && atoi(ks) == 1 ? 1 : 2;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
@@ -746,27 +769,19 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
 
-/* One row tile (RG row groups) at ring depth STAGES, by column split. */
-template <int KP, int RG, int STAGES, bool VEC>
-gdn_status run_split(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
-                     cudaStream_t stream) {
-    if (pl.ks == 1) return run_passes<Smem<KP, RG, 1, STAGES>, VEC>(ctx, P, pl, N, stream);
-    return run_passes<Smem<KP, RG, 2, STAGES>, VEC>(ctx, P, pl, N, stream);
-}
-
 /* The compiled configurations: the generic (unaligned) path, and per K the
  * row tiles and ring depths make_plan can choose. */
 template <int KP>
 gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
                     cudaStream_t stream) {
-    if (!pl.vec) return run_passes<Smem<KP, 2, 2, 2>, false>(ctx, P, pl, N, stream);
+    if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
         if (pl.stages >= 3)
-            return pl.bv == 64 ? run_split<KP, 4, 3, true>(ctx, P, pl, N, stream)
-                               : run_split<KP, 2, 3, true>(ctx, P, pl, N, stream);
+            return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 3>, true>(ctx, P, pl, N, stream)
+                               : run_passes<Smem<KP, 2, KSPLIT, 3>, true>(ctx, P, pl, N, stream);
     }
-    return pl.bv == 64 ? run_split<KP, 4, 2, true>(ctx, P, pl, N, stream)
-                       : run_split<KP, 2, 2, true>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 2>, true>(ctx, P, pl, N, stream)
+                       : run_passes<Smem<KP, 2, KSPLIT, 2>, true>(ctx, P, pl, N, stream);
 }
 
 } // namespace
