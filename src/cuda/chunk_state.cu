@@ -10,7 +10,7 @@
  *                                       A = bf16(H) staged in shared memory)
  *   vg^T    = bf16(vn^T * exp(G_last - G_t))   (rows past the end -> 0)
  *   H       = exp(G_last) H + vg^T k   (each warp: its columns, all tokens;
- *                                       A = vg^T staged in shared memory)
+ *                                       A = vg^T staged in u's slot)
  * The two warps of a row group meet at a named barrier between the two
  * products; the block meets once a chunk, at the ring. Halving each warp's
  * serial work this way is what pays: the kernel is bound by the latency of
@@ -80,7 +80,6 @@ template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
     static constexpr int NTHREADS = 32 * NW;
     static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDU = BV + 8;
-    static constexpr int LDV = BT + 8;
     static constexpr int W = 0;
     static constexpr int KC = W + BT * LDK * 2;
     static constexpr int U = KC + BT * LDK * 2;
@@ -89,9 +88,7 @@ template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
     static constexpr int STAGE = KS_OFF + BT * 4;
     /* per row group: [16][LDK] bf16 state (MMA1's A; h_out) */
     static constexpr int HST = STAGES * STAGE;
-    /* per row group: [16][LDV] bf16 gated v_new (MMA2's A) */
-    static constexpr int VST = HST + RG * 16 * LDK * 2;
-    static constexpr int BYTES = VST + RG * 16 * LDV * 2;
+    static constexpr int BYTES = HST + RG * 16 * LDK * 2;
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
@@ -329,10 +326,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             }
     };
 
-    /* The row group's staged bf16(H) [16][LDK] and gated v_new
-     * [16 rows][LDV tokens]. */
+    /* The row group's staged bf16(H) [16][LDK] (the gated v_new goes
+     * through the stage's u slot, [token][row]). */
     __nv_bfloat16 *Hw = reinterpret_cast<__nv_bfloat16 *>(smem + L::HST) + rg * 16 * L::LDK;
-    __nv_bfloat16 *Vs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VST) + rg * 16 * L::LDV;
     /* bf16(H), this warp's columns, into Hw: the A fragment of k-step q of
      * MMA1 is (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15),
      * (rows 8-15, k 8-15) of tiles 2q, 2q + 1; store_tiles_x4 takes
@@ -452,7 +448,6 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 
         /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
         if (MODE != MODE_SUMMARY) {
-            __nv_bfloat16 *dst = P.h_out + (hoff + c) * hstep + (int64_t)h * P.V * P.K;
             if (!P.hout_kv && VEC) {
 #pragma unroll
                 for (int j = 0; j < 16 / HRS; j++) {
@@ -462,6 +457,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                             *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + hc);
                 }
             } else if (P.hout_kv && VEC) {
+                __nv_bfloat16 *dst = P.h_out + (hoff + c) * hstep + (int64_t)h * P.V * P.K;
                 for (int i = lane; i < KW * 2; i += 32) {
                     const int col = kc0 + (i >> 1), r = (i & 1) * 8;
                     if (r < wrows && col < P.K) {
@@ -477,6 +473,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                     }
                 }
             } else {
+                __nv_bfloat16 *dst = P.h_out + (hoff + c) * hstep + (int64_t)h * P.V * P.K;
                 for (int i = lane; i < 16 * KW; i += 32) {
                     const int r = i / KW, col = kc0 + i % KW;
                     if (r < wrows && col < P.K)
@@ -497,7 +494,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         }
 
         /* 4. vn = u - acc (u^T fragments by ldmatrix.trans), v_new = bf16(vn)
-         * back in u's place, vg = bf16(vn * gate) as MMA2's A fragments
+         * back in u's place, vg = bf16(vn * gate) in A order
          * (k-step q over tokens tw0 + 16q..: tiles 2q, 2q+1) */
         uint32_t Vg[TW / 16][4];
 #pragma unroll
@@ -526,8 +523,6 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
              * store_tiles_x4's (token block i >> 1, row block i & 1),
              * transposed back to u's [token][row] */
             if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(ut, L::LDU, vb);
-            const uint32_t r[4] = {Vg[q][0], Vg[q][2], Vg[q][1], Vg[q][3]};
-            store_tiles_x4<false>(Vs + tw0 + q * 16, L::LDV, r);
         }
 
         /* 5. v_new rows of this warp's tokens and 16 value rows */
@@ -549,6 +544,11 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                 }
             }
         }
+        /* vg in u's place as well (once v_new has left): MMA2's A operand
+         * for both warps of the row group, read back by ldmatrix.trans */
+        __syncwarp();
+#pragma unroll
+        for (int q = 0; q < TW / 16; q++) store_tiles_x4<true>(Us + (tw0 + q * 16) * L::LDU, L::LDU, Vg[q]);
         /* the row group's vg (and, before it, reads of Hw) complete */
         named_barrier(1 + rg, 32 * KS);
 
@@ -560,8 +560,8 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             for (int e = 0; e < 4; e++) H[nt][e] *= decay;
 #pragma unroll
         for (int q = 0; q < BT / 16; q++) {
-            uint32_t a[4];
-            ldmatrix_x4(a, Vs + (lane & 15) * L::LDV + q * 16 + (lane >> 4) * 8);
+            uint32_t a[4]; /* (rows 0-7, tokens 16q..), (8-15, 16q..), (0-7, 16q+8..), (8-15, 16q+8..) */
+            ldmatrix_x4_trans(a, Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8);
 #pragma unroll
             for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
@@ -702,8 +702,9 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
     if (force && can64 && (atoi(force) == 32 || atoi(force) == 64)) pl.bv = atoi(force);
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
-    /* A lone block on a multiprocessor gets a three-deep ring; with
-     * several resident (or K = 256, whose stages are twice the size), two. */
+    /* A lone block on a multiprocessor gets a three-deep ring (four was no
+     * faster: H100, q35_t8k 0.192 vs 0.190 ms); with several resident (or
+     * K = 256, whose stages are twice the size), two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
@@ -769,6 +770,18 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
 
+/* The deepest ring up to STAGES whose shared memory the device allows
+ * (three-deep rings are 132-157 KB: Hopper's 227 KB and the A100's 163 KB,
+ * but not the 99 KB of sm_86 / sm_89 cards, which run the sm_80 code). */
+template <int KP, int RG, int STAGES>
+gdn_status run_ring(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
+                    cudaStream_t stream) {
+    using L = Smem<KP, RG, KSPLIT, STAGES>;
+    if constexpr (STAGES > 2)
+        if ((size_t)L::BYTES > ctx->smem_optin) return run_ring<KP, RG, STAGES - 1>(ctx, P, pl, N, stream);
+    return run_passes<L, true>(ctx, P, pl, N, stream);
+}
+
 /* The compiled configurations: the generic (unaligned) path, and per K the
  * row tiles and ring depths make_plan can choose. */
 template <int KP>
@@ -776,12 +789,12 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
                     cudaStream_t stream) {
     if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
-        if (pl.stages >= 3)
-            return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 3>, true>(ctx, P, pl, N, stream)
-                               : run_passes<Smem<KP, 2, KSPLIT, 3>, true>(ctx, P, pl, N, stream);
+        if (pl.stages == 3)
+            return pl.bv == 64 ? run_ring<KP, 4, 3>(ctx, P, pl, N, stream)
+                               : run_ring<KP, 2, 3>(ctx, P, pl, N, stream);
     }
-    return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 2>, true>(ctx, P, pl, N, stream)
-                       : run_passes<Smem<KP, 2, KSPLIT, 2>, true>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_ring<KP, 4, 2>(ctx, P, pl, N, stream)
+                       : run_ring<KP, 2, 2>(ctx, P, pl, N, stream);
 }
 
 } // namespace
