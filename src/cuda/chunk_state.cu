@@ -70,6 +70,12 @@ struct Params {
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
 };
 
+/* Shared memory of the vector kernel (KP, RG row groups, a STAGES-deep
+ * ring), the layout of Smem below in one formula, for the host's plan. */
+__host__ __device__ constexpr int smem_bytes(int kp, int rg, int stages) {
+    return stages * (2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) + rg * 16 * (kp + 8) * 2;
+}
+
 /* A block covers BV = 16 RG rows of one head's state: RG row groups of 16
  * rows, each worked by KS warps that split the state's columns (and, for
  * v_new, the chunk's tokens) between them. */
@@ -89,6 +95,7 @@ template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
     /* per row group: [16][LDK] bf16 state (MMA1's A; h_out) */
     static constexpr int HST = STAGES * STAGE;
     static constexpr int BYTES = HST + RG * 16 * LDK * 2;
+    static_assert(BYTES == smem_bytes(KP, RG, STAGES), "smem_bytes must match the layout");
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
@@ -683,8 +690,8 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
     const int64_t blocks32 = N * p->Hv * gdn_ceil_div(p->V, 32);
     const int64_t blocks64 = N * p->Hv * gdn_ceil_div(p->V, 64);
-    /* Rows a block: 64 (four warps sharing each chunk's w and k tiles, half
-     * the shared-memory fill traffic of 32) where that still gives every
+    /* Rows a block: 64 (four row groups, eight warps, sharing each chunk's
+     * w and k tiles: half the shared-memory fill traffic of 32) where that still gives every
      * multiprocessor a block or lets a split problem cut more segments;
      * else 32, for twice the blocks. */
     pl.bv = 32;
@@ -701,11 +708,17 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* Testing override, documented in README: force the row tile. */
     const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
     if (force && can64 && (atoi(force) == 32 || atoi(force) == 64)) pl.bv = atoi(force);
+    /* Only what the device's shared memory holds: the 64-row tile at
+     * K = 256 is 184 KB (Hopper's 227 KB, not the A100's 163 KB). */
+    if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2) > ctx->smem_optin) pl.bv = 32;
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
     /* A lone block on a multiprocessor gets a three-deep ring (four was no
      * faster: H100, q35_t8k 0.192 vs 0.190 ms); with several resident (or
      * K = 256, whose stages are twice the size), two. */
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
+    /* three-deep rings are 132-157 KB: two on the 99 KB of sm_86 / sm_89
+     * cards (which run the sm_80 code) */
+    if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3) > ctx->smem_optin) pl.stages = 2;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
@@ -770,18 +783,6 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
 
-/* The deepest ring up to STAGES whose shared memory the device allows
- * (three-deep rings are 132-157 KB: Hopper's 227 KB and the A100's 163 KB,
- * but not the 99 KB of sm_86 / sm_89 cards, which run the sm_80 code). */
-template <int KP, int RG, int STAGES>
-gdn_status run_ring(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
-                    cudaStream_t stream) {
-    using L = Smem<KP, RG, KSPLIT, STAGES>;
-    if constexpr (STAGES > 2)
-        if ((size_t)L::BYTES > ctx->smem_optin) return run_ring<KP, RG, STAGES - 1>(ctx, P, pl, N, stream);
-    return run_passes<L, true>(ctx, P, pl, N, stream);
-}
-
 /* The compiled configurations: the generic (unaligned) path, and per K the
  * row tiles and ring depths make_plan can choose. */
 template <int KP>
@@ -790,11 +791,11 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
     if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
         if (pl.stages == 3)
-            return pl.bv == 64 ? run_ring<KP, 4, 3>(ctx, P, pl, N, stream)
-                               : run_ring<KP, 2, 3>(ctx, P, pl, N, stream);
+            return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 3>, true>(ctx, P, pl, N, stream)
+                               : run_passes<Smem<KP, 2, KSPLIT, 3>, true>(ctx, P, pl, N, stream);
     }
-    return pl.bv == 64 ? run_ring<KP, 4, 2>(ctx, P, pl, N, stream)
-                       : run_ring<KP, 2, 2>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 2>, true>(ctx, P, pl, N, stream)
+                       : run_passes<Smem<KP, 2, KSPLIT, 2>, true>(ctx, P, pl, N, stream);
 }
 
 } // namespace
