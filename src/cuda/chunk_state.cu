@@ -251,12 +251,12 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 
     /* A warp owns the state rows [wrow, wrow + 16) x columns [kc0, kc0 + KW)
      * as mma accumulators and computes v_new for tokens [tw0, tw0 + TW):
-     *   MMA1  vn^T = u^T - bf16(H) w^T over all K (A: bf16(H), from its own
-     *         accumulators when KS = 1, else the row group's staged copy);
-     *   MMA2  H += vg^T k over its columns (A: gated vn, from its own
-     *         accumulators when KS = 1, else the row group's staged copy).
-     * With KS = 2 a row group's two warps exchange bf16(H) and vg through
-     * shared memory, which doubles the warps (and halves the serial
+     *   MMA1  vn^T = u^T - bf16(H) w^T over all K (A: bf16(H), the row
+     *         group's copy staged in Hw by stage_h);
+     *   MMA2  H += vg^T k over its columns (A: the gated vn of all the
+     *         chunk's tokens, staged in the u slot).
+     * So a row group's KS warps exchange bf16(H) and vg through shared
+     * memory, which multiplies the warps (and divides the serial
      * instructions of each) for the same rows. */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
