@@ -20,8 +20,6 @@
  * The inputs arrive in three cp.async groups (q, k, gates; h; v_new), so
  * that S is computed while h and v_new are still in flight.
  */
-#include <stdlib.h>
-
 #include "chunk_forward.cuh"
 
 namespace gdn {
@@ -350,11 +348,8 @@ int choose_bv(const gdn_context *ctx, const OutputParams &P, int kp, bool vec) {
     const int64_t t64 = (P.V + 63) / 64, t128 = (P.V + 127) / 128;
     if (t64 != 2 * t128) return 64;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    int bv = P.NT * P.Hv * t128 >= 2 * (int64_t)sms ? 128 : 64;
-    /* Testing override: force the column tile (64 or 128). */
-    const char *force = getenv("GDN_CUDA_OUTPUT_BV");
-    if (force && (atoi(force) == 64 || atoi(force) == 128)) bv = atoi(force);
-    return bv;
+    const int bv = P.NT * P.Hv * t128 >= 2 * (int64_t)sms ? 128 : 64;
+    return env_override("GDN_CUDA_OUTPUT_BV", bv, {64, 128}); /* force the column tile */
 }
 
 template <int KP>

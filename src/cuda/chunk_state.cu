@@ -28,8 +28,6 @@
  *   3. each segment reruns from its true h_start, writing h_out and v_new.
  * This costs about 2.5x the arithmetic but S times the parallelism.
  */
-#include <stdlib.h>
-
 #include "chunk_forward.cuh"
 #include "chunk_state.cuh"
 
@@ -245,8 +243,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     constexpr int KW = KP / KS; /* state columns a warp owns */
     constexpr int NK = KW / 8;  /* ... as n8 tiles */
     constexpr int TW = BT / KS; /* chunk tokens a warp takes for v_new */
-    constexpr int GL = TW >= 32 ? TW / 32 : 1; /* gates a lane computes */
-    static_assert(NK % 2 == 0 && TW % 16 == 0, "warp split");
+    static_assert(NK % 2 == 0 && TW % 32 == 0, "warp split");
     extern __shared__ __align__(16) uint8_t smem[];
 
     /* A warp owns the state rows [wrow, wrow + 16) x columns [kc0, kc0 + KW)
@@ -490,11 +487,11 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         }
 
         /* 3. the gates of this lane's tokens tw0 + 8j + 2 tig + {0, 1}: each
-         * lane computes tokens tw0 + (lane mod TW) + 32 i, the warp shares them */
-        float gl[GL];
+         * lane computes tokens tw0 + lane + 32 i, the warp shares them */
+        float gl[TW / 32];
 #pragma unroll
-        for (int i = 0; i < GL; i++) {
-            const int t = tw0 + lane % TW + 32 * i;
+        for (int i = 0; i < TW / 32; i++) {
+            const int t = tw0 + lane + 32 * i;
             float x = t < nvalid ? expf(g_last - Gs[t]) : 0.f;
             if (P.kscale) x *= reinterpret_cast<const float *>(stage + L::KS_OFF)[t];
             gl[i] = x;
@@ -705,9 +702,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
                       (seg32 > 1 && split_segments(p, blocks64, sms) > seg32)))
             pl.bv = 64;
     }
-    /* Testing override, documented in README: force the row tile. */
-    const char *force = getenv("GDN_CUDA_ROWS_PER_BLOCK");
-    if (force && can64 && (atoi(force) == 32 || atoi(force) == 64)) pl.bv = atoi(force);
+    if (can64) pl.bv = env_override("GDN_CUDA_ROWS_PER_BLOCK", pl.bv, {32, 64}); /* force the row tile */
     /* Only what the device's shared memory holds: the 64-row tile at
      * K = 256 is 184 KB (Hopper's 227 KB, not the A100's 163 KB). */
     if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2) > ctx->smem_optin) pl.bv = 32;

@@ -7,6 +7,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include <initializer_list>
 
 #include "gdn_internal.h"
 
@@ -18,6 +21,17 @@
             return gdn_fail((ctx), GDN_ERROR_CUDA, "%s: %s (%s:%d)", #call,                  \
                             cudaGetErrorString(gdn_err_), __FILE__, __LINE__);               \
     } while (0)
+
+/* A testing override from the environment (documented in README): the
+ * value of variable name when it is one of allowed, else current. */
+inline int env_override(const char *name, int current, std::initializer_list<int> allowed) {
+    const char *s = getenv(name);
+    if (!s) return current;
+    const int v = atoi(s);
+    for (int a : allowed)
+        if (v == a) return v;
+    return current;
+}
 
 /* After a launch: a bad configuration shows here, not at the next call. */
 #define GDN_CUDA_CHECK_LAUNCH(ctx, what)                                                     \

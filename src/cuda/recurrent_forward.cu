@@ -87,8 +87,6 @@
  * are held as zeros and never stored; their k, q, v are zero, so they add
  * nothing to the dot products.
  */
-#include <stdlib.h>
-
 #include "cuda_common.cuh"
 
 namespace gdn {
@@ -501,10 +499,8 @@ gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream)
     int warps = (int)gdn_ceil_div(P.V, G::WR);
     if (warps > MAX_WARPS) warps = MAX_WARPS;
     while (warps > 1 && heads * gdn_ceil_div(P.V, (int64_t)warps * G::WR) < sms) warps /= 2;
-    /* Testing override, documented in README: force the warps a block
-     * (1, 2 or 4), to time other block shapes; results do not change. */
-    const char *force = getenv("GDN_CUDA_RECURRENT_WARPS");
-    if (force && (atoi(force) == 1 || atoi(force) == 2 || atoi(force) == 4)) warps = atoi(force);
+    /* to time other block shapes; results do not change */
+    warps = env_override("GDN_CUDA_RECURRENT_WARPS", warps, {1, 2, 4});
     P.block_rows = warps * G::WR;
     P.tiles = (int)gdn_ceil_div(P.V, P.block_rows);
     const int64_t blocks = heads * P.tiles;
