@@ -17,6 +17,9 @@ from fla.ops.common.chunk_delta_h import chunk_gated_delta_rule_fwd_h
 
 
 def graph_time_ms(fn, reps=30, inner=10):
+    """Milliseconds of one fn() replayed from a CUDA graph: the median over
+    reps repetitions of inner replays (inner=None: as many as make a
+    repetition about 2 ms, 1 to 200), after warm-up outside the capture."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -32,6 +35,13 @@ def graph_time_ms(fn, reps=30, inner=10):
     torch.cuda.synchronize()
     times = []
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if inner is None:
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        one = max(a.elapsed_time(b), 1e-3)
+        inner = min(200, max(1, int(2.0 / one + 0.999)))
     for _ in range(reps):
         a.record()
         for _ in range(inner):

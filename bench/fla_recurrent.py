@@ -30,46 +30,14 @@ import sys
 import time
 
 
-def graph_time_ms(fn, reps=15):
-    import torch
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    g.replay()
-    b.record()
-    b.synchronize()
-    one = max(a.elapsed_time(b), 1e-3)
-    inner = min(200, max(1, int(2.0 / one + 0.999)))
-    times = []
-    for _ in range(reps):
-        a.record()
-        for _ in range(inner):
-            g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / inner)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def run_one(row):
     """Child: time FLA on one row; prints 'RESULT <us per call>'."""
     import torch
     import torch.nn.functional as F
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from fla_chunk_state import graph_time_ms
 
     N, Hk, Hv, K, V = (int(row[x]) for x in ("N", "Hk", "Hv", "K", "V"))
     dt = torch.float32 if row["dtype"] == "f32" else torch.bfloat16
@@ -93,7 +61,7 @@ def run_one(row):
                                              output_final_state=True, state_v_first=v_first)
 
     print(f"DEVICE {torch.cuda.get_device_name()}", flush=True)
-    ms = graph_time_ms(fn)
+    ms = graph_time_ms(fn, reps=15, inner=None)
     print(f"RESULT {ms * 1e3 / calls:.4f}", flush=True)
 
 
