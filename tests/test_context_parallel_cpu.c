@@ -169,28 +169,24 @@ static void test_validation(void) {
         {"partial is NULL", kv, kv, gb, gb, tr, NULL},
     };
     for (unsigned i = 0; i < sizeof sum_cases / sizeof sum_cases[0]; i++) {
-        CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, NULL, sum_cases[i].k, sum_cases[i].v,
-                                               sum_cases[i].g, sum_cases[i].beta, sum_cases[i].tr,
-                                               sum_cases[i].part, NULL, 0),
-                     GDN_ERROR_INVALID_ARGUMENT, ctx);
-        CHECK(strstr(gdn_last_error(ctx), sum_cases[i].want) != NULL, "want '%s', message: %s",
-              sum_cases[i].want, gdn_last_error(ctx));
+        CHECK_ERROR(gdn_chunk_forward_summary(ctx, &p, NULL, sum_cases[i].k, sum_cases[i].v,
+                                              sum_cases[i].g, sum_cases[i].beta, sum_cases[i].tr,
+                                              sum_cases[i].part, NULL, 0),
+                    GDN_ERROR_INVALID_ARGUMENT, ctx, sum_cases[i].want);
     }
     /* options: the Qwen gate needs A_log */
     gdn_forward_options opts;
     gdn_forward_options_init(&opts);
     opts.qwen_gate = 1;
-    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &p, &opts, kv, kv, gb, gb, tr, part, NULL, 0),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "A_log") != NULL, "message: %s", gdn_last_error(ctx));
+    CHECK_ERROR(gdn_chunk_forward_summary(ctx, &p, &opts, kv, kv, gb, gb, tr, part, NULL, 0),
+                GDN_ERROR_INVALID_ARGUMENT, ctx, "A_log");
     /* problem rules: cu_seqlens must end at T */
     static const int32_t cu_bad[] = {0, 3, 7};
     gdn_problem pv = p;
     pv.cu_seqlens = cu_bad;
     pv.num_seqs = 2;
-    CHECK_STATUS(gdn_chunk_forward_summary(ctx, &pv, NULL, kv, kv, gb, gb, tr, part, NULL, 0),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "cu_seqlens") != NULL, "message: %s", gdn_last_error(ctx));
+    CHECK_ERROR(gdn_chunk_forward_summary(ctx, &pv, NULL, kv, kv, gb, gb, tr, part, NULL, 0),
+                GDN_ERROR_INVALID_ARGUMENT, ctx, "cu_seqlens");
 
     struct {
         const char *want;
@@ -201,17 +197,15 @@ static void test_validation(void) {
         {"state_out is NULL", tr, part, NULL},
     };
     for (unsigned i = 0; i < sizeof adv_cases / sizeof adv_cases[0]; i++) {
-        CHECK_STATUS(gdn_state_advance(ctx, &p, NULL, adv_cases[i].tr, adv_cases[i].part,
-                                       adv_cases[i].out),
-                     GDN_ERROR_INVALID_ARGUMENT, ctx);
-        CHECK(strstr(gdn_last_error(ctx), adv_cases[i].want) != NULL, "want '%s', message: %s",
-              adv_cases[i].want, gdn_last_error(ctx));
+        CHECK_ERROR(gdn_state_advance(ctx, &p, NULL, adv_cases[i].tr, adv_cases[i].part,
+                                      adv_cases[i].out),
+                    GDN_ERROR_INVALID_ARGUMENT, ctx, adv_cases[i].want);
     }
     gdn_problem ph = p;
     ph.Hv = 3; /* Hv % Hk rule applies here too */
     ph.Hk = 2;
-    CHECK_STATUS(gdn_state_advance(ctx, &ph, NULL, tr, part, part), GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "Hv") != NULL, "message: %s", gdn_last_error(ctx));
+    CHECK_ERROR(gdn_state_advance(ctx, &ph, NULL, tr, part, part), GDN_ERROR_INVALID_ARGUMENT, ctx,
+                "Hv");
 
     /* state_in NULL means zero: out = partial */
     for (int i = 0; i < 16; i++) part[i] = (float)i, tr[i] = 1.0f;
@@ -240,17 +234,15 @@ static void test_cp_validation(void) {
     float f[16] = {0};
     int fake_comm = 0; /* never dereferenced: the CPU backend is refused first */
     size_t bytes = 7;
-    CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &p, NULL, NULL),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "gdn_chunk_forward_summary_workspace_size: bytes is NULL"),
-          "message: %s", gdn_last_error(ctx));
+    CHECK_ERROR(gdn_chunk_forward_summary_workspace_size(ctx, &p, NULL, NULL),
+                GDN_ERROR_INVALID_ARGUMENT, ctx,
+                "gdn_chunk_forward_summary_workspace_size: bytes is NULL");
     CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &p, NULL, &bytes), GDN_SUCCESS, ctx);
     CHECK(bytes == 0, "the CPU summary needs no workspace (got %zu)", bytes);
     gdn_problem bad = p;
     bad.Hv = 3, bad.Hk = 2;
-    CHECK_STATUS(gdn_chunk_forward_summary_workspace_size(ctx, &bad, NULL, &bytes),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "Hv") != NULL, "message: %s", gdn_last_error(ctx));
+    CHECK_ERROR(gdn_chunk_forward_summary_workspace_size(ctx, &bad, NULL, &bytes),
+                GDN_ERROR_INVALID_ARGUMENT, ctx, "Hv");
 
     static const int32_t cu[] = {0, 3, 8};
     gdn_problem pv = p;
@@ -280,10 +272,8 @@ static void test_cp_validation(void) {
                   strstr(gdn_last_error(ctx), cases[i].want),
               "cp, %s: message: %s", cases[i].what, gdn_last_error(ctx));
     }
-    CHECK_STATUS(gdn_chunk_forward_cp_workspace_size(ctx, &p, NULL, &fake_comm, NULL),
-                 GDN_ERROR_INVALID_ARGUMENT, ctx);
-    CHECK(strstr(gdn_last_error(ctx), "bytes is NULL") != NULL, "message: %s",
-          gdn_last_error(ctx));
+    CHECK_ERROR(gdn_chunk_forward_cp_workspace_size(ctx, &p, NULL, &fake_comm, NULL),
+                GDN_ERROR_INVALID_ARGUMENT, ctx, "bytes is NULL");
 }
 
 /* Summaries of a varlen batch equal each sequence's alone, bit for bit;

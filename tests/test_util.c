@@ -45,6 +45,15 @@ int gdn_test_check_status(gdn_status got, gdn_status expected, const gdn_context
                               ctx ? gdn_last_error(ctx) : "no context");
 }
 
+int gdn_test_check_error(gdn_status got, gdn_status expected, const gdn_context *ctx,
+                         const char *want, const char *expr, const char *file, int line) {
+    const int status_ok = gdn_test_check_status(got, expected, ctx, expr, file, line);
+    const char *msg = gdn_last_error(ctx);
+    const int msg_ok = gdn_test_check_ret(strstr(msg, want) != NULL, file, line,
+                                          "%s: want '%s' in the message: %s", expr, want, msg);
+    return status_ok && msg_ok;
+}
+
 int gdn_test_finish(const char *name) {
     printf("%s: %ld passed, %ld failed\n", name, gdn_test_passed, gdn_test_failed);
     fflush(stdout);

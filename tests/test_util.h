@@ -35,6 +35,14 @@ int gdn_test_check_ret(int ok, const char *file, int line, const char *fmt, ...)
 int gdn_test_check_status(gdn_status got, gdn_status expected, const gdn_context *ctx,
                           const char *expr, const char *file, int line);
 
+/* CHECK_ERROR(expr, expected, ctx, want): CHECK_STATUS, then a second
+ * check that gdn_last_error(ctx) contains want (the argument and rule a
+ * refused call names). Evaluates to 1 when both held. */
+#define CHECK_ERROR(expr, expected, ctx, want)                                                     \
+    gdn_test_check_error((expr), (expected), (ctx), (want), #expr, __FILE__, __LINE__)
+int gdn_test_check_error(gdn_status got, gdn_status expected, const gdn_context *ctx,
+                         const char *want, const char *expr, const char *file, int line);
+
 /* Print "name: P passed, F failed" and return the exit code (0 if none
  * failed, 1 otherwise). */
 int gdn_test_finish(const char *name);
