@@ -608,46 +608,78 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 }
 
 /* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
- * One block per (sequence, head, 16 state rows). */
+ * One block per (sequence, head, 16 state rows), which it keeps in shared
+ * memory across the segments. P_s goes through shared memory COMBINE_JB
+ * rows at a time; thread (r, l) owns row r's column pairs 2l + 32i, so a
+ * warp reads 128 contiguous bytes of a P_s row and two broadcast h values
+ * per step. Each output is b + sum_j h[j] P[j][c], j ascending, by fmaf. */
 constexpr int COMBINE_ROWS = 16;
 constexpr int COMBINE_THREADS = 256;
+constexpr int COMBINE_JB = 16; /* rows of P_s staged at once */
 
+template <int KP>
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P) {
-    const int N = P.N;
-    extern __shared__ float hs[]; /* [COMBINE_ROWS][K] */
-    const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
+    constexpr int CP = KP / 32;  /* column pairs a thread */
+    constexpr int HLD = KP + 1;  /* hs pitch: a warp's two rows in different banks */
+    static_assert(COMBINE_THREADS == COMBINE_ROWS * 16, "16 threads a row");
+    extern __shared__ float cs[];
+    float *ps = cs;                       /* [COMBINE_JB][KP], zero past K */
+    float *hs = cs + COMBINE_JB * KP;     /* [COMBINE_ROWS][HLD], zero past K */
+    const int N = P.N, K = P.K, V = P.V;
+    const int tiles = (V + COMBINE_ROWS - 1) / COMBINE_ROWS;
     const int tile = blockIdx.x % tiles;
     const int64_t head = blockIdx.x / tiles; /* n * Hv + h */
     const int row0 = tile * COMBINE_ROWS;
-    const int K = P.K, V = P.V;
-    for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS) {
-        const int r = i / K, c = i % K;
+    const int tid = threadIdx.x, r = tid / 16, l = tid % 16;
+    const bool row_ok = row0 + r < V;
+    for (int i = tid; i < COMBINE_ROWS * KP; i += COMBINE_THREADS) {
+        const int rr = i / KP, c = i % KP;
         float x = 0.f;
-        if (row0 + r < V && P.h0) x = P.h0[head * V * K + state_index(P.kv_layout, V, K, row0 + r, c)];
-        hs[i] = x;
-        if (row0 + r < V) P.h_start[(head * V + row0 + r) * K + c] = x;
+        if (row0 + rr < V && c < K && P.h0) x = P.h0[head * V * K + state_index(P.kv_layout, V, K, row0 + rr, c)];
+        hs[rr * HLD + c] = x;
+        if (row0 + rr < V && c < K) P.h_start[(head * V + row0 + rr) * K + c] = x;
     }
-    __syncthreads();
     for (int s = 0; s + 1 < P.segments; s++) {
         const float *b = P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K;
         const float *Pm = b + (int64_t)V * K;
-        float next[COMBINE_ROWS * GDN_MAX_HEAD_DIM / COMBINE_THREADS];
-        int cnt = 0;
-        for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS, cnt++) {
-            const int r = i / K, c = i % K;
-            float acc = row0 + r < V ? b[(int64_t)(row0 + r) * K + c] : 0.f;
-            for (int j = 0; j < K; j++) acc = fmaf(hs[r * K + j], Pm[(int64_t)j * K + c], acc);
-            next[cnt] = acc;
+        float acc[CP][2];
+#pragma unroll
+        for (int i = 0; i < CP; i++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = 2 * l + 32 * i + e;
+                acc[i][e] = row_ok && c < K ? b[(int64_t)(row0 + r) * K + c] : 0.f;
+            }
+        for (int j0 = 0; j0 < K; j0 += COMBINE_JB) {
+            __syncthreads(); /* hs written, the previous ps read */
+            for (int i = tid; i < COMBINE_JB * KP; i += COMBINE_THREADS) {
+                const int jj = i / KP, c = i % KP;
+                ps[i] = j0 + jj < K && c < K ? Pm[(int64_t)(j0 + jj) * K + c] : 0.f;
+            }
+            __syncthreads();
+            const int jn = min(COMBINE_JB, K - j0);
+            for (int jj = 0; jj < jn; jj++) {
+                const float h = hs[r * HLD + j0 + jj];
+#pragma unroll
+                for (int i = 0; i < CP; i++) {
+                    const float2 p = *reinterpret_cast<const float2 *>(ps + jj * KP + 2 * l + 32 * i);
+                    acc[i][0] = fmaf(h, p.x, acc[i][0]);
+                    acc[i][1] = fmaf(h, p.y, acc[i][1]);
+                }
+            }
         }
-        __syncthreads();
-        cnt = 0;
-        for (int i = threadIdx.x; i < COMBINE_ROWS * K; i += COMBINE_THREADS, cnt++) {
-            const int r = i / K, c = i % K;
-            hs[i] = next[cnt];
-            if (row0 + r < V)
-                P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = next[cnt];
-        }
-        __syncthreads();
+        __syncthreads(); /* every read of hs done */
+#pragma unroll
+        for (int i = 0; i < CP; i++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = 2 * l + 32 * i + e;
+                if (c < K) {
+                    hs[r * HLD + c] = acc[i][e];
+                    if (row_ok)
+                        P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = acc[i][e];
+                }
+            }
     }
 }
 
@@ -767,8 +799,8 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
             launch<L, VEC, MODE_SUMMARY>(ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
         const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-        const size_t bytes = (size_t)COMBINE_ROWS * P.K * sizeof(float);
-        combine_kernel<<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
+        const size_t bytes = ((size_t)COMBINE_JB * L::KP + COMBINE_ROWS * (L::KP + 1)) * sizeof(float); /* < 48 KB */
+        combine_kernel<L::KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
         GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
     }
     P.row_tiles = vtiles;
