@@ -5,9 +5,10 @@
  *   w = Tinv diag(beta exp(G) ks) k,    u = Tinv diag(beta) v.
  *
  * One block of 256 threads per (chunk, head); blocks share nothing. Steps:
- *   load    k, v rows of the chunk into shared memory (raw bf16; rows past
- *           the end and columns past K, V zero-filled, never read); gates
- *           and the gate cumsum in warp 0; q norms straight from global
+ *   load    k, v (and, for its norms, q) rows of the chunk into shared
+ *           memory (raw bf16; rows past the end and columns past K, V
+ *           zero-filled); gates and the gate cumsum in warp 0
+ *   norms   q and k norms from the tiles, four lanes a row
  *   S       k k^T on tensor cores (bf16 inputs exact, f32 accumulate),
  *           lower 16x16 blocks only; scaled into A (f32, shared)
  *   solve   Tinv in f32 by blocks of 16: per block row i, forward
@@ -35,9 +36,11 @@ constexpr int LDF = BT + 8;
 constexpr int LDH = BT + 8;
 constexpr int MAT_BYTES = BT * LDF * 4;
 static_assert(MAT_BYTES == 2 * BT * LDH * 2, "hi/lo pair must alias one f32 matrix");
+static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must fit in R1 + R2");
 
 /* Shared memory: Ks [64][kp+8] bf16, Vs [64][vp+8] bf16, R1 (A, later the
- * w hi/lo of T'), R2 (Tinv, later the u hi/lo), four [64] f32 vectors. */
+ * w hi/lo of T'), R2 (Tinv, later the u hi/lo), four [64] f32 vectors.
+ * Before A, R1 and R2 together hold the q rows (the norms' only use of q). */
 __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
 __host__ __device__ inline int smem_bytes(int K, int V) {
     return BT * (pad16(K) + 8) * 2 + BT * (pad16(V) + 8) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
@@ -45,19 +48,26 @@ __host__ __device__ inline int smem_bytes(int K, int V) {
 
 __device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
-__device__ __forceinline__ float warp_sum(float s) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(FULL, s, off);
-    return s;
-}
-
 /* Rows [0, len) of a chunk into a [64][ld] tile, the rest (rows >= len,
- * columns [n, np)) zero; the source is read only inside the chunk. */
+ * columns [n, np)) zero; the source is read only inside the chunk. Where a
+ * row is a power-of-two number of 16-byte pieces (np = 16 .. 256) a thread
+ * keeps one column and steps down the rows: no division per piece. */
 template <bool VEC>
 __device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, int ld, const __nv_bfloat16 *src,
                                           int64_t rs, int n, int np, int len) {
     if constexpr (VEC) {
         const int cpr = np / 8; /* 16-byte pieces a row; n % 8 == 0 */
+        if ((cpr & (cpr - 1)) == 0) {
+            const int step = NTHREADS / cpr, c = (threadIdx.x & (cpr - 1)) * 8;
+            int t = threadIdx.x / cpr;
+            const bool col_ok = c < n;
+            int64_t off = t * rs + c;
+            for (; t < BT; t += step, off += step * rs) {
+                const bool ok = col_ok && t < len;
+                cp_async16(dst + t * ld + c, ok ? src + off : src, ok ? 16 : 0);
+            }
+            return;
+        }
         for (int i = threadIdx.x; i < BT * cpr; i += NTHREADS) {
             const int t = i / cpr, c = (i - t * cpr) * 8;
             const bool ok = t < len && c < n;
@@ -78,6 +88,13 @@ __device__ __forceinline__ void store_rows(__nv_bfloat16 *dst, int64_t rs, const
                                            int ld, int n, int len) {
     if constexpr (VEC) {
         const int cpr = n / 8;
+        if ((cpr & (cpr - 1)) == 0) { /* as in load_rows: one column a thread */
+            const int step = NTHREADS / cpr, c = (threadIdx.x & (cpr - 1)) * 8;
+            int64_t off = (threadIdx.x / cpr) * rs + c;
+            for (int t = threadIdx.x / cpr; t < len; t += step, off += step * rs)
+                *reinterpret_cast<uint4 *>(dst + off) = *reinterpret_cast<const uint4 *>(src + t * ld + c);
+            return;
+        }
         for (int i = threadIdx.x; i < len * cpr; i += NTHREADS) {
             const int t = i / cpr, c = (i - t * cpr) * 8;
             *reinterpret_cast<uint4 *>(dst + t * rs + c) =
@@ -91,29 +108,29 @@ __device__ __forceinline__ void store_rows(__nv_bfloat16 *dst, int64_t rs, const
     }
 }
 
-/* This lane's part of sum x^2 over a row of n bf16 values in global memory. */
-template <bool VEC>
-__device__ __forceinline__ float row_sumsq(const __nv_bfloat16 *row, int n, int lane) {
+/* 1 / sqrt(sum x^2 + 1e-6) over row `row` of a [64][ld] bf16 tile whose
+ * columns [n, np) are zero (np % 16 == 0, ld = np + 8). Four lanes share a
+ * row (part = lane >> 3 takes 16-byte pieces part, part + 4, ...), so a
+ * warp does 8 rows at once; lanes 0-7 read 8 rows at one offset, which the
+ * odd 16-byte pitch spreads over all banks. Two xor shuffles give all four
+ * lanes the same bits. */
+__device__ __forceinline__ float row_inv_norm(const __nv_bfloat16 *tile, int ld, int np, int row,
+                                              int part) {
+    const __nv_bfloat16 *r = tile + row * ld;
     float s = 0.f;
-    if constexpr (VEC) {
-        for (int c = lane * 8; c < n; c += 256) {
-            const uint4 x = *reinterpret_cast<const uint4 *>(row + c);
-            const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&x);
+    for (int c = part * 8; c < np; c += 32) {
+        const uint4 x = *reinterpret_cast<const uint4 *>(r + c);
+        const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&x);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 f = __bfloat1622float2(p[e]);
-                s = fmaf(f.x, f.x, s);
-                s = fmaf(f.y, f.y, s);
-            }
-        }
-    } else {
-#pragma unroll 2
-        for (int c = lane; c < n; c += 32) {
-            const float f = __bfloat162float(row[c]);
-            s = fmaf(f, f, s);
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __bfloat1622float2(p[e]);
+            s = fmaf(f.x, f.x, s);
+            s = fmaf(f.y, f.y, s);
         }
     }
-    return s;
+    s += __shfl_xor_sync(FULL, s, 8);
+    s += __shfl_xor_sync(FULL, s, 16);
+    return 1.f / sqrtf(s + 1e-6f);
 }
 
 /* x = hi + lo with hi = bf16(x), lo = bf16(x - hi): about 16 bits of x. */
@@ -139,6 +156,7 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
     float *Gs = bs + BT;                                 /* gate cumsum */
     float *kss = Gs + BT;                                /* k inverse norms */
     float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale */
+    __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
      * the same k, q rows close together in time (L2 hits). */
@@ -150,9 +168,11 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
     const int64_t t0 = loc.t0;
     const int64_t rs_k = (int64_t)Hk * K, rs_v = (int64_t)Hv * V;
 
-    /* ---- 1. loads; gates and cumsum; q norms ---- */
+    /* ---- 1. loads; gates and cumsum ---- */
     load_rows<VEC>(Ks, ldk, P.k + (t0 * Hk + kh) * K, rs_k, K, kp, len);
     load_rows<VEC>(Vs, ldv, P.v + (t0 * Hv + h) * V, rs_v, V, vp, len);
+    /* q is needed only for its norms: its rows go to R1/R2, free until A */
+    if (P.l2norm && P.qscale) load_rows<VEC>(Qs, ldk, P.q + (t0 * Hk + kh) * K, rs_k, K, kp, len);
     if constexpr (VEC) cp_async_commit();
 
     if (warp == 0) {
@@ -191,32 +211,10 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
         }
     }
 
-    if (P.l2norm && P.qscale) {
-        /* q is needed only for its norms: read once from global, 8 rows a
-         * warp, four rows' loads in flight before their reductions (eight
-         * would cost registers the later phases need) */
-        const __nv_bfloat16 *qrow = P.q + (t0 * Hk + kh) * K;
-#pragma unroll
-        for (int r0 = 0; r0 < 8; r0 += 4) {
-            float ss[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int t = warp * 8 + r0 + r;
-                ss[r] = t < len ? row_sumsq<VEC>(qrow + t * rs_k, K, lane) : 0.f;
-            }
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const float s = warp_sum(ss[r]);
-                const int t = warp * 8 + r0 + r;
-                if (lane == r0 + r && t < len) P.qscale[(t0 + t) * Hv + h] = 1.f / sqrtf(s + 1e-6f);
-            }
-        }
-    }
-
     if constexpr (VEC) cp_async_wait<0>();
     __syncthreads();
 
-    /* ---- 2. S = k k^T (lower blocks) and the k norms ----
+    /* ---- 2. S = k k^T (lower blocks); the q and k norms ----
      * Warp w: row block mt = w/2, column blocks nb0, nb0+1 (nb0 = 2(w%2))
      * where nb <= mt; warps 1 and 3 have none. */
     const int mt = warp >> 1, nb0 = (warp & 1) * 2;
@@ -246,32 +244,19 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
         }
     }
 
-    /* k norms from the tile (zero padding adds nothing); rows of this warp */
+    /* q and k norms from the tiles (zero padding adds nothing): row
+     * warp * 8 + (lane & 7), its results stored by lanes 0-7 */
     {
-        float ss[8];
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            float s = 0.f;
-            if (P.l2norm) {
-                const __nv_bfloat16 *row = Ks + (warp * 8 + r) * ldk;
-                for (int cc = 2 * lane; cc < kp; cc += 64) {
-                    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(row + cc));
-                    s = fmaf(f.x, f.x, s);
-                    s = fmaf(f.y, f.y, s);
-                }
-            }
-            ss[r] = s;
-        }
-#pragma unroll
-        for (int r = 0; r < 8; r++) {
-            const int t = warp * 8 + r;
-            const float ks = P.l2norm ? 1.f / sqrtf(warp_sum(ss[r]) + 1e-6f) : 1.f;
-            if (lane == r) {
-                const bool ok = t < len;
-                kss[t] = ok ? ks : 0.f;
-                dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
-                if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
-            }
+        const int t = warp * 8 + (lane & 7);
+        const float ks = P.l2norm ? row_inv_norm(Ks, ldk, kp, t, lane >> 3) : 1.f;
+        const bool qnorm = P.l2norm && P.qscale;
+        const float qs = qnorm ? row_inv_norm(Qs, ldk, kp, t, lane >> 3) : 1.f;
+        if (lane < 8) {
+            const bool ok = t < len;
+            kss[t] = ok ? ks : 0.f;
+            dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
+            if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
+            if (ok && qnorm) P.qscale[(t0 + t) * Hv + h] = qs;
         }
     }
     __syncthreads();
