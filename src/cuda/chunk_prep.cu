@@ -58,8 +58,9 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16 *dst, int ld, const __nv
     if constexpr (VEC) {
         const int cpr = np / 8; /* 16-byte pieces a row; n % 8 == 0 */
         if ((cpr & (cpr - 1)) == 0) {
-            const int step = NTHREADS / cpr, c = (threadIdx.x & (cpr - 1)) * 8;
-            int t = threadIdx.x / cpr;
+            const int sh = __ffs(cpr) - 1, step = NTHREADS >> sh;
+            const int c = (threadIdx.x & (cpr - 1)) * 8;
+            int t = threadIdx.x >> sh;
             const bool col_ok = c < n;
             int64_t off = t * rs + c;
             for (; t < BT; t += step, off += step * rs) {
@@ -89,9 +90,10 @@ __device__ __forceinline__ void store_rows(__nv_bfloat16 *dst, int64_t rs, const
     if constexpr (VEC) {
         const int cpr = n / 8;
         if ((cpr & (cpr - 1)) == 0) { /* as in load_rows: one column a thread */
-            const int step = NTHREADS / cpr, c = (threadIdx.x & (cpr - 1)) * 8;
-            int64_t off = (threadIdx.x / cpr) * rs + c;
-            for (int t = threadIdx.x / cpr; t < len; t += step, off += step * rs)
+            const int sh = __ffs(cpr) - 1, step = NTHREADS >> sh;
+            const int c = (threadIdx.x & (cpr - 1)) * 8;
+            int64_t off = (threadIdx.x >> sh) * rs + c;
+            for (int t = threadIdx.x >> sh; t < len; t += step, off += step * rs)
                 *reinterpret_cast<uint4 *>(dst + off) = *reinterpret_cast<const uint4 *>(src + t * ld + c);
             return;
         }
