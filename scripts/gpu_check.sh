@@ -43,7 +43,10 @@ if has test; then
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
   # the state kernel's other row tile (64 rows, 4 row groups), which the
   # plan picks only for large problems: every CUDA case through it as well
-  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda"; do
+  # and both load schemes of that kernel wherever the plan would pick the other
+  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
+           "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
+           "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
@@ -61,12 +64,16 @@ if has sanitize; then
       [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_${tool}_$t.log"; }
     done
   done
-  # the 64-row tile (chosen only for large or split K = 128 problems)
-  GDN_CUDA_ROWS_PER_BLOCK=64 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool memcheck \
-    --error-exitcode 9 $BUILD/tests/test_chunk_state_cuda > "$OUT/sanitize_rows64.log" 2>&1
-  rc=$?
-  echo "compute-sanitizer memcheck (64-row tile): exit $rc; $(grep -E 'ERROR SUMMARY|passed' "$OUT/sanitize_rows64.log" | tr '\n' ' ')"
-  [ $rc -eq 0 ] || fail=1
+  # the 64-row tile (chosen only for large or split K = 128 problems), and
+  # the producer warp everywhere (its mbarrier hand-over: racecheck too)
+  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 memcheck" "GDN_CUDA_PRODUCER=1 memcheck" "GDN_CUDA_PRODUCER=1 racecheck"; do
+    tool=${v##* }; envs=${v% *}; log="$OUT/sanitize_${envs//[ =]/_}_$tool.log"
+    env $envs GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+      $BUILD/tests/test_chunk_state_cuda > "$log" 2>&1
+    rc=$?
+    echo "compute-sanitizer $tool ($envs): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
+    [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
+  done
   # gdn_recurrent_forward: every kernel configuration, padding and indices
   # past the pool (no shared memory, so racecheck has nothing to check)
   GDN_TEST_QUICK=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 \

@@ -12,7 +12,10 @@
  *   H       = exp(G_last) H + vg^T k   (each warp: its columns, all tokens;
  *                                       A = vg^T staged in u's slot)
  * The two warps of a row group meet at a named barrier between the two
- * products; the block meets once a chunk, at the ring. Halving each warp's
+ * products; the block meets once a chunk, at the ring. Or (the plan's
+ * choice, "producer") one more warp issues all the ring's loads and the
+ * stages hand over through mbarriers: the compute warps then spend no
+ * issue slots on loads and never meet as a block. Halving each warp's
  * serial work this way is what pays: the kernel is bound by the latency of
  * one chunk's dependent steps, not by bandwidth or tensor throughput, for
  * all but the largest problems. h_out and v_new go out from the staged
@@ -69,19 +72,25 @@ struct Params {
 };
 
 /* Shared memory of the vector kernel (KP, RG row groups, a STAGES-deep
- * ring), the layout of Smem below in one formula, for the host's plan. */
-__host__ __device__ constexpr int smem_bytes(int kp, int rg, int stages) {
-    return stages * (2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) + rg * 16 * (kp + 8) * 2;
+ * ring, a producer warp or not), the layout of Smem below in one formula,
+ * for the host's plan. */
+__host__ __device__ constexpr int smem_bytes(int kp, int rg, int stages, bool prod) {
+    return stages * (2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) + rg * 16 * (kp + 8) * 2 +
+           (prod ? stages * 16 : 0);
 }
 
 /* A block covers BV = 16 RG rows of one head's state: RG row groups of 16
  * rows, each worked by KS warps that split the state's columns (and, for
- * v_new, the chunk's tokens) between them. */
-template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
+ * v_new, the chunk's tokens) between them. PROD: one more warp, the
+ * producer, issues the ring's loads (see the kernel). */
+template <int KP_, int RG_, int KS_, int STAGES_, bool PROD_> struct Smem {
     static constexpr int KP = KP_, RG = RG_, KS = KS_, STAGES = STAGES_;
+    static constexpr bool PROD = PROD_;
     static constexpr int BV = 16 * RG;
-    static constexpr int NW = RG * KS;
-    static constexpr int NTHREADS = 32 * NW;
+    static constexpr int NW = RG * KS; /* compute warps */
+    static constexpr int NTHREADS = 32 * (NW + PROD);
+    /* threads that issue a chunk's loads */
+    static constexpr int LOADERS = PROD ? 32 : NTHREADS;
     static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDU = BV + 8;
     static constexpr int W = 0;
@@ -92,8 +101,11 @@ template <int KP_, int RG_, int KS_, int STAGES_> struct Smem {
     static constexpr int STAGE = KS_OFF + BT * 4;
     /* per row group: [16][LDK] bf16 state (MMA1's A; h_out) */
     static constexpr int HST = STAGES * STAGE;
-    static constexpr int BYTES = HST + RG * 16 * LDK * 2;
-    static_assert(BYTES == smem_bytes(KP, RG, STAGES), "smem_bytes must match the layout");
+    /* PROD: per stage, mbarriers full (its loads landed) and empty (every
+     * compute warp is done with it) */
+    static constexpr int MBAR = HST + RG * 16 * LDK * 2;
+    static constexpr int BYTES = MBAR + (PROD ? STAGES * 16 : 0);
+    static_assert(BYTES == smem_bytes(KP, RG, STAGES, PROD), "smem_bytes must match the layout");
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
@@ -111,17 +123,22 @@ struct ChunkSrc {
     int64_t rs_w, rs_k, rs_u, rs_g;
 };
 
-/* A chunk's g (and k scale) into a stage by cp.async, zero past nvalid. */
+/* A chunk's g (and k scale) into a stage by cp.async, zero past nvalid;
+ * tid: this thread among the L::LOADERS that load. */
 template <class L>
-__device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, int nvalid) {
-    static_assert(L::NTHREADS >= BT, "one thread a token");
+__device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, int nvalid, int tid) {
     float *sg = reinterpret_cast<float *>(stage + L::G);
     float *sks = reinterpret_cast<float *>(stage + L::KS_OFF);
-    const int tid = threadIdx.x;
-    if (tid < BT) {
-        const bool ok = tid < nvalid;
-        cp_async4(sg + tid, ok ? src.g + tid * src.rs_g : src.g, ok ? 4 : 0);
-        if (src.ks) cp_async4(sks + tid, ok ? src.ks + tid * src.rs_g : src.ks, ok ? 4 : 0);
+    auto one = [&](int t) {
+        const bool ok = t < nvalid;
+        cp_async4(sg + t, ok ? src.g + t * src.rs_g : src.g, ok ? 4 : 0);
+        if (src.ks) cp_async4(sks + t, ok ? src.ks + t * src.rs_g : src.ks, ok ? 4 : 0);
+    };
+    if constexpr (L::LOADERS >= BT) {
+        if (tid < BT) one(tid);
+    } else {
+#pragma unroll
+        for (int t = tid; t < BT; t += L::LOADERS) one(t);
     }
 }
 
@@ -129,18 +146,16 @@ __device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, 
  * columns past the valid range are zero. VEC: 16-byte cp.async (needs K, V
  * multiples of 8 and aligned bases); otherwise plain element loads. Each
  * thread keeps one column and steps over rows, so the per-chunk address
- * math is one multiply-add a copy. */
+ * math is one multiply-add a copy. tid: this thread among the L::LOADERS. */
 template <class L, bool VEC>
 __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
-                                           int vrows, bool load_u) {
-    constexpr int NTHREADS = L::NTHREADS, BV = L::BV, KP = L::KP;
-    static_assert(NTHREADS >= BT, "one thread a token for g");
+                                           int vrows, bool load_u, int tid) {
+    constexpr int NTHREADS = L::LOADERS, BV = L::BV, KP = L::KP;
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
     __nv_bfloat16 *su = reinterpret_cast<__nv_bfloat16 *>(stage + L::U);
     float *sg = reinterpret_cast<float *>(stage + L::G);
     float *sks = reinterpret_cast<float *>(stage + L::KS_OFF);
-    const int tid = threadIdx.x;
     if constexpr (VEC) {
         constexpr int CPR = KP / 8; /* 16-byte pieces a row */
         constexpr int RSTEP = NTHREADS / CPR;
@@ -170,7 +185,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
                 for (int i = 0; i < BT / USTEP; i++, pu += stu)
                     cp_async16(su + (tu + i * USTEP) * L::LDU + cu, pu, uok ? 16 : 0);
             }
-            load_gates<L>(stage, src, nvalid);
+            load_gates<L>(stage, src, nvalid, tid);
             return;
         }
 #pragma unroll 4
@@ -186,7 +201,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
                 cp_async16(su + t * L::LDU + cu, ok ? src.u + t * src.rs_u + cu : src.u, ok ? 16 : 0);
             }
         }
-        load_gates<L>(stage, src, nvalid);
+        load_gates<L>(stage, src, nvalid, tid);
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
         for (int i = tid; i < BT * KP; i += NTHREADS) {
@@ -201,10 +216,31 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
                 su[t * L::LDU + c] = t < nvalid && c < vrows ? src.u[t * src.rs_u + c] : zero;
             }
         }
-        if (tid < BT) sg[tid] = tid < nvalid ? src.g[tid * src.rs_g] : 0.f;
-        if (src.ks && tid < BT) sks[tid] = tid < nvalid ? src.ks[tid * src.rs_g] : 0.f;
+        for (int t = tid; t < BT; t += NTHREADS) {
+            sg[t] = t < nvalid ? src.g[t * src.rs_g] : 0.f;
+            if (src.ks) sks[t] = t < nvalid ? src.ks[t * src.rs_g] : 0.f;
+        }
     }
 }
+
+/* A block's chunks, issued in order: the sources run from the first
+ * chunk's rows by BT rows a chunk (token row t of chunk c is token
+ * bos + 64c + t), with no per-chunk address arithmetic. */
+struct ChunkStream {
+    ChunkSrc src;
+    int64_t t_issue, eos; /* first token of the next chunk to issue; sequence end */
+    template <class L, bool VEC>
+    __device__ __forceinline__ void issue(uint8_t *stage, int K, int vrows, bool load_u, int tid) {
+        const int nv = (int)(eos - t_issue < BT ? eos - t_issue : BT);
+        load_chunk<L, VEC>(stage, src, nv, K, vrows, load_u, tid);
+        t_issue += BT;
+        src.w += BT * src.rs_w;
+        src.k += BT * src.rs_k;
+        src.u += BT * src.rs_u;
+        src.g += BT * src.rs_g;
+        if (src.ks) src.ks += BT * src.rs_g;
+    }
+};
 
 /* Four 8x8 bf16 tiles from registers to shared memory (the inverse of
  * ldmatrix_x4, lane addresses alike); stmatrix on sm_90, stores elsewhere. */
@@ -291,6 +327,52 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     const int nchunks = (int)((eos - bos + BT - 1) / BT);
     const int c_begin = min(seg * P.chunks_per_segment, nchunks);
     const int c_end = P.segments == 1 ? nchunks : min(c_begin + P.chunks_per_segment, nchunks);
+    const bool load_u = !trans_rows;
+    const int vrows = P.V - row0; /* valid rows of this tile */
+
+    auto open_stream = [&]() {
+        ChunkStream s;
+        s.src.rs_w = (int64_t)P.Hv * P.K;
+        s.src.rs_k = (int64_t)P.Hk * P.K;
+        s.src.rs_u = (int64_t)P.Hv * P.V;
+        s.src.rs_g = P.Hv;
+        s.t_issue = bos + (int64_t)c_begin * BT;
+        s.eos = eos;
+        s.src.w = P.w + s.t_issue * s.src.rs_w + (int64_t)h * P.K;
+        s.src.k = P.k + s.t_issue * s.src.rs_k + (int64_t)kh * P.K;
+        s.src.u = P.u + s.t_issue * s.src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
+        s.src.g = P.g + s.t_issue * s.src.rs_g + h;
+        s.src.ks = P.kscale ? P.kscale + s.t_issue * s.src.rs_g + h : nullptr;
+        return s;
+    };
+
+    /* PROD: stage s of the ring is filled by the producer warp, whose
+     * copies complete full[s]; the compute warps wait on full[s] and, done
+     * with the stage, arrive on empty[s], which the producer waits on before
+     * filling it again (phases alternate parity each use). The compute warps
+     * issue no loads and meet only within their row group. */
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::MBAR), *empty = full + L::STAGES;
+    if constexpr (L::PROD) {
+        static_assert(VEC, "the producer warp issues 16-byte copies only");
+        if (threadIdx.x == 0)
+            for (int i = 0; i < L::STAGES; i++) {
+                mbar_init(full + i, 32);
+                mbar_init(empty + i, 32 * L::NW);
+            }
+        __syncthreads();
+        if (warp == L::NW) {
+            ChunkStream cs = open_stream();
+            for (int it = 0; it < c_end - c_begin; it++) {
+                const int slot = it % L::STAGES;
+                if (it >= L::STAGES) mbar_wait(empty + slot, (uint32_t)((it / L::STAGES - 1) & 1));
+                cs.issue<L, VEC>(smem + slot * L::STAGE, P.K, vrows, load_u, lane);
+                mbar_arrive_cp_async(full + slot);
+            }
+            cp_async_commit();
+            cp_async_wait<0>(); /* no copy outlives its issuing thread */
+            return;
+        }
+    }
 
     /* ---- initial state into the accumulators: H[nt][e] holds row
      * wrow + gid + 8 (e >> 1), column kc0 + nt * 8 + 2 tig + (e & 1) ---- */
@@ -355,34 +437,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     };
     stage_h(); /* the loop's first barrier publishes it */
 
-    const bool load_u = !trans_rows;
-    const int vrows = P.V - row0;       /* valid rows of this tile */
-    const int wrows = vrows - wrow;     /* ... of this warp's 16 */
-
-    /* Chunks are issued in order, so the sources run from the first
-     * chunk's rows by BT rows a chunk (token row t of chunk c is token
-     * bos + 64c + t), with no per-chunk address arithmetic. */
-    ChunkSrc src;
-    src.rs_w = (int64_t)P.Hv * P.K;
-    src.rs_k = (int64_t)P.Hk * P.K;
-    src.rs_u = (int64_t)P.Hv * P.V;
-    src.rs_g = P.Hv;
-    int64_t t_issue = bos + (int64_t)c_begin * BT; /* first token of the next chunk to issue */
-    src.w = P.w + t_issue * src.rs_w + (int64_t)h * P.K;
-    src.k = P.k + t_issue * src.rs_k + (int64_t)kh * P.K;
-    src.u = P.u + t_issue * src.rs_u + (int64_t)h * P.V + (load_u ? row0 : 0);
-    src.g = P.g + t_issue * src.rs_g + h;
-    src.ks = P.kscale ? P.kscale + t_issue * src.rs_g + h : nullptr;
-    auto issue = [&](int slot) {
-        const int nv = (int)(eos - t_issue < BT ? eos - t_issue : BT);
-        load_chunk<L, VEC>(smem + slot * L::STAGE, src, nv, P.K, vrows, load_u);
-        t_issue += BT;
-        src.w += BT * src.rs_w;
-        src.k += BT * src.rs_k;
-        src.u += BT * src.rs_u;
-        src.g += BT * src.rs_g;
-        if (src.ks) src.ks += BT * src.rs_g;
-    };
+    const int wrows = vrows - wrow; /* valid rows of this warp's 16 */
+    ChunkStream cs; /* without a producer: every thread loads */
+    if constexpr (!L::PROD) cs = open_stream();
 
     /* h_out and v_new stores (V-first, vector path): each lane's first
      * element, advanced by a chunk each chunk. h_out: 16 rows x KW columns
@@ -403,22 +460,31 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         vp = P.v_new + (bos + (int64_t)c_begin * BT + tw0 + vt) * vtok + (int64_t)h * P.V + row0 +
              wrow + vr;
 
-    /* ---- pipeline prologue ---- */
+    /* ---- pipeline prologue (without a producer, every thread loads) ---- */
+    if constexpr (!L::PROD) {
 #pragma unroll
-    for (int i = 0; i < L::STAGES - 1; i++) {
-        if (c_begin + i < c_end) issue(i);
-        cp_async_commit();
+        for (int i = 0; i < L::STAGES - 1; i++) {
+            if (c_begin + i < c_end) cs.issue<L, VEC>(smem + i * L::STAGE, P.K, vrows, load_u, threadIdx.x);
+            cp_async_commit();
+        }
     }
 
     for (int c = c_begin; c < c_end; c++) {
-        const int it = c - c_begin;
-        uint8_t *stage = smem + (it % L::STAGES) * L::STAGE;
+        const int it = c - c_begin, slot = it % L::STAGES;
+        uint8_t *stage = smem + slot * L::STAGE;
         const int64_t t0 = bos + (int64_t)c * BT;
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
-        cp_async_wait<L::STAGES - 2>();
-        __syncthreads();
-        if (c + L::STAGES - 1 < c_end) issue((it + L::STAGES - 1) % L::STAGES);
-        cp_async_commit();
+        if constexpr (L::PROD) {
+            mbar_wait(full + slot, (uint32_t)((it / L::STAGES) & 1));
+            named_barrier(1 + rg, 32 * KS); /* the partner's bf16(H) in Hw */
+        } else {
+            cp_async_wait<L::STAGES - 2>();
+            __syncthreads();
+            if (c + L::STAGES - 1 < c_end)
+                cs.issue<L, VEC>(smem + ((it + L::STAGES - 1) % L::STAGES) * L::STAGE, P.K, vrows, load_u,
+                                 threadIdx.x);
+            cp_async_commit();
+        }
         const __nv_bfloat16 *Ws = reinterpret_cast<const __nv_bfloat16 *>(stage + L::W);
         const __nv_bfloat16 *Ks = reinterpret_cast<const __nv_bfloat16 *>(stage + L::KC);
         __nv_bfloat16 *Us = reinterpret_cast<__nv_bfloat16 *>(stage + L::U) + wrow;
@@ -575,6 +641,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                 mma_bf16_16816(H[nt + 1], a, b + 2);
             }
         }
+        /* this thread is done with the stage: every thread arrives, since an
+         * arrival releases only the arriving thread's own reads */
+        if constexpr (L::PROD) mbar_arrive(empty + slot);
         /* for the next chunk's MMA1 and h_out; the partner's reads of Hw
          * ended before the barrier above */
         stage_h();
@@ -690,6 +759,7 @@ struct Plan {
     int bv;     /* state rows a block */
     int stages; /* depth of the cp.async ring */
     bool vec;   /* 16-byte loads and stores */
+    bool producer; /* a warp of its own issues the ring's loads (vec only) */
     int segments;
     int chunks_per_segment;
     size_t summary_bytes, h_start_bytes;
@@ -737,7 +807,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     if (can64) pl.bv = env_override("GDN_CUDA_ROWS_PER_BLOCK", pl.bv, {32, 64}); /* force the row tile */
     /* Only what the device's shared memory holds: the 64-row tile at
      * K = 256 is 184 KB (Hopper's 227 KB, not the A100's 163 KB). */
-    if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2) > ctx->smem_optin) pl.bv = 32;
+    if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2, true) > ctx->smem_optin) pl.bv = 32;
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
     /* A lone block on a multiprocessor gets a three-deep ring (four was no
      * faster: H100, q35_t8k 0.192 vs 0.190 ms); with several resident (or
@@ -745,8 +815,15 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
     /* three-deep rings are 132-157 KB: two on the 99 KB of sm_86 / sm_89
      * cards (which run the sm_80 code) */
-    if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3) > ctx->smem_optin) pl.stages = 2;
+    if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) > ctx->smem_optin) pl.stages = 2;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
+    /* The producer warp, where it measured faster (H100, same run, ms,
+     * without -> with): split problems (seed_bench 0.095 -> 0.085, tp8_t64k
+     * 1.063 -> 0.921) and K = 256 (k256_t8k 0.476 -> 0.436); not at K <= 128
+     * unsplit, where it cost 2-7% on q35_t32k, q397_t8k and q35_b4_t8k
+     * (and gained 3% on q35_t8k). */
+    pl.producer = pl.vec && (pl.kp == 256 || pl.segments > 1);
+    if (pl.vec) pl.producer = env_override("GDN_CUDA_PRODUCER", pl.producer ? 1 : 0, {0, 1}) != 0;
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
         const int64_t nchunks = gdn_ceil_div(p->T, BT);
@@ -811,18 +888,22 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
 }
 
 /* The compiled configurations: the generic (unaligned) path, and per K the
- * row tiles and ring depths make_plan can choose. */
+ * row tiles, ring depths and load schemes make_plan can choose. */
+template <int KP, int RG, int STAGES>
+gdn_status run_vec(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N, cudaStream_t stream) {
+    return pl.producer ? run_passes<Smem<KP, RG, KSPLIT, STAGES, true>, true>(ctx, P, pl, N, stream)
+                       : run_passes<Smem<KP, RG, KSPLIT, STAGES, false>, true>(ctx, P, pl, N, stream);
+}
+
 template <int KP>
 gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N,
                     cudaStream_t stream) {
-    if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2>, false>(ctx, P, pl, N, stream);
+    if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2, false>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
         if (pl.stages == 3)
-            return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 3>, true>(ctx, P, pl, N, stream)
-                               : run_passes<Smem<KP, 2, KSPLIT, 3>, true>(ctx, P, pl, N, stream);
+            return pl.bv == 64 ? run_vec<KP, 4, 3>(ctx, P, pl, N, stream) : run_vec<KP, 2, 3>(ctx, P, pl, N, stream);
     }
-    return pl.bv == 64 ? run_passes<Smem<KP, 4, KSPLIT, 2>, true>(ctx, P, pl, N, stream)
-                       : run_passes<Smem<KP, 2, KSPLIT, 2>, true>(ctx, P, pl, N, stream);
+    return pl.bv == 64 ? run_vec<KP, 4, 2>(ctx, P, pl, N, stream) : run_vec<KP, 2, 2>(ctx, P, pl, N, stream);
 }
 
 } // namespace
@@ -836,11 +917,12 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
     Plan pl = make_plan(ctx, p, a.per_seq_split);
     const uintptr_t align = (uintptr_t)a.k | (uintptr_t)a.w | (uintptr_t)a.u |
                             (uintptr_t)a.h_out | (uintptr_t)a.v_new;
-    if (align % 16 != 0) pl.vec = false;
+    if (align % 16 != 0) pl.vec = pl.producer = false;
     if (a.transition) { /* one pass over whole sequences, 32-row tiles */
         pl.bv = 32;
         pl.stages = 2;
         pl.segments = 1;
+        pl.producer = false;
     }
     if (a.cu_seqlens && !a.chunk_offsets && !a.transition) /* the kernel reads h_out offsets there */
         return gdn_fail(ctx, GDN_ERROR_INTERNAL, "run_chunk_state: varlen without chunk offsets");

@@ -95,6 +95,37 @@ __device__ __forceinline__ void named_barrier(int id, int count) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+/* mbarrier (sm_80+): a shared-memory barrier that completes a phase when
+ * `count` arrivals have come; waiters name the phase by its parity. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+/* One arrival (release: this thread's earlier shared-memory writes and
+ * reads are ordered before the phase completes). */
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared.b64 st, [%0];\n}\n" ::"r"(smem_addr(bar))
+                 : "memory");
+}
+/* One arrival once all of this thread's earlier cp.async copies have
+ * landed (counted in the init count: .noinc). */
+__device__ __forceinline__ void mbar_arrive_cp_async(uint64_t *bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+/* Wait until the phase of the given parity has completed (acquire). */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n .reg .pred p;\n WAIT:\n"
+                 " mbarrier.try_wait.parity.shared.b64 p, [%0], %1;\n"
+                 " @!p bra WAIT;\n}\n" ::"r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+#else
+    asm volatile("{\n .reg .pred p;\n WAIT:\n"
+                 " mbarrier.test_wait.parity.shared.b64 p, [%0], %1;\n"
+                 " @!p bra WAIT;\n}\n" ::"r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+#endif
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
