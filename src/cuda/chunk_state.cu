@@ -809,14 +809,26 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
      * K = 256 is 184 KB (Hopper's 227 KB, not the A100's 163 KB). */
     if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2, true) > ctx->smem_optin) pl.bv = 32;
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
+    if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
+    /* The largest launch: a split problem's state pass has S times the
+     * blocks, its summary pass (V + K) / BV row tiles a head for S - 1
+     * segments. */
+    int64_t launch_blocks = blocks * pl.segments;
+    if (pl.segments > 1) {
+        const int64_t summary = N * p->Hv * gdn_ceil_div(p->V + p->K, pl.bv) * (pl.segments - 1);
+        if (summary > launch_blocks) launch_blocks = summary;
+    }
     /* A lone block on a multiprocessor gets a three-deep ring (four was no
-     * faster: H100, q35_t8k 0.192 vs 0.190 ms); with several resident (or
-     * K = 256, whose stages are twice the size), two. */
-    pl.stages = (!pl.vec || pl.kp == 256 || blocks > sms) ? 2 : 3;
+     * faster: H100, q35_t8k 0.192 vs 0.190 ms); where a launch has more
+     * blocks than multiprocessors (or K = 256, whose stages are twice the
+     * size), two, so that two blocks fit a multiprocessor and the launch
+     * runs in one wave, not two. (Measured, H100 tp8_t64k, 9 segments:
+     * 0.924 -> 0.915 ms, forward 1.476 -> 1.441; two 64-row blocks on a
+     * multiprocessor each run nearly half as fast, so little is won.) */
+    pl.stages = (!pl.vec || pl.kp == 256 || launch_blocks > sms) ? 2 : 3;
     /* three-deep rings are 132-157 KB: two on the 99 KB of sm_86 / sm_89
      * cards (which run the sm_80 code) */
     if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) > ctx->smem_optin) pl.stages = 2;
-    if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     /* The producer warp, where it measured faster (H100, same run, ms,
      * without -> with): split problems (seed_bench 0.095 -> 0.085, tp8_t64k
      * 1.063 -> 0.921) and K = 256 (k256_t8k 0.476 -> 0.436); not at K <= 128
