@@ -54,10 +54,23 @@ def graph_time_ms(fn, reps=30, inner=10):
 
 
 def torch_copy_bandwidth():
+    """1 GiB y.copy_(x), called directly (median of 11 after warm-up): in a
+    CUDA graph the copy becomes a copy-engine memcpy node (about 2.43 TB/s on
+    an H100 against about 3.0 TB/s for the direct call)."""
     x = torch.empty(1 << 29, dtype=torch.int16, device="cuda").random_()
     y = torch.empty_like(x)
-    ms = graph_time_ms(lambda: y.copy_(x), reps=20, inner=5)
-    return 2 * x.numel() * x.element_size() / (ms * 1e-3)
+    for _ in range(3):
+        y.copy_(x)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(11):
+        a.record()
+        y.copy_(x)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return 2 * x.numel() * x.element_size() / (times[len(times) // 2] * 1e-3)
 
 
 def fla_inputs(B, T, Hk, Hv, K, V, dev="cuda"):
