@@ -100,12 +100,7 @@ double bench_copy_bandwidth(cudaStream_t s) {
         CK(cudaEventElapsedTime(&ms, a, b));
         t[r] = ms;
     }
-    for (int i = 1; i < REPS; i++) /* insertion sort for the median */
-        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-            const double v = t[j];
-            t[j] = t[j - 1];
-            t[j - 1] = v;
-        }
+    qsort(t, REPS, sizeof(double), bench_cmp_double);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     cudaFree(x);
