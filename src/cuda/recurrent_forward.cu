@@ -66,10 +66,10 @@
  *    256 blocks of 2 warps (16 rows) with an f32 pool, 256 blocks of one
  *    warp (16 rows) with a bf16 pool.
  *  - Registers: launch bounds cap them (see Geo::MIN_BLOCKS) so that at
- *    least 3 or 4 blocks of 128 threads fit a multiprocessor (2 for the
- *    256-byte tiles and the element-wise path): 48-64 KB of state loads
- *    in flight a multiprocessor, several times what the copy bandwidth
- *    needs at DRAM latency. No shared memory.
+ *    least 6 blocks of 128 threads fit a multiprocessor with an f32 pool
+ *    (3 with bf16, 2 for the 256-byte tiles and the element-wise path):
+ *    48-96 KB of state loads in flight a multiprocessor, several times
+ *    what the copy bandwidth needs at DRAM latency. No shared memory.
  *  - Latency: state_indices[n] and cu_seqlens[n] are loaded first (two
  *    independent chains), then the state tile and the first token's q, k,
  *    v, g, beta are in flight together; while token t computes, token
@@ -87,6 +87,8 @@
  * are held as zeros and never stored; their k, q, v are zero, so they add
  * nothing to the dot products.
  */
+#include <type_traits>
+
 #include "cuda_common.cuh"
 
 namespace gdn {
@@ -133,13 +135,15 @@ template <typename E, int KP, bool KV, bool VECS> struct Geo {
     static_assert(KV ? RT % VEC == 0 : CT % VEC == 0, "vector tile");
     static_assert(WR <= 32, "o padding rows: one pass");
     /* Blocks of 128 threads a multiprocessor should hold: a register cap
-     * for ptxas (4: 128 registers, 3: 168, 2: 255), one step above where
-     * nvcc 13.0 starts to spill (f32 vector tiles fit in 96, 64-element
-     * bf16 vector tiles in about 140), so that 48-64 KB of state loads
-     * are in flight a multiprocessor. The element-wise path and the
-     * 128-element tiles get 255. */
+     * for ptxas (6: 80 registers, 4: 128, 3: 168, 2: 255). f32 VK vector
+     * tiles fit in 80 without spilling (KV ones need more: 4 blocks):
+     * 96 KB of state loads in flight a multiprocessor
+     * (measured on an H100: 0.5-1% faster at N = 32..8192 than the 128
+     * registers of 4 blocks; 8 blocks, 64 registers, spills and is 10%
+     * slower). 64-element bf16 vector tiles need about 140; the element-wise
+     * path and the 128-element tiles get 255. */
     static constexpr int MIN_BLOCKS =
-        !VECS || ELEMS == 128 ? 2 : ESIZE == 4 && ELEMS == 32 ? 4 : 3;
+        !VECS || ELEMS == 128 ? 2 : ESIZE == 4 && ELEMS == 32 ? (KV ? 4 : 6) : 3;
 };
 
 /* Sum over the lanes that share a row: an xor butterfly over the lane
@@ -161,6 +165,20 @@ __device__ __forceinline__ uint16_t f32_to_bf16(float x) {
 
 /* ---- state vectors: VEC elements of E <-> f32 ---- */
 
+/* Cache policies (measured on an H100, bench_recurrent, session 6): f32
+ * vectors load with a 256-byte L2 fetch hint (a warp reads whole 512-byte
+ * rows) and store with the default write-back policy; bf16 vectors and the
+ * element-wise path stream both ways (.cs, evict first): for the bf16 pool
+ * the default policies were 10% slower at N = 256, for f32 .cs was 0.5-3%
+ * slower at N = 1 and 8192. */
+__device__ __forceinline__ float4 ld_f32x4(const float *p) {
+    float4 x;
+    asm volatile("ld.global.L2::256B.v4.f32 {%0,%1,%2,%3}, [%4];"
+                 : "=f"(x.x), "=f"(x.y), "=f"(x.z), "=f"(x.w)
+                 : "l"(p));
+    return x;
+}
+
 template <typename E, int VEC> struct StateIO;
 
 template <> struct StateIO<float, 1> {
@@ -169,11 +187,11 @@ template <> struct StateIO<float, 1> {
 };
 template <> struct StateIO<float, 4> {
     static __device__ __forceinline__ void load(float *d, const float *p) {
-        const float4 x = __ldcs(reinterpret_cast<const float4 *>(p));
+        const float4 x = ld_f32x4(p);
         d[0] = x.x, d[1] = x.y, d[2] = x.z, d[3] = x.w;
     }
     static __device__ __forceinline__ void store(float *p, const float *s) {
-        __stcs(reinterpret_cast<float4 *>(p), make_float4(s[0], s[1], s[2], s[3]));
+        *reinterpret_cast<float4 *>(p) = make_float4(s[0], s[1], s[2], s[3]);
     }
 };
 template <> struct StateIO<uint16_t, 1> {
@@ -366,11 +384,16 @@ recurrent_kernel(const RecParams P) {
     const int lc = KV ? lane / G::LR : lane % G::LC;
     const int lr = KV ? lane % G::LR : lane / G::LC;
 
-    int64_t bid = blockIdx.x;
-    const int tile = (int)(bid % P.tiles);
-    bid /= P.tiles;
-    const int h = (int)(bid % P.Hv);
-    const int64_t n = bid / P.Hv;
+    /* The vector kernels divide in 32 bits (the host keeps the grid below
+     * 2^31): a 64-bit division is a long emulated sequence on the way to
+     * the first load (N = 1: 3.76 -> 3.67 us on an H100). The element-wise
+     * kernels keep 64 bits: with 32, nvcc 13.0 spills them. */
+    using Idx = std::conditional_t<VECS, uint32_t, int64_t>;
+    Idx bid = blockIdx.x;
+    const int tile = (int)(bid % (Idx)P.tiles);
+    bid /= (Idx)P.tiles;
+    const int h = (int)(bid % (Idx)P.Hv);
+    const int64_t n = (int64_t)(bid / (Idx)P.Hv);
     const int row0 = tile * P.block_rows + warp * G::WR;
     if (row0 >= P.V) return; /* a whole warp past the rows; no block-level sync below */
     const int kh = P.tiled ? h % P.Hk : h / P.group;
