@@ -766,13 +766,16 @@ struct Plan {
     size_t scratch() const { return summary_bytes + h_start_bytes; }
 };
 
-/* Segments for the split path: enough that the final pass fills the
- * machine about twice, each keeping at least 16 chunks; 1 = no split.
- * blocks: the blocks of the unsplit launch the rule is to fill. */
+/* Segments for the split path: as many as keep the final pass in one wave
+ * (blocks x segments <= multiprocessors), each keeping at least 16 chunks;
+ * 1 = no split. blocks: the blocks of the unsplit launch. (H100,
+ * tp8_t64k state: 8 segments of 64-row tiles, 128 blocks, 0.713 ms; 9,
+ * from the earlier "fill it twice" rule, 144 blocks, 0.908; 4 of 32-row
+ * tiles 0.800; seed_bench: 4 segments of 32 rows 0.085, of 64 rows 0.104.) */
 int64_t split_segments(const gdn_problem *p, int64_t blocks, int sms) {
     const int64_t nchunks = gdn_ceil_div(p->T, BT);
     if (p->cu_seqlens || 2 * blocks > sms || nchunks < 64) return 1;
-    int64_t s = gdn_ceil_div(2 * sms, blocks);
+    int64_t s = sms / blocks;
     if (s > nchunks / 16) s = nchunks / 16;
     if (s > 64) s = 64;
     return s < 2 ? 1 : s;
@@ -796,8 +799,11 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     pl.bv = 32;
     const bool can64 = pl.vec;
     if (per_seq) {
-        pl.segments = (int)split_segments(p, p->Hv * gdn_ceil_div(p->V, 32), sms);
-        if (can64 && 10 * blocks64 * pl.segments >= 9 * (int64_t)sms) pl.bv = 64;
+        /* a split problem takes the tile that allows more segments */
+        const int64_t s32 = split_segments(p, p->Hv * gdn_ceil_div(p->V, 32), sms);
+        const int64_t s64 = can64 ? split_segments(p, p->Hv * gdn_ceil_div(p->V, 64), sms) : 1;
+        pl.segments = (int)(s32 > 1 && s64 > s32 ? s64 : s32);
+        if (can64 && ((s32 > 1 && s64 > s32) || 10 * blocks64 * pl.segments >= 9 * (int64_t)sms)) pl.bv = 64;
     } else {
         const int64_t seg32 = split_segments(p, blocks32, sms);
         if (can64 && (10 * blocks64 >= 9 * sms ||
@@ -810,6 +816,11 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2, true) > ctx->smem_optin) pl.bv = 32;
     const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
+    /* GDN_CUDA_SEGMENTS=1..64 forces the split (1: none) of a problem
+     * without varlen, to time other counts; results stay within the tests'
+     * bounds, not bitwise the same */
+    if (const char *force = getenv("GDN_CUDA_SEGMENTS"))
+        if (!p->cu_seqlens && atoi(force) >= 1 && atoi(force) <= 64) pl.segments = atoi(force);
     /* The largest launch: a split problem's state pass has S times the
      * blocks, its summary pass (V + K) / BV row tiles a head for S - 1
      * segments. */
