@@ -43,10 +43,12 @@ if has test; then
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
   # the state kernel's other row tile (64 rows, 4 row groups), which the
   # plan picks only for large problems: every CUDA case through it as well
-  # and both load schemes of that kernel wherever the plan would pick the other
+  # and both load schemes of that kernel wherever the plan would pick the other;
+  # other split counts than the plan's for the long few-head cases
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
-           "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda"; do
+           "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
+           "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
