@@ -802,8 +802,9 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
         /* a split problem takes the tile that allows more segments */
         const int64_t s32 = split_segments(p, p->Hv * gdn_ceil_div(p->V, 32), sms);
         const int64_t s64 = can64 ? split_segments(p, p->Hv * gdn_ceil_div(p->V, 64), sms) : 1;
-        pl.segments = (int)(s32 > 1 && s64 > s32 ? s64 : s32);
-        if (can64 && ((s32 > 1 && s64 > s32) || 10 * blocks64 * pl.segments >= 9 * (int64_t)sms)) pl.bv = 64;
+        const bool split64 = s32 > 1 && s64 > s32; /* only where can64 */
+        pl.segments = (int)(split64 ? s64 : s32);
+        if (split64 || (can64 && 10 * blocks64 * pl.segments >= 9 * (int64_t)sms)) pl.bv = 64;
     } else {
         const int64_t seg32 = split_segments(p, blocks32, sms);
         if (can64 && (10 * blocks64 >= 9 * sms ||
@@ -819,8 +820,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* GDN_CUDA_SEGMENTS=1..64 forces the split (1: none) of a problem
      * without varlen, to time other counts; results stay within the tests'
      * bounds, not bitwise the same */
-    if (const char *force = getenv("GDN_CUDA_SEGMENTS"))
-        if (!p->cu_seqlens && atoi(force) >= 1 && atoi(force) <= 64) pl.segments = atoi(force);
+    if (!p->cu_seqlens) pl.segments = env_override("GDN_CUDA_SEGMENTS", pl.segments, 1, 64);
     /* The largest launch: a split problem's state pass has S times the
      * blocks, its summary pass (V + K) / BV row tiles a head for S - 1
      * segments. */

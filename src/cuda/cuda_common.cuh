@@ -23,7 +23,8 @@
     } while (0)
 
 /* A testing override from the environment (documented in README): the
- * value of variable name when it is one of allowed, else current. */
+ * value of variable name when it is one of allowed (or, second form, in
+ * [lo, hi]), else current. */
 inline int env_override(const char *name, int current, std::initializer_list<int> allowed) {
     const char *s = getenv(name);
     if (!s) return current;
@@ -31,6 +32,11 @@ inline int env_override(const char *name, int current, std::initializer_list<int
     for (int a : allowed)
         if (v == a) return v;
     return current;
+}
+inline int env_override(const char *name, int current, int lo, int hi) {
+    const char *s = getenv(name);
+    const int v = s ? atoi(s) : current;
+    return v >= lo && v <= hi ? v : current;
 }
 
 /* After a launch: a bad configuration shows here, not at the next call. */

@@ -139,7 +139,7 @@ template <typename E, int KP, bool KV, bool VECS> struct Geo {
      * tiles fit in 80 without spilling (KV ones need more: 4 blocks):
      * 96 KB of state loads in flight a multiprocessor
      * (measured on an H100: 0.5-1% faster at N = 32..8192 than the 128
-     * registers of 4 blocks; 8 blocks, 64 registers, spills and is 10%
+     * registers of 4 blocks; 8 blocks, 64 registers, spills and is 8-18%
      * slower). 64-element bf16 vector tiles need about 140; the element-wise
      * path and the 128-element tiles get 255. */
     static constexpr int MIN_BLOCKS =
@@ -169,8 +169,8 @@ __device__ __forceinline__ uint16_t f32_to_bf16(float x) {
  * vectors load with a 256-byte L2 fetch hint (a warp reads whole 512-byte
  * rows) and store with the default write-back policy; bf16 vectors and the
  * element-wise path stream both ways (.cs, evict first): for the bf16 pool
- * the default policies were 10% slower at N = 256, for f32 .cs was 0.5-3%
- * slower at N = 1 and 8192. */
+ * the default policies were 12% slower at N = 256, for f32 .cs was
+ * 0.7-3.5% slower at N = 1 and 8192. */
 __device__ __forceinline__ float4 ld_f32x4(const float *p) {
     float4 x;
     asm volatile("ld.global.L2::256B.v4.f32 {%0,%1,%2,%3}, [%4];"
