@@ -48,7 +48,8 @@ if has test; then
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
-           "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda"; do
+           "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda" "GDN_CUDA_TMA=0 test_chunk_state_cuda" \
+           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
@@ -66,9 +67,11 @@ if has sanitize; then
       [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_${tool}_$t.log"; }
     done
   done
-  # the 64-row tile (chosen only for large or split K = 128 problems), and
-  # the producer warp everywhere (its mbarrier hand-over: racecheck too)
-  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 memcheck" "GDN_CUDA_PRODUCER=1 memcheck" "GDN_CUDA_PRODUCER=1 racecheck"; do
+  # the 64-row tile (chosen only for large or split K = 128 problems), the
+  # kernel without a producer warp (sm_80's choice for most shapes), and
+  # the producer's cp.async and tensor-copy fills beside the plan's
+  for v in "GDN_CUDA_ROWS_PER_BLOCK=64 memcheck" "GDN_CUDA_PRODUCER=0 memcheck" "GDN_CUDA_TMA=0 racecheck" \
+           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 racecheck"; do
     tool=${v##* }; envs=${v% *}; log="$OUT/sanitize_${envs//[ =]/_}_$tool.log"
     env $envs GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
       $BUILD/tests/test_chunk_state_cuda > "$log" 2>&1

@@ -18,6 +18,7 @@ struct gdn_context {
     int num_threads;
     int sm_count;           /* CUDA: multiprocessors */
     size_t smem_optin;      /* CUDA: largest dynamic shared memory per block */
+    int cc_major;           /* CUDA: compute capability, major (9: Hopper's tensor copies) */
     char error[512];
 };
 

@@ -25,6 +25,7 @@ extern "C" gdn_status gdn_cuda_context_init(gdn_context *ctx, int device) {
                         device, prop.name, prop.major, prop.minor);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->smem_optin = prop.sharedMemPerBlockOptin;
+    ctx->cc_major = prop.major;
     ctx->device = device;
     return GDN_SUCCESS;
 }

@@ -19,7 +19,12 @@
  * serial work this way is what pays: the kernel is bound by the latency of
  * one chunk's dependent steps, not by bandwidth or tensor throughput, for
  * all but the largest problems. h_out and v_new go out from the staged
- * tiles as 16-byte stores.
+ * tiles as 16-byte stores. On sm_90 the producer moves a whole chunk's w
+ * and k tiles with the tensor copy engine (TMA: one instruction a 64 x 64
+ * box, 128-byte swizzled in shared memory) instead of 16-byte cp.async
+ * copies, which left it too slow to keep ahead of the compute warps
+ * (72 copies a lane a chunk at K = 128, each holding its address
+ * registers); u, g and partial chunks still go by cp.async.
  * Rows of the state are independent, so blocks never communicate.
  *
  * Few heads, long sequences (the tp8 shapes) leave most SMs idle. Then the
@@ -31,6 +36,9 @@
  *   3. each segment reruns from its true h_start, writing h_out and v_new.
  * This costs about 2.5x the arithmetic but S times the parallelism.
  */
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include "chunk_forward.cuh"
 #include "chunk_state.cuh"
 
@@ -69,14 +77,23 @@ struct Params {
     float *summary;   /* [S-1][N][Hv][V+K][K] f32 */
     float *transition; /* whole-sequence summary: [N][Hv][K][K], partial in final_state */
     float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
+    int tma;          /* tmap_w, tmap_k are set (sm_90 producer kernels use them) */
+    CUtensorMap tmap_w, tmap_k; /* w [T][Hv][K], k [T][Hk][K]; boxes of 64 columns x 64 tokens */
 };
+
+/* A producer kernel's stages start at 1024-byte boundaries (the tensor
+ * copy's 128-byte swizzle is laid out in 1024-byte blocks). */
+__host__ __device__ constexpr int round1024(int x) { return (x + 1023) / 1024 * 1024; }
 
 /* Shared memory of the vector kernel (KP, RG row groups, a STAGES-deep
  * ring, a producer warp or not), the layout of Smem below in one formula,
- * for the host's plan. */
+ * for the host's plan. The producer's adds 1024 bytes of slack to align
+ * the base. */
 __host__ __device__ constexpr int smem_bytes(int kp, int rg, int stages, bool prod) {
-    return stages * (2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) + rg * 16 * (kp + 8) * 2 +
-           (prod ? stages * 16 : 0);
+    return prod ? stages * round1024(2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) +
+                      rg * 16 * (kp + 8) * 2 + stages * 16 + 1024
+                : stages * (2 * BT * (kp + 8) * 2 + BT * (16 * rg + 8) * 2 + 2 * BT * 4) +
+                      rg * 16 * (kp + 8) * 2;
 }
 
 /* A block covers BV = 16 RG rows of one head's state: RG row groups of 16
@@ -98,19 +115,43 @@ template <int KP_, int RG_, int KS_, int STAGES_, bool PROD_> struct Smem {
     static constexpr int U = KC + BT * LDK * 2;
     static constexpr int G = U + BT * LDU * 2;
     static constexpr int KS_OFF = G + BT * 4; /* kscale, when given */
-    static constexpr int STAGE = KS_OFF + BT * 4;
+    /* W and KC sit at multiples of 1024 bytes in a stage (BT * LDK * 2 is
+     * 128 (KP + 8)); so do the stages of a producer kernel */
+    static constexpr int STAGE = PROD ? round1024(KS_OFF + BT * 4) : KS_OFF + BT * 4;
     /* per row group: [16][LDK] bf16 state (MMA1's A; h_out) */
     static constexpr int HST = STAGES * STAGE;
     /* PROD: per stage, mbarriers full (its loads landed) and empty (every
      * compute warp is done with it) */
     static constexpr int MBAR = HST + RG * 16 * LDK * 2;
-    static constexpr int BYTES = MBAR + (PROD ? STAGES * 16 : 0);
+    static constexpr int BYTES = MBAR + (PROD ? STAGES * 16 + 1024 : 0);
     static_assert(BYTES == smem_bytes(KP, RG, STAGES, PROD), "smem_bytes must match the layout");
     /* Blocks a multiprocessor can hold by shared memory (Hopper and Ampere
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
     static constexpr int MIN_BLOCKS = 2 * (BYTES + 1024) <= 228 * 1024 ? 2 : 1;
 };
+
+/* Whether kernel L's w and k tiles are in the tensor copy's layout: the
+ * producer kernels of the sm_90 build (TMA). */
+template <class L> __device__ __forceinline__ constexpr bool swizzled() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return L::PROD;
+#else
+    return false;
+#endif
+}
+
+/* Element offset of (token t, column c) in a stage's w or k tile, c a
+ * multiple of 8. Swizzled: KP / 64 boxes of [64 tokens][64 columns], 8 KB
+ * each, with the 16-byte piece p of row t at piece p ^ (t % 8) (TMA's
+ * 128-byte swizzle: conflict-free ldmatrix without padding). Else rows
+ * of LDK elements. */
+template <class L> __device__ __forceinline__ int tile_off(int t, int c) {
+    if constexpr (swizzled<L>())
+        return (c >> 6) * (BT * 64) + t * 64 + ((((c >> 3) ^ t) & 7) << 3);
+    else
+        return t * L::LDK + c;
+}
 
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
     return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
@@ -149,7 +190,7 @@ __device__ __forceinline__ void load_gates(uint8_t *stage, const ChunkSrc &src, 
  * math is one multiply-add a copy. tid: this thread among the L::LOADERS. */
 template <class L, bool VEC>
 __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, int nvalid, int K,
-                                           int vrows, bool load_u, int tid) {
+                                           int vrows, bool load_u, int tid, bool load_wk = true) {
     constexpr int NTHREADS = L::LOADERS, BV = L::BV, KP = L::KP;
     __nv_bfloat16 *sw = reinterpret_cast<__nv_bfloat16 *>(stage + L::W);
     __nv_bfloat16 *sk = reinterpret_cast<__nv_bfloat16 *>(stage + L::KC);
@@ -169,10 +210,12 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
             const int t1 = tid / CPR, cc = col_ok ? c : 0, bytes = col_ok ? 16 : 0;
             const __nv_bfloat16 *pw = src.w + t1 * src.rs_w + cc, *pk = src.k + t1 * src.rs_k + cc;
             const int64_t stw = RSTEP * src.rs_w, stk = RSTEP * src.rs_k;
+            if (load_wk) {
 #pragma unroll
-            for (int i = 0; i < BT / RSTEP; i++, pw += stw, pk += stk) {
-                cp_async16(sw + (t1 + i * RSTEP) * L::LDK + c, pw, bytes);
-                cp_async16(sk + (t1 + i * RSTEP) * L::LDK + c, pk, bytes);
+                for (int i = 0; i < BT / RSTEP; i++, pw += stw, pk += stk) {
+                    cp_async16(sw + tile_off<L>(t1 + i * RSTEP, c), pw, bytes);
+                    cp_async16(sk + tile_off<L>(t1 + i * RSTEP, c), pk, bytes);
+                }
             }
             if (load_u) {
                 constexpr int USTEP = NTHREADS / UPR;
@@ -191,8 +234,8 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
 #pragma unroll 4
         for (int t = tid / CPR; t < BT; t += RSTEP) {
             const bool ok = col_ok && t < nvalid;
-            cp_async16(sw + t * L::LDK + c, ok ? src.w + t * src.rs_w + c : src.w, ok ? 16 : 0);
-            cp_async16(sk + t * L::LDK + c, ok ? src.k + t * src.rs_k + c : src.k, ok ? 16 : 0);
+            cp_async16(sw + tile_off<L>(t, c), ok ? src.w + t * src.rs_w + c : src.w, ok ? 16 : 0);
+            cp_async16(sk + tile_off<L>(t, c), ok ? src.k + t * src.rs_k + c : src.k, ok ? 16 : 0);
         }
         if (load_u) {
             for (int i = tid; i < BT * UPR; i += NTHREADS) {
@@ -203,6 +246,7 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
         }
         load_gates<L>(stage, src, nvalid, tid);
     } else {
+        static_assert(!swizzled<L>(), "the tensor copy layout needs the vector path");
         const __nv_bfloat16 zero = __float2bfloat16(0.f);
         for (int i = tid; i < BT * KP; i += NTHREADS) {
             const int t = i / KP, c = i % KP;
@@ -229,10 +273,21 @@ __device__ __forceinline__ void load_chunk(uint8_t *stage, const ChunkSrc &src, 
 struct ChunkStream {
     ChunkSrc src;
     int64_t t_issue, eos; /* first token of the next chunk to issue; sequence end */
+    /* tma (producer lane tid of a swizzled kernel, whole chunks only): w
+     * and k come by tensor copies completing on bar, lane 0 issuing them;
+     * wcol / wrow: this head's coordinates in the w and k maps. */
     template <class L, bool VEC>
-    __device__ __forceinline__ void issue(uint8_t *stage, int K, int vrows, bool load_u, int tid) {
+    __device__ __forceinline__ void issue(uint8_t *stage, int K, int vrows, bool load_u, int tid,
+                                          const Params *tma = nullptr, uint64_t *bar = nullptr,
+                                          int h = 0, int kh = 0) {
         const int nv = (int)(eos - t_issue < BT ? eos - t_issue : BT);
-        load_chunk<L, VEC>(stage, src, nv, K, vrows, load_u, tid);
+        if (tma && tid == 0)
+#pragma unroll
+            for (int b = 0; b < L::KP / 64; b++) {
+                tma_load_3d(stage + L::W + b * BT * 128, &tma->tmap_w, bar, 64 * b, h, (int)t_issue);
+                tma_load_3d(stage + L::KC + b * BT * 128, &tma->tmap_k, bar, 64 * b, kh, (int)t_issue);
+            }
+        load_chunk<L, VEC>(stage, src, nv, K, vrows, load_u, tid, tma == nullptr);
         t_issue += BT;
         src.w += BT * src.rs_w;
         src.k += BT * src.rs_k;
@@ -274,13 +329,15 @@ __device__ __forceinline__ void store_tiles_x4(__nv_bfloat16 *base, int ld, cons
 }
 
 template <class L, bool VEC, int MODE>
-__global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel(const Params P) {
+__global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel(const __grid_constant__ Params P) {
     constexpr int KP = L::KP, KS = L::KS, BV = L::BV;
     constexpr int KW = KP / KS; /* state columns a warp owns */
     constexpr int NK = KW / 8;  /* ... as n8 tiles */
     constexpr int TW = BT / KS; /* chunk tokens a warp takes for v_new */
     static_assert(NK % 2 == 0 && TW % 32 == 0, "warp split");
-    extern __shared__ __align__(16) uint8_t smem[];
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    /* producer kernels: the layout from the next 1024-byte boundary */
+    uint8_t *const smem = L::PROD ? smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023) : smem_raw;
 
     /* A warp owns the state rows [wrow, wrow + 16) x columns [kc0, kc0 + KW)
      * as mma accumulators and computes v_new for tokens [tw0, tw0 + TW):
@@ -354,18 +411,28 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::MBAR), *empty = full + L::STAGES;
     if constexpr (L::PROD) {
         static_assert(VEC, "the producer warp issues 16-byte copies only");
+        /* full[s]: the producer's 32 lanes' cp.async arrivals, and lane 0's
+         * arrival that announces the stage's tensor-copy bytes (0 without) */
         if (threadIdx.x == 0)
             for (int i = 0; i < L::STAGES; i++) {
-                mbar_init(full + i, 32);
+                mbar_init(full + i, 32 + 1);
                 mbar_init(empty + i, 32 * L::NW);
             }
         __syncthreads();
         if (warp == L::NW) {
             ChunkStream cs = open_stream();
+            const bool tma = swizzled<L>() && P.tma;
+            constexpr uint32_t TMA_BYTES = 2 * BT * L::KP * 2; /* w and k boxes, zero-filled past K */
             for (int it = 0; it < c_end - c_begin; it++) {
                 const int slot = it % L::STAGES;
                 if (it >= L::STAGES) mbar_wait(empty + slot, (uint32_t)((it / L::STAGES - 1) & 1));
-                cs.issue<L, VEC>(smem + slot * L::STAGE, P.K, vrows, load_u, lane);
+                /* whole chunks by tensor copies; a sequence's last partial
+                 * chunk by cp.async, which zero-fills past its end (the next
+                 * sequence's rows, even finite, must not enter) */
+                const bool whole = tma && cs.eos - cs.t_issue >= BT;
+                if (lane == 0) mbar_arrive_expect_tx(full + slot, whole ? TMA_BYTES : 0);
+                cs.issue<L, VEC>(smem + slot * L::STAGE, P.K, vrows, load_u, lane, whole ? &P : nullptr,
+                                 full + slot, h, kh);
                 mbar_arrive_cp_async(full + slot);
             }
             cp_async_commit();
@@ -438,6 +505,35 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     stage_h(); /* the loop's first barrier publishes it */
 
     const int wrows = vrows - wrow; /* valid rows of this warp's 16 */
+
+    /* The ldmatrix row addresses of the B operands, for a lone block a
+     * multiprocessor (latency-bound) as per-lane offsets (elements) into a
+     * stage's w and k tiles plus compile-time constants, so that the
+     * swizzle costs no arithmetic in the loop (H100, q35_t32k 1.6% faster);
+     * blocks sharing a multiprocessor keep the registers and compute them
+     * (q35_b4_t8k: 0.580 ms, 0.607 with the offsets, register spills):
+     *   MMA1 (k-step q, tokens tw0 + 8j..): this lane's row tw0 + 8j + wr,
+     *     column 16q + 8 b1; w_at(q, j) = woff[q % 4] + constant;
+     *   MMA2 (token step q, columns kc0 + 8nt..): row 16q + 8 b1 + r7,
+     *     column kc0 + 8nt + 8 b4; k_at(q, nt) = koff[nt / 2] + constant. */
+    const int r7 = lane & 7, b1 = (lane >> 3) & 1, b4 = lane >> 4;
+    const int wr = 8 * b4 + r7;
+    int woff[4], koff[NK / 2];
+#pragma unroll
+    for (int m = 0; m < 4; m++) woff[m] = tile_off<L>(tw0 + wr, 16 * m + 8 * b1);
+#pragma unroll
+    for (int i = 0; i < NK / 2; i++) koff[i] = tile_off<L>(8 * b1 + r7, kc0 + 16 * i + 8 * b4);
+    /* w_at(q, j), k_at(q, nt): what the offsets leave, by the layout */
+    constexpr bool HOIST = L::MIN_BLOCKS == 1;
+    auto w_at = [&](int q, int j) {
+        if constexpr (!HOIST) return tile_off<L>(tw0 + 8 * j + wr, 16 * q + 8 * b1);
+        return swizzled<L>() ? woff[q & 3] + (q >> 2) * (BT * 64) + j * 8 * 64
+                             : woff[0] + 16 * q + j * 8 * L::LDK;
+    };
+    auto k_at = [&](int q, int nt) {
+        if constexpr (!HOIST) return tile_off<L>(16 * q + 8 * b1 + r7, kc0 + 8 * nt + 8 * b4);
+        return swizzled<L>() ? koff[nt / 2] + q * 16 * 64 : koff[0] + 8 * nt + q * 16 * L::LDK;
+    };
     ChunkStream cs; /* without a producer: every thread loads */
     if constexpr (!L::PROD) cs = open_stream();
 
@@ -509,8 +605,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 #pragma unroll
             for (int j = 0; j < TW / 8; j += 2) {
                 uint32_t b[4]; /* tokens tw0 + 8j.. and + 8.., columns 16q.. */
-                ldmatrix_x4(b, Ws + (tw0 + j * 8 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK +
-                                   q * 16 + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4(b, Ws + w_at(q, j));
                 mma_bf16_16816(acc[j], a, b);
                 mma_bf16_16816(acc[j + 1], a, b + 2);
             }
@@ -519,12 +614,22 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
         if (MODE != MODE_SUMMARY) {
             if (!P.hout_kv && VEC) {
+                /* a lone block a multiprocessor (latency-bound): all the
+                 * shared-memory reads first (always in the tile), then the
+                 * guarded stores, one read latency instead of one a row
+                 * (H100: q35_t8k 2% faster); blocks sharing a multiprocessor
+                 * keep the registers instead (q35_b4_t8k 5% slower with it) */
+                constexpr int NH = 16 / HRS, NB = L::MIN_BLOCKS == 1 ? NH : 1;
 #pragma unroll
-                for (int j = 0; j < 16 / HRS; j++) {
-                    const int r = hr + HRS * j;
-                    if (r < wrows && hc < P.K)
-                        *reinterpret_cast<uint4 *>(hp + (int64_t)(HRS * j) * P.K) =
-                            *reinterpret_cast<const uint4 *>(Hw + r * L::LDK + hc);
+                for (int j0 = 0; j0 < NH; j0 += NB) {
+                    uint4 hv[NB];
+#pragma unroll
+                    for (int j = 0; j < NB; j++)
+                        hv[j] = *reinterpret_cast<const uint4 *>(Hw + (hr + HRS * (j0 + j)) * L::LDK + hc);
+#pragma unroll
+                    for (int j = 0; j < NB; j++)
+                        if (hr + HRS * (j0 + j) < wrows && hc < P.K)
+                            *reinterpret_cast<uint4 *>(hp + (int64_t)(HRS * (j0 + j)) * P.K) = hv[j];
                 }
             } else if (P.hout_kv && VEC) {
                 __nv_bfloat16 *dst = P.h_out + (hoff + c) * hstep + (int64_t)h * P.V * P.K;
@@ -599,12 +704,17 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         if (MODE != MODE_SUMMARY && P.v_new) {
             __syncwarp();
             if (VEC) {
+                constexpr int NV = TW / 16, NB = L::MIN_BLOCKS == 1 ? NV : 1; /* as for h_out */
 #pragma unroll
-                for (int j = 0; j < TW / 16; j++) {
-                    const int t = tw0 + vt + 16 * j;
-                    if (t < nvalid && vr < wrows)
-                        *reinterpret_cast<uint4 *>(vp + (16 * j) * vtok) =
-                            *reinterpret_cast<const uint4 *>(Us + t * L::LDU + vr);
+                for (int j0 = 0; j0 < NV; j0 += NB) {
+                    uint4 vv[NB];
+#pragma unroll
+                    for (int j = 0; j < NB; j++)
+                        vv[j] = *reinterpret_cast<const uint4 *>(Us + (tw0 + vt + 16 * (j0 + j)) * L::LDU + vr);
+#pragma unroll
+                    for (int j = 0; j < NB; j++)
+                        if (tw0 + vt + 16 * (j0 + j) < nvalid && vr < wrows)
+                            *reinterpret_cast<uint4 *>(vp + (16 * (j0 + j)) * vtok) = vv[j];
                 }
             } else {
                 __nv_bfloat16 *dst = P.v_new + (t0 * P.Hv + h) * (int64_t)P.V + row0 + wrow;
@@ -635,8 +745,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 #pragma unroll
             for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
-                ldmatrix_x4_trans(b, Ks + (q * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
-                                         kc0 + nt * 8 + (lane >> 4) * 8);
+                ldmatrix_x4_trans(b, Ks + k_at(q, nt));
                 mma_bf16_16816(H[nt], a, b);
                 mma_bf16_16816(H[nt + 1], a, b + 2);
             }
@@ -678,22 +787,32 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 
 /* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
  * One block per (sequence, head, 16 state rows), which it keeps in shared
- * memory across the segments. P_s goes through shared memory COMBINE_JB
- * rows at a time; thread (r, l) owns row r's column pairs 2l + 32i, so a
+ * memory across the segments. The P_s do not depend on the serial chain,
+ * so they stream through a COMBINE_STAGES-deep cp.async ring of
+ * COMBINE_JB-row tiles, all segments' tiles one sequence (H100, tp8_t64k:
+ * 143 us with one tile loaded, then used, at a time: the chain waited on
+ * a load per tile). Thread (r, l) owns row r's column pairs 2l + 32i, so a
  * warp reads 128 contiguous bytes of a P_s row and two broadcast h values
  * per step. Each output is b + sum_j h[j] P[j][c], j ascending, by fmaf. */
 constexpr int COMBINE_ROWS = 16;
 constexpr int COMBINE_THREADS = 256;
-constexpr int COMBINE_JB = 16; /* rows of P_s staged at once */
+constexpr int COMBINE_JB = 16;     /* rows of P_s a ring stage */
+constexpr int COMBINE_STAGES = 4;
+
+/* Shared memory of combine_kernel<KP>: the ring, then h. */
+constexpr size_t combine_smem_bytes(int kp) {
+    return ((size_t)COMBINE_STAGES * COMBINE_JB * kp + COMBINE_ROWS * (kp + 1)) * sizeof(float);
+}
 
 template <int KP>
-__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P) {
+__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_constant__ Params P) {
     constexpr int CP = KP / 32;  /* column pairs a thread */
     constexpr int HLD = KP + 1;  /* hs pitch: a warp's two rows in different banks */
+    constexpr int JB = COMBINE_JB, TILE = JB * KP;
     static_assert(COMBINE_THREADS == COMBINE_ROWS * 16, "16 threads a row");
-    extern __shared__ float cs[];
-    float *ps = cs;                       /* [COMBINE_JB][KP], zero past K */
-    float *hs = cs + COMBINE_JB * KP;     /* [COMBINE_ROWS][HLD], zero past K */
+    extern __shared__ __align__(16) float cs[];
+    float *ring = cs;                           /* [STAGES][JB][KP], zero past K */
+    float *hs = cs + COMBINE_STAGES * TILE;     /* [COMBINE_ROWS][HLD], zero past K */
     const int N = P.N, K = P.K, V = P.V;
     const int tiles = (V + COMBINE_ROWS - 1) / COMBINE_ROWS;
     const int tile = blockIdx.x % tiles;
@@ -701,6 +820,33 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P
     const int row0 = tile * COMBINE_ROWS;
     const int tid = threadIdx.x, r = tid / 16, l = tid % 16;
     const bool row_ok = row0 + r < V;
+    const int jtiles = (K + JB - 1) / JB;
+    const int ntiles = (P.segments - 1) * jtiles; /* (segment, rows j0..) in order */
+    auto seg_base = [&](int s) { return P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K; };
+    /* tile i of P_s into its stage; 16-byte copies where rows stay aligned */
+    auto issue = [&](int i) {
+        const float *Pm = seg_base(i / jtiles) + (int64_t)V * K;
+        const int j0 = (i % jtiles) * JB;
+        float *dst = ring + (i % COMBINE_STAGES) * TILE;
+        if (K % 4 == 0) {
+            for (int e = 4 * tid; e < TILE; e += 4 * COMBINE_THREADS) {
+                const int jj = e / KP, c = e % KP;
+                const bool ok = j0 + jj < K && c < K;
+                cp_async16(dst + e, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 16 : 0);
+            }
+        } else {
+            for (int e = tid; e < TILE; e += COMBINE_THREADS) {
+                const int jj = e / KP, c = e % KP;
+                const bool ok = j0 + jj < K && c < K;
+                cp_async4(dst + e, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 4 : 0);
+            }
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < COMBINE_STAGES - 1; i++) {
+        if (i < ntiles) issue(i);
+        cp_async_commit();
+    }
     for (int i = tid; i < COMBINE_ROWS * KP; i += COMBINE_THREADS) {
         const int rr = i / KP, c = i % KP;
         float x = 0.f;
@@ -708,48 +854,63 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const Params P
         hs[rr * HLD + c] = x;
         if (row0 + rr < V && c < K) P.h_start[(head * V + row0 + rr) * K + c] = x;
     }
-    for (int s = 0; s + 1 < P.segments; s++) {
-        const float *b = P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K;
-        const float *Pm = b + (int64_t)V * K;
-        float acc[CP][2];
+    /* b_s of this thread's outputs; the next segment's is loaded a segment
+     * ahead, off the chain */
+    auto load_b = [&](int s, float (&b)[CP][2]) {
+        const float *bs = seg_base(s);
 #pragma unroll
         for (int i = 0; i < CP; i++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int c = 2 * l + 32 * i + e;
-                acc[i][e] = row_ok && c < K ? b[(int64_t)(row0 + r) * K + c] : 0.f;
+                b[i][e] = row_ok && c < K ? bs[(int64_t)(row0 + r) * K + c] : 0.f;
             }
-        for (int j0 = 0; j0 < K; j0 += COMBINE_JB) {
-            __syncthreads(); /* hs written, the previous ps read */
-            for (int i = tid; i < COMBINE_JB * KP; i += COMBINE_THREADS) {
-                const int jj = i / KP, c = i % KP;
-                ps[i] = j0 + jj < K && c < K ? Pm[(int64_t)(j0 + jj) * K + c] : 0.f;
-            }
-            __syncthreads();
-            const int jn = min(COMBINE_JB, K - j0);
-            for (int jj = 0; jj < jn; jj++) {
-                const float h = hs[r * HLD + j0 + jj];
+    };
+    float acc[CP][2], bnext[CP][2];
+    if (ntiles > 0) load_b(0, bnext);
+    for (int i = 0; i < ntiles; i++) {
+        const int s = i / jtiles, jt = i % jtiles, j0 = jt * JB;
+        if (jt == 0) {
 #pragma unroll
-                for (int i = 0; i < CP; i++) {
-                    const float2 p = *reinterpret_cast<const float2 *>(ps + jj * KP + 2 * l + 32 * i);
-                    acc[i][0] = fmaf(h, p.x, acc[i][0]);
-                    acc[i][1] = fmaf(h, p.y, acc[i][1]);
-                }
-            }
+            for (int a = 0; a < CP; a++) acc[a][0] = bnext[a][0], acc[a][1] = bnext[a][1];
+            if (s + 2 < P.segments) load_b(s + 1, bnext);
         }
-        __syncthreads(); /* every read of hs done */
+        cp_async_wait<COMBINE_STAGES - 2>();
+        __syncthreads(); /* tile i landed for all; tile i - 1's stage and hs writes done */
+        if (i + COMBINE_STAGES - 1 < ntiles) issue(i + COMBINE_STAGES - 1);
+        cp_async_commit();
+        const float *ps = ring + (i % COMBINE_STAGES) * TILE;
+        auto step = [&](int jj) {
+            const float h = hs[r * HLD + j0 + jj];
 #pragma unroll
-        for (int i = 0; i < CP; i++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = 2 * l + 32 * i + e;
-                if (c < K) {
-                    hs[r * HLD + c] = acc[i][e];
-                    if (row_ok)
-                        P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = acc[i][e];
-                }
+            for (int a = 0; a < CP; a++) {
+                const float2 p = *reinterpret_cast<const float2 *>(ps + jj * KP + 2 * l + 32 * a);
+                acc[a][0] = fmaf(h, p.x, acc[a][0]);
+                acc[a][1] = fmaf(h, p.y, acc[a][1]);
             }
+        };
+        if (j0 + JB <= K) { /* whole tiles unrolled: their reads issue ahead of the fmafs */
+#pragma unroll
+            for (int jj = 0; jj < JB; jj++) step(jj);
+        } else {
+            for (int jj = 0; jj < K - j0; jj++) step(jj);
+        }
+        if (jt == jtiles - 1) {
+            __syncthreads(); /* every read of hs done */
+#pragma unroll
+            for (int a = 0; a < CP; a++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int c = 2 * l + 32 * a + e;
+                    if (c < K) {
+                        hs[r * HLD + c] = acc[a][e];
+                        if (row_ok)
+                            P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = acc[a][e];
+                    }
+                }
+        }
     }
+    cp_async_wait<0>();
 }
 
 /* ---- host side ---- */
@@ -758,8 +919,10 @@ struct Plan {
     int kp;     /* K padded to the kernel's: 64, 128 or 256 */
     int bv;     /* state rows a block */
     int stages; /* depth of the cp.async ring */
+    int final_stages; /* ... for a split problem's state pass */
     bool vec;   /* 16-byte loads and stores */
     bool producer; /* a warp of its own issues the ring's loads (vec only) */
+    bool tma;      /* ... whole chunks' w and k by tensor copies (sm_90) */
     int segments;
     int chunks_per_segment;
     size_t summary_bytes, h_start_bytes;
@@ -840,13 +1003,28 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* three-deep rings are 132-157 KB: two on the 99 KB of sm_86 / sm_89
      * cards (which run the sm_80 code) */
     if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) > ctx->smem_optin) pl.stages = 2;
-    /* The producer warp, where it measured faster (H100, same run, ms,
-     * without -> with): split problems (seed_bench 0.095 -> 0.085, tp8_t64k
-     * 1.063 -> 0.921) and K = 256 (k256_t8k 0.476 -> 0.436); not at K <= 128
-     * unsplit, where it cost 2-7% on q35_t32k, q397_t8k and q35_b4_t8k
-     * (and gained 3% on q35_t8k). */
-    pl.producer = pl.vec && (pl.kp == 256 || pl.segments > 1);
+    /* A split problem's state pass is one wave of lone blocks even where
+     * its summary pass took the 2-deep ring: give it three stages. */
+    pl.final_stages = pl.stages;
+    if (pl.segments > 1 && pl.vec && pl.kp < 256 && blocks * pl.segments <= sms &&
+        (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) <= ctx->smem_optin)
+        pl.final_stages = 3;
+    pl.final_stages = env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3});
+    /* The producer warp: for split problems and K = 256 where it filled
+     * the padded layout by cp.async (the sm_80 build; measured with that
+     * code on an H100, ms, without -> with: seed_bench 0.095 -> 0.085,
+     * tp8_t64k 1.063 -> 0.921, k256_t8k 0.476 -> 0.436, but 2-7% slower
+     * at K <= 128 unsplit). On sm_90 the producer always, its w and k tiles by tensor copies
+     * except for unsplit 64-row tiles at K <= 128, where its 80 cp.async
+     * copies a lane a chunk keep up (H100, session 7, ms, without producer
+     * / cp.async producer / TMA producer: q35_t8k 0.191 / 0.165 / 0.155,
+     * q35_t32k 0.726 / 0.630 / 0.597, tp8_t64k 0.792 / 0.715 / 0.693,
+     * 64-row k256_t8k 0.480 / 0.459 / 0.390; but 64-row q397_t8k 0.287 /
+     * 0.258 / 0.263 and q35_b4_t8k 0.648 / 0.580 / 0.610). */
+    pl.producer = pl.vec && (ctx->cc_major >= 9 || pl.kp == 256 || pl.segments > 1);
     if (pl.vec) pl.producer = env_override("GDN_CUDA_PRODUCER", pl.producer ? 1 : 0, {0, 1}) != 0;
+    pl.tma = pl.producer && ctx->cc_major >= 9 && (pl.bv == 32 || pl.segments > 1 || pl.kp == 256);
+    pl.tma = env_override("GDN_CUDA_TMA", pl.tma ? 1 : 0, {0, 1}) != 0;
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
         const int64_t nchunks = gdn_ceil_div(p->T, BT);
@@ -899,13 +1077,22 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
             launch<L, VEC, MODE_SUMMARY>(ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
         const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-        const size_t bytes = ((size_t)COMBINE_JB * L::KP + COMBINE_ROWS * (L::KP + 1)) * sizeof(float); /* < 48 KB */
+        const size_t bytes = combine_smem_bytes(L::KP); /* 20-81 KB */
+        GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<L::KP>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         combine_kernel<L::KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
         GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
     }
     P.row_tiles = vtiles;
     P.seg_launch = pl.segments;
     const int64_t blocks = N * P.Hv * vtiles * pl.segments;
+    if constexpr (VEC && L::STAGES == 2 && L::KP < 256) {
+        if (pl.final_stages == 3) {
+            using L3 = Smem<L::KP, L::RG, L::KS, 3, L::PROD>;
+            if (P.chunk_states) return launch<L3, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
+            return launch<L3, VEC, MODE_STATE>(ctx, P, blocks, stream);
+        }
+    }
     if (P.chunk_states) return launch<L, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
     return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
 }
@@ -931,6 +1118,41 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
 
 } // namespace
 
+/* cuTensorMapEncodeTiled, looked up in the driver once (libgdn does not
+ * link libcuda); NULL where the driver lacks it. */
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q{};
+#if CUDART_VERSION >= 12050
+        const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+        const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+        if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            f = nullptr;
+        }
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+    }();
+    return fn;
+}
+
+/* A bf16 [tokens][heads][K] tensor (K % 8 == 0, 16-byte aligned) as a map
+ * of boxes of 64 columns x 64 tokens of one head, 128-byte swizzled in
+ * shared memory, zeros past K. */
+bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K) {
+    const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+    if (!enc) return false;
+    const cuuint64_t dims[3] = {(cuuint64_t)K, (cuuint64_t)heads, (cuuint64_t)tokens};
+    const cuuint64_t strides[2] = {(cuuint64_t)K * 2, (cuuint64_t)(heads * K * 2)};
+    const cuuint32_t box[3] = {64, 1, BT};
+    const cuuint32_t elem_strides[3] = {1, 1, 1};
+    return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(base), dims, strides, box,
+               elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, bool per_seq_split) {
     return make_plan(ctx, p, per_seq_split).scratch();
 }
@@ -940,12 +1162,12 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
     Plan pl = make_plan(ctx, p, a.per_seq_split);
     const uintptr_t align = (uintptr_t)a.k | (uintptr_t)a.w | (uintptr_t)a.u |
                             (uintptr_t)a.h_out | (uintptr_t)a.v_new;
-    if (align % 16 != 0) pl.vec = pl.producer = false;
+    if (align % 16 != 0) pl.vec = pl.producer = pl.tma = false;
     if (a.transition) { /* one pass over whole sequences, 32-row tiles */
         pl.bv = 32;
         pl.stages = 2;
         pl.segments = 1;
-        pl.producer = false;
+        pl.producer = pl.tma = false;
     }
     if (a.cu_seqlens && !a.chunk_offsets && !a.transition) /* the kernel reads h_out offsets there */
         return gdn_fail(ctx, GDN_ERROR_INTERNAL, "run_chunk_state: varlen without chunk offsets");
@@ -972,6 +1194,13 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
     set_heads(P, p);
     P.kv_layout = p->state_layout == GDN_STATE_KV;
     P.hout_kv = a.hout_kv;
+    /* The producer's tensor copies (sm_90): maps of w and k over all tokens.
+     * Without them (pl.tma off, or no encoder in the driver) the sm_90
+     * producer kernels fill the same swizzled layout by cp.async. */
+    const int64_t tokens = p->cu_seqlens ? p->T : a.N * p->T;
+    if (pl.tma && pl.producer && pl.vec && ctx->cc_major >= 9 && tokens <= INT32_MAX)
+        P.tma = encode_tile_map(&P.tmap_w, a.w, tokens, p->Hv, (int)p->K) &&
+                encode_tile_map(&P.tmap_k, a.k, tokens, p->Hk, (int)p->K);
     P.segments = a.transition ? 2 : pl.segments; /* summary: segment 0 is the whole sequence */
     P.chunks_per_segment = a.transition ? (1 << 30) : pl.chunks_per_segment;
     uint8_t *ws = static_cast<uint8_t *>(scratch);

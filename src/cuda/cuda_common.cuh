@@ -132,6 +132,38 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
 #endif
 }
 
+/* One arrival that also raises the phase's expected transaction bytes
+ * (the tensor copies below count down); sm_90, else a plain arrival (the
+ * callers pass 0 bytes there). */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(
+                     smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+#else
+    (void)bytes;
+    mbar_arrive(bar);
+#endif
+}
+
+/* A 3D tile from global to shared memory by the tensor copy engine (sm_90
+ * TMA), completing its bytes on bar. tmap: a CUtensorMap in parameter,
+ * constant or global memory; c0 the innermost coordinate. Not for sm_80:
+ * callers select it by __CUDA_ARCH__. */
+__device__ __forceinline__ void tma_load_3d(void *dst, const void *tmap, uint64_t *bar, int c0, int c1,
+                                            int c2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_addr(dst)),
+                 "l"(tmap), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+                 : "memory");
+#else
+    (void)dst, (void)tmap, (void)bar, (void)c0, (void)c1, (void)c2;
+    __trap();
+#endif
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
