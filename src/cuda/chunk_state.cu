@@ -786,7 +786,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
 }
 
 /* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
- * One block per (sequence, head, 16 state rows), which it keeps in shared
+ * One block per (sequence, head, 8 state rows), which it keeps in shared
  * memory across the segments. The P_s do not depend on the serial chain,
  * so they stream through a COMBINE_STAGES-deep cp.async ring of
  * COMBINE_JB-row tiles, all segments' tiles one sequence (H100, tp8_t64k:
@@ -794,8 +794,8 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
  * a load per tile). Thread (r, l) owns row r's column pairs 2l + 32i, so a
  * warp reads 128 contiguous bytes of a P_s row and two broadcast h values
  * per step. Each output is b + sum_j h[j] P[j][c], j ascending, by fmaf. */
-constexpr int COMBINE_ROWS = 16;
-constexpr int COMBINE_THREADS = 256;
+constexpr int COMBINE_ROWS = 8;
+constexpr int COMBINE_THREADS = 128;
 constexpr int COMBINE_JB = 16;     /* rows of P_s a ring stage */
 constexpr int COMBINE_STAGES = 4;
 
