@@ -275,7 +275,7 @@ struct ChunkStream {
     int64_t t_issue, eos; /* first token of the next chunk to issue; sequence end */
     /* tma (producer lane tid of a swizzled kernel, whole chunks only): w
      * and k come by tensor copies completing on bar, lane 0 issuing them;
-     * wcol / wrow: this head's coordinates in the w and k maps. */
+     * h / kh: this head's coordinates in the w and k maps. */
     template <class L, bool VEC>
     __device__ __forceinline__ void issue(uint8_t *stage, int K, int vrows, bool load_u, int tid,
                                           const Params *tma = nullptr, uint64_t *bar = nullptr,
