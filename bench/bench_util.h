@@ -9,6 +9,10 @@
 
 #include "gdn.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* A CUDA runtime call or a libgdn call that must succeed (else exit 1). */
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -48,7 +52,11 @@ void *bench_dev_from(const void *host, size_t bytes);
  * a repetition takes about 2 ms (1 to 200). */
 double bench_time_graph(cudaGraphExec_t exec, cudaStream_t s, int reps, int inner);
 /* Device-to-device copy bandwidth, bytes read + written per second: a
- * 1 GiB cudaMemcpy captured in a graph and replayed. */
+ * 1 GiB cudaMemcpy launched directly (not graph-captured), median of 11. */
 double bench_copy_bandwidth(cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,18 +6,10 @@
  * scale them, then store them; cudaMemcpy for reference. Median of 13. */
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdio>
-#include <vector>
+#include <cstdlib>
 
-#define CK(x)                                                                          \
-    do {                                                                               \
-        cudaError_t e_ = (x);                                                          \
-        if (e_ != cudaSuccess) {                                                       \
-            std::printf("%s: %s\n", #x, cudaGetErrorString(e_));                       \
-            return 1;                                                                  \
-        }                                                                              \
-    } while (0)
+#include "bench_util.h"
 
 template <int PER> __global__ void __launch_bounds__(128) scale(const float4 *x, float4 *y, float a) {
     const size_t base = (size_t)blockIdx.x * 128 * PER + threadIdx.x;
@@ -41,18 +33,19 @@ int main() {
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     auto median_ms = [&](auto launch) {
-        std::vector<float> v;
-        for (int r = 0; r < 13; r++) {
-            cudaEventRecord(e0);
+        enum { REPS = 13 };
+        double t[REPS];
+        for (int r = 0; r < REPS; r++) {
+            CK(cudaEventRecord(e0));
             launch();
-            cudaEventRecord(e1);
-            cudaEventSynchronize(e1);
+            CK(cudaEventRecord(e1));
+            CK(cudaEventSynchronize(e1));
             float ms = 0.f;
-            cudaEventElapsedTime(&ms, e0, e1);
-            v.push_back(ms);
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            t[r] = ms;
         }
-        std::sort(v.begin(), v.end());
-        return v[v.size() / 2];
+        qsort(t, REPS, sizeof(double), bench_cmp_double);
+        return (float)t[REPS / 2];
     };
     auto gbs = [&](float ms) { return 2.0 * bytes / ms / 1e6; };
     const float m = median_ms([&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); });
