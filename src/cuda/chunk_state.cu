@@ -1010,21 +1010,23 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
         (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) <= ctx->smem_optin)
         pl.final_stages = 3;
     pl.final_stages = env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3});
-    /* The producer warp: for split problems and K = 256 where it filled
-     * the padded layout by cp.async (the sm_80 build; measured with that
-     * code on an H100, ms, without -> with: seed_bench 0.095 -> 0.085,
-     * tp8_t64k 1.063 -> 0.921, k256_t8k 0.476 -> 0.436, but 2-7% slower
-     * at K <= 128 unsplit). On sm_90 the producer always, its w and k tiles by tensor copies
-     * except for unsplit 64-row tiles at K <= 128, where its 80 cp.async
-     * copies a lane a chunk keep up (H100, session 7, ms, without producer
-     * / cp.async producer / TMA producer: q35_t8k 0.191 / 0.165 / 0.155,
+    /* The producer warp: on sm_80 for split problems and K = 256, where it
+     * fills the padded layout by cp.async (measured with that code on an
+     * H100, ms, without -> with: seed_bench 0.095 -> 0.085, tp8_t64k 1.063
+     * -> 0.921, k256_t8k 0.476 -> 0.436, but 2-7% slower at K <= 128
+     * unsplit). On sm_90 always, its w and k tiles by tensor copies except
+     * for unsplit 64-row tiles at K <= 128, where its 80 cp.async copies a
+     * lane a chunk keep up (H100, session 7, ms, without producer /
+     * cp.async producer / TMA producer: q35_t8k 0.191 / 0.165 / 0.155,
      * q35_t32k 0.726 / 0.630 / 0.597, tp8_t64k 0.792 / 0.715 / 0.693,
      * 64-row k256_t8k 0.480 / 0.459 / 0.390; but 64-row q397_t8k 0.287 /
      * 0.258 / 0.263 and q35_b4_t8k 0.648 / 0.580 / 0.610). */
     pl.producer = pl.vec && (ctx->cc_major >= 9 || pl.kp == 256 || pl.segments > 1);
     if (pl.vec) pl.producer = env_override("GDN_CUDA_PRODUCER", pl.producer ? 1 : 0, {0, 1}) != 0;
-    pl.tma = pl.producer && ctx->cc_major >= 9 && (pl.bv == 32 || pl.segments > 1 || pl.kp == 256);
-    pl.tma = env_override("GDN_CUDA_TMA", pl.tma ? 1 : 0, {0, 1}) != 0;
+    /* (GDN_CUDA_TMA=1 forces the tensor copies only where a producer runs
+     * the sm_90 code) */
+    pl.tma = env_override("GDN_CUDA_TMA", pl.bv == 32 || pl.segments > 1 || pl.kp == 256, {0, 1}) != 0 &&
+             pl.producer && ctx->cc_major >= 9;
     pl.chunks_per_segment = 0;
     if (pl.segments > 1) {
         const int64_t nchunks = gdn_ceil_div(p->T, BT);
@@ -1198,7 +1200,7 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
      * Without them (pl.tma off, or no encoder in the driver) the sm_90
      * producer kernels fill the same swizzled layout by cp.async. */
     const int64_t tokens = p->cu_seqlens ? p->T : a.N * p->T;
-    if (pl.tma && pl.producer && pl.vec && ctx->cc_major >= 9 && tokens <= INT32_MAX)
+    if (pl.tma && tokens <= INT32_MAX)
         P.tma = encode_tile_map(&P.tmap_w, a.w, tokens, p->Hv, (int)p->K) &&
                 encode_tile_map(&P.tmap_k, a.k, tokens, p->Hk, (int)p->K);
     P.segments = a.transition ? 2 : pl.segments; /* summary: segment 0 is the whole sequence */
