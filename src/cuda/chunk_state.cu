@@ -7,12 +7,16 @@
  * is held by two warps as mma.sync accumulators (f32), each warp owning
  * half of the K columns; per chunk:
  *   vn^T    = u^T - bf16(H) w^T        (each warp: half of the tokens, all K;
- *                                       A = bf16(H) staged in shared memory)
+ *                                       A = bf16(H), the partner's columns
+ *                                       staged in shared memory)
  *   vg^T    = bf16(vn^T * exp(G_last - G_t))   (rows past the end -> 0)
  *   H       = exp(G_last) H + vg^T k   (each warp: its columns, all tokens;
- *                                       A = vg^T staged in u's slot)
- * The two warps of a row group meet at a named barrier between the two
- * products; the block meets once a chunk, at the ring. Or (the plan's
+ *                                       A = vg^T, the partner's tokens
+ *                                       staged in u's slot)
+ * The two warps of a row group meet at a named barrier before each product
+ * (or, where that measured faster, within it: after the half whose A
+ * operand is in their own registers); the block meets once a chunk, at
+ * the ring. Or (the plan's
  * choice, "producer") one more warp issues all the ring's loads and the
  * stages hand over through mbarriers: the compute warps then spend no
  * issue slots on loads and never meet as a block. Halving each warp's
@@ -29,12 +33,17 @@
  *
  * Few heads, long sequences (the tp8 shapes) leave most SMs idle. Then the
  * sequence is cut into S segments and processed in three launches:
- *   1. summary: each segment s < S-1 runs from a zero state, and from the
- *      identity for K extra "transition" rows with u = 0, giving b_s and P_s
- *      with state_after = state_before * P_s + b_s (the update is affine);
+ *   1. summary: segment 0 runs its state pass from h0 (its end state is
+ *      h_start[1]); beside it each segment 0 < s < S-1 runs from a zero
+ *      state, and from the identity for K extra "transition" rows with
+ *      u = 0, giving b_s and P_s with state_after = state_before * P_s + b_s
+ *      (the update is affine);
  *   2. combine: h_start[s+1] = h_start[s] P_s + b_s, serially, in f32;
- *   3. each segment reruns from its true h_start, writing h_out and v_new.
- * This costs about 2.5x the arithmetic but S times the parallelism.
+ *   3. segments 1..S-1 rerun from their true h_start, writing h_out and
+ *      v_new.
+ * This costs about 2.5x the arithmetic but S times the parallelism; segment
+ * 0 riding in the summary launch lets the last launch take one more
+ * segment in the same wave.
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -72,11 +81,14 @@ struct Params {
     int hout_kv;      /* state layout of h_out */
     int row_tiles;    /* row tiles per head in this launch */
     int segments;     /* S: segments per sequence (1 = no split) */
+    int seg_first;    /* the first segment of this launch */
     int seg_launch;   /* segments per sequence covered by this launch */
-    int chunks_per_segment;
-    float *summary;   /* [S-1][N][Hv][V+K][K] f32 */
+    int64_t lead_blocks; /* summary launch: its first blocks run segment 0's state pass */
+    int chunks_first; /* chunks of segment 0 */
+    int chunks_per_segment; /* ... of each later segment */
+    float *summary;   /* [S-2][N][Hv][V+K][K] f32: segments 1..S-2 */
     float *transition; /* whole-sequence summary: [N][Hv][K][K], partial in final_state */
-    float *h_start;   /* [S][N][Hv][V][K] f32, NULL when S == 1 */
+    float *h_start;   /* [S-1][N][Hv][V][K] f32: segments 1..S-1, NULL when S == 1 */
     int tma;          /* tmap_w, tmap_k are set (sm_90 producer kernels use them) */
     CUtensorMap tmap_w, tmap_k; /* w [T][Hv][K], k [T][Hk][K]; boxes of 64 columns x 64 tokens */
 };
@@ -354,18 +366,26 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     const int kc0 = kpart * KW, tw0 = kpart * TW;
 
     /* Block -> (row tile, head, segment, sequence); x only, so no grid
-     * dimension limit applies to N * Hv. */
+     * dimension limit applies to N * Hv. A split problem's summary launch
+     * begins with lead blocks, which run segment 0's state pass (it starts
+     * from h0, so needs no summary): they write h_out, v_new and the state
+     * segment 1 starts from, like a state block (writes). */
+    const int vtiles = (P.V + BV - 1) / BV;
     int64_t bid = blockIdx.x;
-    const int tile = (int)(bid % P.row_tiles);
-    bid /= P.row_tiles;
+    const bool lead = MODE == MODE_SUMMARY && bid < P.lead_blocks;
+    const bool writes = MODE != MODE_SUMMARY || lead;
+    if (MODE == MODE_SUMMARY && !lead) bid -= P.lead_blocks;
+    const int row_tiles = lead ? vtiles : P.row_tiles;
+    const int tile = (int)(bid % row_tiles);
+    bid /= row_tiles;
     const int h = (int)(bid % P.Hv);
     bid /= P.Hv;
-    const int seg = (int)(bid % P.seg_launch);
-    const int n = (int)(bid / P.seg_launch);
+    const int seg_launch = lead ? 1 : P.seg_launch;
+    const int seg = lead ? 0 : P.seg_first + (int)(bid % seg_launch);
+    const int n = (int)(bid / seg_launch);
     const int kh = P.tiled ? h % P.Hk : h / P.group;
 
-    const int vtiles = (P.V + BV - 1) / BV;
-    const bool trans_rows = MODE == MODE_SUMMARY && tile >= vtiles; /* rows of P_s */
+    const bool trans_rows = MODE == MODE_SUMMARY && !lead && tile >= vtiles; /* rows of P_s */
     const int row0 = trans_rows ? (tile - vtiles) * BV : tile * BV;
     const int row_limit = trans_rows ? P.K : P.V;
     const int wrow = rg * 16; /* this warp's first row within the tile */
@@ -374,7 +394,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     if (P.cu_seqlens) {
         bos = P.cu_seqlens[n];
         eos = P.cu_seqlens[n + 1];
-        if (MODE != MODE_SUMMARY)
+        if (writes)
             hoff = P.chunk_offsets[n];
     } else {
         bos = (int64_t)n * P.T;
@@ -382,8 +402,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         hoff = (int64_t)n * ((P.T + BT - 1) / BT);
     }
     const int nchunks = (int)((eos - bos + BT - 1) / BT);
-    const int c_begin = min(seg * P.chunks_per_segment, nchunks);
-    const int c_end = P.segments == 1 ? nchunks : min(c_begin + P.chunks_per_segment, nchunks);
+    const int c_begin = seg == 0 ? 0 : min(P.chunks_first + (seg - 1) * P.chunks_per_segment, nchunks);
+    const int c_end = P.segments == 1 ? nchunks
+                      : min(c_begin + (seg == 0 ? P.chunks_first : P.chunks_per_segment), nchunks);
     const bool load_u = !trans_rows;
     const int vrows = P.V - row0; /* valid rows of this tile */
 
@@ -453,10 +474,10 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             const int c = kc0 + nt * 8 + 2 * tig + (e & 1);
             float x = 0.f;
             if (r < row_limit && c < P.K) {
-                if (MODE == MODE_SUMMARY) {
+                if (MODE == MODE_SUMMARY && !lead) {
                     x = trans_rows && r == c ? 1.f : 0.f;
-                } else if (P.segments > 1) {
-                    x = P.h_start[(((int64_t)seg * P.N * P.Hv + head) * P.V + r) * P.K + c];
+                } else if (seg > 0) {
+                    x = P.h_start[(((int64_t)(seg - 1) * P.N * P.Hv + head) * P.V + r) * P.K + c];
                 } else if (P.h0) {
                     x = P.h0[head * P.V * P.K + state_index(P.kv_layout, P.V, P.K, r, c)];
                 }
@@ -513,7 +534,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
      * blocks sharing a multiprocessor keep the registers and compute them
      * (q35_b4_t8k: 0.580 ms, 0.607 with the offsets, register spills):
      *   MMA1 (k-step q, tokens tw0 + 8j..): this lane's row tw0 + 8j + wr,
-     *     column 16q + 8 b1; w_at(q, j) = woff[q % 4] + constant;
+     *     column 16q + 8 b1; w_at(part, qq, j) = woff[qq % 4] + constant;
      *   MMA2 (token step q, columns kc0 + 8nt..): row 16q + 8 b1 + r7,
      *     column kc0 + 8nt + 8 b4; k_at(q, nt) = koff[nt / 2] + constant. */
     const int r7 = lane & 7, b1 = (lane >> 3) & 1, b4 = lane >> 4;
@@ -523,11 +544,23 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     for (int m = 0; m < 4; m++) woff[m] = tile_off<L>(tw0 + wr, 16 * m + 8 * b1);
 #pragma unroll
     for (int i = 0; i < NK / 2; i++) koff[i] = tile_off<L>(8 * b1 + r7, kc0 + 16 * i + 8 * b4);
-    /* w_at(q, j), k_at(q, nt): what the offsets leave, by the layout */
+    /* w_at(part, qq, j): k-step q = part QH + qq (QH: the k-steps of one
+     * warp's columns, so qq is a compile-time index even where part is the
+     * lane's kpart); k_at(q, nt): what the offsets leave, by the layout */
     constexpr bool HOIST = L::MIN_BLOCKS == 1;
-    auto w_at = [&](int q, int j) {
-        if constexpr (!HOIST) return tile_off<L>(tw0 + 8 * j + wr, 16 * q + 8 * b1);
-        return swizzled<L>() ? woff[q & 3] + (q >> 2) * (BT * 64) + j * 8 * 64
+    constexpr int QH = NK / 2;
+    /* Each product's half whose A operand is in this warp's registers
+     * first, then the barrier with the partner, then the other half from
+     * shared memory: faster where a multiprocessor's two blocks or K = 256
+     * keep its warps busy (H100: k256_t8k 0.391 -> 0.386 ms, q35_b4_t8k
+     * 0.579 -> 0.577), slower for lone 128-column blocks, which wait on
+     * the chain (q35_t32k 0.583 -> 0.589, q397_t8k 0.259 -> 0.260: the
+     * barrier then also holds back the second half's B loads). */
+    constexpr bool OWN_FIRST = !HOIST || KP == 256;
+    auto w_at = [&](int part, int qq, int j) {
+        const int q = part * QH + qq;
+        if constexpr (!HOIST || QH % 4 != 0) return tile_off<L>(tw0 + 8 * j + wr, 16 * q + 8 * b1);
+        return swizzled<L>() ? woff[qq & 3] + (q >> 2) * (BT * 64) + j * 8 * 64
                              : woff[0] + 16 * q + j * 8 * L::LDK;
     };
     auto k_at = [&](int q, int nt) {
@@ -546,13 +579,13 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     const int hr = lane / HPR, hc = kc0 + (lane % HPR) * 8;
     const int64_t hstep = (int64_t)P.Hv * P.V * P.K;
     __nv_bfloat16 *hp = nullptr;
-    if (MODE != MODE_SUMMARY)
+    if (writes)
         hp = P.h_out + (hoff + c_begin) * hstep + (int64_t)h * P.V * P.K +
              (int64_t)(row0 + wrow + hr) * P.K + hc;
     const int vt = lane >> 1, vr = (lane & 1) * 8;
     const int64_t vtok = (int64_t)P.Hv * P.V; /* v_new row stride */
     __nv_bfloat16 *vp = nullptr;
-    if (MODE != MODE_SUMMARY && P.v_new)
+    if (writes && P.v_new)
         vp = P.v_new + (bos + (int64_t)c_begin * BT + tw0 + vt) * vtok + (int64_t)h * P.V + row0 +
              wrow + vr;
 
@@ -572,7 +605,6 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         const int nvalid = (int)(eos - t0 < BT ? eos - t0 : BT);
         if constexpr (L::PROD) {
             mbar_wait(full + slot, (uint32_t)((it / L::STAGES) & 1));
-            named_barrier(1 + rg, 32 * KS); /* the partner's bf16(H) in Hw */
         } else {
             cp_async_wait<L::STAGES - 2>();
             __syncthreads();
@@ -587,32 +619,54 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         const float *Gs = reinterpret_cast<const float *>(stage + L::G);
         const float g_last = Gs[nvalid - 1];
 
-        if (MODE == MODE_STATE_F32)
+        if (MODE == MODE_STATE_F32 || (lead && P.chunk_states))
             store_state(P.chunk_states + ((hoff + c) * P.Hv + h) * (int64_t)P.V * P.K, false,
                         P.kv_layout);
 
         /* 1. acc[j] (tokens tw0 + 8j ..) = bf16(H) . w^T over all K; TW / 8
-         * independent accumulators, so no long dependent mma chain. */
+         * independent accumulators, so no long dependent mma chain. With
+         * OWN_FIRST, the warp's own columns first, their A fragments packed
+         * from its registers (no shared memory, no partner), then the
+         * partner's, once the barrier shows them staged in Hw. */
         float acc[TW / 8][4];
 #pragma unroll
         for (int j = 0; j < TW / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
-#pragma unroll
-        for (int q = 0; q < KP / 16; q++) {
-            uint32_t a[4];
-            ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + q * 16 + (lane >> 4) * 8);
+        auto mma1_step = [&](int part, int qq, const uint32_t a[4]) {
 #pragma unroll
             for (int j = 0; j < TW / 8; j += 2) {
                 uint32_t b[4]; /* tokens tw0 + 8j.. and + 8.., columns 16q.. */
-                ldmatrix_x4(b, Ws + w_at(q, j));
+                ldmatrix_x4(b, Ws + w_at(part, qq, j));
                 mma_bf16_16816(acc[j], a, b);
                 mma_bf16_16816(acc[j + 1], a, b + 2);
             }
+        };
+        auto mma1_smem = [&](int part, int qq) {
+            uint32_t a[4];
+            ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + (part * QH + qq) * 16 + (lane >> 4) * 8);
+            mma1_step(part, qq, a);
+        };
+        if constexpr (!OWN_FIRST) {
+            if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* the partners' bf16(H) in Hw */
+#pragma unroll
+            for (int q = 0; q < KP / 16; q++) mma1_smem(q / QH, q % QH);
+        } else {
+#pragma unroll
+            for (int qq = 0; qq < QH; qq++) {
+                uint32_t a[4];
+                pack_h(qq, a);
+                mma1_step(kpart, qq, a);
+            }
+            if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* as above */
+#pragma unroll
+            for (int pp = 1; pp < KS; pp++)
+#pragma unroll
+                for (int qq = 0; qq < QH; qq++) mma1_smem((kpart + pp) % KS, qq);
         }
 
         /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
-        if (MODE != MODE_SUMMARY) {
+        if (writes) {
             if (!P.hout_kv && VEC) {
                 /* a lone block a multiprocessor (latency-bound): all the
                  * shared-memory reads first (always in the tile), then the
@@ -697,11 +751,11 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
              * 0-7), (rows 0-7, tokens 8-15), ...; vb in the same order is
              * store_tiles_x4's (token block i >> 1, row block i & 1),
              * transposed back to u's [token][row] */
-            if (MODE != MODE_SUMMARY && P.v_new) store_tiles_x4<true>(ut, L::LDU, vb);
+            if (writes && P.v_new) store_tiles_x4<true>(ut, L::LDU, vb);
         }
 
         /* 5. v_new rows of this warp's tokens and 16 value rows */
-        if (MODE != MODE_SUMMARY && P.v_new) {
+        if (writes && P.v_new) {
             __syncwarp();
             if (VEC) {
                 constexpr int NV = TW / 16, NB = L::MIN_BLOCKS == 1 ? NV : 1; /* as for h_out */
@@ -725,23 +779,21 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             }
         }
         /* vg in u's place as well (once v_new has left): MMA2's A operand
-         * for both warps of the row group, read back by ldmatrix.trans */
+         * for the partner, read back by ldmatrix.trans */
         __syncwarp();
 #pragma unroll
         for (int q = 0; q < TW / 16; q++) store_tiles_x4<true>(Us + (tw0 + q * 16) * L::LDU, L::LDU, Vg[q]);
-        /* the row group's vg (and, before it, reads of Hw) complete */
-        named_barrier(1 + rg, 32 * KS);
 
-        /* 6. H = exp(G_last) H + vg^T k, this warp's columns */
+        /* 6. H = exp(G_last) H + vg^T k, this warp's columns; with
+         * OWN_FIRST its own tokens first (Vg is their A fragment: what
+         * ldmatrix.trans would read back), then, past the barrier, the
+         * partner's */
         const float decay = expf(g_last);
 #pragma unroll
         for (int nt = 0; nt < NK; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) H[nt][e] *= decay;
-#pragma unroll
-        for (int q = 0; q < BT / 16; q++) {
-            uint32_t a[4]; /* (rows 0-7, tokens 16q..), (8-15, 16q..), (0-7, 16q+8..), (8-15, 16q+8..) */
-            ldmatrix_x4_trans(a, Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8);
+        auto mma2_step = [&](int q, const uint32_t a[4]) {
 #pragma unroll
             for (int nt = 0; nt < NK; nt += 2) {
                 uint32_t b[4];
@@ -749,6 +801,24 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                 mma_bf16_16816(H[nt], a, b);
                 mma_bf16_16816(H[nt + 1], a, b + 2);
             }
+        };
+        auto mma2_smem = [&](int q) {
+            uint32_t a[4]; /* (rows 0-7, tokens 16q..), (8-15, 16q..), (0-7, 16q+8..), (8-15, 16q+8..) */
+            ldmatrix_x4_trans(a, Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8);
+            mma2_step(q, a);
+        };
+        if constexpr (!OWN_FIRST) {
+            named_barrier(1 + rg, 32 * KS); /* the row group's vg (and, before it, reads of Hw) complete */
+#pragma unroll
+            for (int q = 0; q < BT / 16; q++) mma2_smem(q);
+        } else {
+#pragma unroll
+            for (int qq = 0; qq < TW / 16; qq++) mma2_step(kpart * (TW / 16) + qq, Vg[qq]);
+            named_barrier(1 + rg, 32 * KS); /* as above */
+#pragma unroll
+            for (int pp = 1; pp < KS; pp++)
+#pragma unroll
+                for (int qq = 0; qq < TW / 16; qq++) mma2_smem(((kpart + pp) % KS) * (TW / 16) + qq);
         }
         /* this thread is done with the stage: every thread arrives, since an
          * arrival releases only the arriving thread's own reads */
@@ -756,7 +826,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         /* for the next chunk's MMA1 and h_out; the partner's reads of Hw
          * ended before the barrier above */
         stage_h();
-        if (MODE != MODE_SUMMARY) {
+        if (writes) {
             hp += hstep;
             if (vp) vp += BT * vtok;
         }
@@ -767,25 +837,30 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     float *out = nullptr;
     int64_t base = 0;
     int kv = 0;
-    bool rows_k = MODE == MODE_SUMMARY; /* out is [rows][K] */
+    bool rows_k = true; /* out is [rows][K] */
     if (MODE == MODE_SUMMARY && P.transition) {
         /* a whole-sequence summary (gdn_chunk_forward_summary) */
         out = trans_rows ? P.transition : P.final_state;
         base = head * (trans_rows ? P.K : P.V) * P.K;
         kv = P.kv_layout;
         rows_k = trans_rows;
-    } else if (MODE == MODE_SUMMARY) {
+    } else if (MODE == MODE_SUMMARY && !lead) {
         out = P.summary;
-        base = (((int64_t)seg * P.N * P.Hv + head) * (P.V + P.K) + (trans_rows ? P.V : 0)) * P.K;
-    } else if (seg == P.segments - 1 && P.final_state) {
-        out = P.final_state;
+        base = (((int64_t)(seg - 1) * P.N * P.Hv + head) * (P.V + P.K) + (trans_rows ? P.V : 0)) * P.K;
+    } else if (seg == P.segments - 1) {
+        out = P.final_state; /* may be NULL */
         base = head * P.V * P.K;
         kv = P.kv_layout;
+        rows_k = false;
+    } else if (lead) {
+        out = P.h_start; /* segment 1's start */
+        base = head * P.V * P.K;
     }
     if (out) store_state(out + base, rows_k, kv);
 }
 
-/* h_start[0] = h0 (or 0); h_start[s+1] = h_start[s] P_s + b_s, in f32.
+/* h_start[s+1] = h_start[s] P_s + b_s, in f32, for s = 1..S-2 (h_start[1],
+ * segment 0's end, comes from the lead blocks of the summary launch).
  * One block per (sequence, head, 8 state rows), which it keeps in shared
  * memory across the segments. The P_s do not depend on the serial chain,
  * so they stream through a COMBINE_STAGES-deep cp.async ring of
@@ -821,8 +896,10 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
     const int tid = threadIdx.x, r = tid / 16, l = tid % 16;
     const bool row_ok = row0 + r < V;
     const int jtiles = (K + JB - 1) / JB;
-    const int ntiles = (P.segments - 1) * jtiles; /* (segment, rows j0..) in order */
+    const int steps = P.segments - 2;    /* s = 1..S-2, as step s - 1 */
+    const int ntiles = steps * jtiles;  /* (step, rows j0..) in order */
     auto seg_base = [&](int s) { return P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K; };
+    auto start = [&](int s) { return P.h_start + ((int64_t)s * N * P.Hv + head) * V * K; }; /* segment s + 1's */
     /* tile i of P_s into its stage; 16-byte copies where rows stay aligned */
     auto issue = [&](int i) {
         const float *Pm = seg_base(i / jtiles) + (int64_t)V * K;
@@ -849,10 +926,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
     }
     for (int i = tid; i < COMBINE_ROWS * KP; i += COMBINE_THREADS) {
         const int rr = i / KP, c = i % KP;
-        float x = 0.f;
-        if (row0 + rr < V && c < K && P.h0) x = P.h0[head * V * K + state_index(P.kv_layout, V, K, row0 + rr, c)];
-        hs[rr * HLD + c] = x;
-        if (row0 + rr < V && c < K) P.h_start[(head * V + row0 + rr) * K + c] = x;
+        hs[rr * HLD + c] = row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f;
     }
     /* b_s of this thread's outputs; the next segment's is loaded a segment
      * ahead, off the chain */
@@ -873,7 +947,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
         if (jt == 0) {
 #pragma unroll
             for (int a = 0; a < CP; a++) acc[a][0] = bnext[a][0], acc[a][1] = bnext[a][1];
-            if (s + 2 < P.segments) load_b(s + 1, bnext);
+            if (s + 1 < steps) load_b(s + 1, bnext);
         }
         cp_async_wait<COMBINE_STAGES - 2>();
         __syncthreads(); /* tile i landed for all; tile i - 1's stage and hs writes done */
@@ -904,8 +978,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
                     const int c = 2 * l + 32 * a + e;
                     if (c < K) {
                         hs[r * HLD + c] = acc[a][e];
-                        if (row_ok)
-                            P.h_start[(((int64_t)(s + 1) * N * P.Hv + head) * V + row0 + r) * K + c] = acc[a][e];
+                        if (row_ok) start(s + 1)[(int64_t)(row0 + r) * K + c] = acc[a][e];
                     }
                 }
         }
@@ -924,21 +997,24 @@ struct Plan {
     bool producer; /* a warp of its own issues the ring's loads (vec only) */
     bool tma;      /* ... whole chunks' w and k by tensor copies (sm_90) */
     int segments;
-    int chunks_per_segment;
+    int chunks_first; /* segment 0's chunks */
+    int chunks_per_segment; /* each later segment's */
     size_t summary_bytes, h_start_bytes;
     size_t scratch() const { return summary_bytes + h_start_bytes; }
 };
 
-/* Segments for the split path: as many as keep the final pass in one wave
- * (blocks x segments <= multiprocessors), each keeping at least 16 chunks;
- * 1 = no split. blocks: the blocks of the unsplit launch. (H100,
- * tp8_t64k state: 8 segments of 64-row tiles, 128 blocks, 0.713 ms; 9,
- * from the earlier "fill it twice" rule, 144 blocks, 0.908; 4 of 32-row
- * tiles 0.800; seed_bench: 4 segments of 32 rows 0.085, of 64 rows 0.104.) */
+/* Segments for the split path: as many as keep the final pass (segments
+ * 1..S-1: segment 0's runs in the summary launch) in one wave, blocks x
+ * (S - 1) <= multiprocessors, each keeping at least 16 chunks; 1 = no
+ * split. blocks: the blocks of the unsplit launch. (H100, tp8_t64k state,
+ * before segment 0 moved into the summary launch: 8 segments of 64-row
+ * tiles, 128 blocks, 0.713 ms; 9, 144 blocks, two waves, 0.908; 4 of
+ * 32-row tiles 0.800; seed_bench: 4 segments of 32 rows 0.085, of 64 rows
+ * 0.104.) */
 int64_t split_segments(const gdn_problem *p, int64_t blocks, int sms) {
     const int64_t nchunks = gdn_ceil_div(p->T, BT);
     if (p->cu_seqlens || 2 * blocks > sms || nchunks < 64) return 1;
-    int64_t s = sms / blocks;
+    int64_t s = sms / blocks + 1;
     if (s > nchunks / 16) s = nchunks / 16;
     if (s > 64) s = 64;
     return s < 2 ? 1 : s;
@@ -984,12 +1060,13 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
      * without varlen, to time other counts; results stay within the tests'
      * bounds, not bitwise the same */
     if (!p->cu_seqlens) pl.segments = env_override("GDN_CUDA_SEGMENTS", pl.segments, 1, 64);
-    /* The largest launch: a split problem's state pass has S times the
-     * blocks, its summary pass (V + K) / BV row tiles a head for S - 1
-     * segments. */
-    int64_t launch_blocks = blocks * pl.segments;
+    /* The largest launch: a split problem's state pass has S - 1 times the
+     * blocks, its summary launch those of segment 0 and (V + K) / BV row
+     * tiles a head for S - 2 segments. */
+    const int64_t state_blocks = blocks * (pl.segments > 1 ? pl.segments - 1 : 1);
+    int64_t launch_blocks = state_blocks;
     if (pl.segments > 1) {
-        const int64_t summary = N * p->Hv * gdn_ceil_div(p->V + p->K, pl.bv) * (pl.segments - 1);
+        const int64_t summary = blocks + N * p->Hv * gdn_ceil_div(p->V + p->K, pl.bv) * (pl.segments - 2);
         if (summary > launch_blocks) launch_blocks = summary;
     }
     /* A lone block on a multiprocessor gets a three-deep ring (four was no
@@ -1006,7 +1083,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     /* A split problem's state pass is one wave of lone blocks even where
      * its summary pass took the 2-deep ring: give it three stages. */
     pl.final_stages = pl.stages;
-    if (pl.segments > 1 && pl.vec && pl.kp < 256 && blocks * pl.segments <= sms &&
+    if (pl.segments > 1 && pl.vec && pl.kp < 256 && state_blocks <= sms &&
         (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) <= ctx->smem_optin)
         pl.final_stages = 3;
     pl.final_stages = env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3});
@@ -1027,15 +1104,24 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
      * the sm_90 code) */
     pl.tma = env_override("GDN_CUDA_TMA", pl.bv == 32 || pl.segments > 1 || pl.kp == 256, {0, 1}) != 0 &&
              pl.producer && ctx->cc_major >= 9;
-    pl.chunks_per_segment = 0;
+    pl.chunks_first = pl.chunks_per_segment = 0;
+    const int64_t nchunks = gdn_ceil_div(p->T, BT);
+    if (pl.segments > nchunks) pl.segments = (int)nchunks; /* a forced count */
     if (pl.segments > 1) {
-        const int64_t nchunks = gdn_ceil_div(p->T, BT);
-        pl.chunks_per_segment = (int)gdn_ceil_div(nchunks, pl.segments);
-        pl.segments = (int)gdn_ceil_div(nchunks, pl.chunks_per_segment);
+        /* Segment 0 runs in the summary launch, where its blocks (state
+         * blocks: u in, h_out and v_new out) share multiprocessors with
+         * summary blocks and were the last to finish: 2.98 us a chunk
+         * against the summary blocks' 2.39 (H100, tp8_t64k, ncu). So it
+         * gets about 0.8 of the other segments' chunks; they get the
+         * rest, all whole. */
+        const int64_t s1 = pl.segments - 1;
+        int64_t cps = gdn_ceil_div(5 * nchunks, 5 * s1 + 4);
+        while (cps > 1 && nchunks - s1 * cps < 1) cps--;
+        pl.chunks_per_segment = (int)cps;
+        pl.chunks_first = (int)(nchunks - s1 * cps);
         const int64_t heads = N * p->Hv;
-        pl.summary_bytes =
-            align256((size_t)(pl.segments - 1) * heads * (p->V + p->K) * p->K * sizeof(float));
-        pl.h_start_bytes = align256((size_t)pl.segments * heads * p->V * p->K * sizeof(float));
+        pl.summary_bytes = align256((size_t)(pl.segments - 2) * heads * (p->V + p->K) * p->K * sizeof(float));
+        pl.h_start_bytes = align256((size_t)(pl.segments - 1) * heads * p->V * p->K * sizeof(float));
     }
     return pl;
 }
@@ -1072,22 +1158,28 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
         return launch<L, VEC, MODE_SUMMARY>(ctx, P, N * P.Hv * P.row_tiles, stream);
     }
     if (pl.segments > 1) {
+        /* segment 0's state pass and segments 1..S-2's summaries */
         Params S = P;
         S.row_tiles = vtiles + ktiles;
-        S.seg_launch = pl.segments - 1;
-        gdn_status st =
-            launch<L, VEC, MODE_SUMMARY>(ctx, S, N * P.Hv * S.row_tiles * S.seg_launch, stream);
+        S.seg_first = 1;
+        S.seg_launch = pl.segments - 2;
+        S.lead_blocks = N * P.Hv * vtiles;
+        gdn_status st = launch<L, VEC, MODE_SUMMARY>(
+            ctx, S, S.lead_blocks + N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
-        const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-        const size_t bytes = combine_smem_bytes(L::KP); /* 20-81 KB */
-        GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<L::KP>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        combine_kernel<L::KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
-        GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
+        if (pl.segments > 2) {
+            const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
+            const size_t bytes = combine_smem_bytes(L::KP); /* 20-81 KB */
+            GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<L::KP>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+            combine_kernel<L::KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
+            GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
+        }
     }
     P.row_tiles = vtiles;
-    P.seg_launch = pl.segments;
-    const int64_t blocks = N * P.Hv * vtiles * pl.segments;
+    P.seg_first = pl.segments > 1 ? 1 : 0;
+    P.seg_launch = pl.segments - P.seg_first;
+    const int64_t blocks = N * P.Hv * vtiles * P.seg_launch;
     if constexpr (VEC && L::STAGES == 2 && L::KP < 256) {
         if (pl.final_stages == 3) {
             using L3 = Smem<L::KP, L::RG, L::KS, 3, L::PROD>;
@@ -1204,7 +1296,8 @@ gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateAr
         P.tma = encode_tile_map(&P.tmap_w, a.w, tokens, p->Hv, (int)p->K) &&
                 encode_tile_map(&P.tmap_k, a.k, tokens, p->Hk, (int)p->K);
     P.segments = a.transition ? 2 : pl.segments; /* summary: segment 0 is the whole sequence */
-    P.chunks_per_segment = a.transition ? (1 << 30) : pl.chunks_per_segment;
+    P.chunks_first = a.transition ? (1 << 30) : pl.chunks_first;
+    P.chunks_per_segment = pl.chunks_per_segment;
     uint8_t *ws = static_cast<uint8_t *>(scratch);
     if (!a.transition && pl.segments > 1) {
         P.summary = reinterpret_cast<float *>(ws);
