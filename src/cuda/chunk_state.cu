@@ -555,7 +555,10 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
      * keep its warps busy (H100: k256_t8k 0.391 -> 0.386 ms, q35_b4_t8k
      * 0.579 -> 0.577), slower for lone 128-column blocks, which wait on
      * the chain (q35_t32k 0.583 -> 0.589, q397_t8k 0.259 -> 0.260: the
-     * barrier then also holds back the second half's B loads). */
+     * barrier then also holds back the second half's B loads). Either way
+     * the sums run in the same order, the warp's own half first: the ring
+     * depth (so OWN_FIRST) follows the launch's size, and a sequence's bits
+     * must not depend on the batch around it. */
     constexpr bool OWN_FIRST = !HOIST || KP == 256;
     auto w_at = [&](int part, int qq, int j) {
         const int q = part * QH + qq;
@@ -650,7 +653,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         if constexpr (!OWN_FIRST) {
             if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* the partners' bf16(H) in Hw */
 #pragma unroll
-            for (int q = 0; q < KP / 16; q++) mma1_smem(q / QH, q % QH);
+            for (int pp = 0; pp < KS; pp++)
+#pragma unroll
+                for (int qq = 0; qq < QH; qq++) mma1_smem((kpart + pp) % KS, qq);
         } else {
 #pragma unroll
             for (int qq = 0; qq < QH; qq++) {
@@ -810,7 +815,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         if constexpr (!OWN_FIRST) {
             named_barrier(1 + rg, 32 * KS); /* the row group's vg (and, before it, reads of Hw) complete */
 #pragma unroll
-            for (int q = 0; q < BT / 16; q++) mma2_smem(q);
+            for (int pp = 0; pp < KS; pp++)
+#pragma unroll
+                for (int qq = 0; qq < TW / 16; qq++) mma2_smem(((kpart + pp) % KS) * (TW / 16) + qq);
         } else {
 #pragma unroll
             for (int qq = 0; qq < TW / 16; qq++) mma2_step(kpart * (TW / 16) + qq, Vg[qq]);
@@ -1110,12 +1117,13 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     if (pl.segments > 1) {
         /* Segment 0 runs in the summary launch, where its blocks (state
          * blocks: u in, h_out and v_new out) share multiprocessors with
-         * summary blocks and were the last to finish: 2.98 us a chunk
-         * against the summary blocks' 2.39 (H100, tp8_t64k, ncu). So it
-         * gets about 0.8 of the other segments' chunks; they get the
-         * rest, all whole. */
+         * summary blocks. It gets LEAD_PCT % of the other segments' chunks
+         * (they get the rest, all whole): H100, tp8_t64k state, ms, at 55 /
+         * 65 / 70 / 75 / 80 / 90 %: 0.616 / 0.610 / 0.607 / 0.607 / 0.603 /
+         * 0.602; seed_bench 0.065 / 0.063 / 0.063 / 0.063 / 0.061 / 0.061. */
+        constexpr int64_t LEAD_PCT = 90;
         const int64_t s1 = pl.segments - 1;
-        int64_t cps = gdn_ceil_div(5 * nchunks, 5 * s1 + 4);
+        int64_t cps = gdn_ceil_div(100 * nchunks, 100 * s1 + LEAD_PCT);
         while (cps > 1 && nchunks - s1 * cps < 1) cps--;
         pl.chunks_per_segment = (int)cps;
         pl.chunks_first = (int)(nchunks - s1 * cps);
