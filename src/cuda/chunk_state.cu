@@ -1076,24 +1076,33 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
         const int64_t summary = blocks + N * p->Hv * gdn_ceil_div(p->V + p->K, pl.bv) * (pl.segments - 2);
         if (summary > launch_blocks) launch_blocks = summary;
     }
-    /* A lone block on a multiprocessor gets a three-deep ring (four was no
-     * faster: H100, q35_t8k 0.192 vs 0.190 ms); where a launch has more
-     * blocks than multiprocessors (or K = 256, whose stages are twice the
-     * size), two, so that two blocks fit a multiprocessor and the launch
-     * runs in one wave, not two. (Measured, H100 tp8_t64k, 9 segments:
-     * 0.924 -> 0.915 ms, forward 1.476 -> 1.441; two 64-row blocks on a
-     * multiprocessor each run nearly half as fast, so little is won.) */
-    pl.stages = (!pl.vec || pl.kp == 256 || launch_blocks > sms) ? 2 : 3;
-    /* three-deep rings are 132-157 KB: two on the 99 KB of sm_86 / sm_89
-     * cards (which run the sm_80 code) */
-    if (pl.stages == 3 && (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) > ctx->smem_optin) pl.stages = 2;
+    /* A lone 32-row block on a multiprocessor gets a four-deep ring where it
+     * fits, a 64-row one three (H100, session 9, ms, three -> four stages:
+     * q35_t8k 0.152 -> 0.146, q35_t32k 0.584 -> 0.565, where a chunk's loads
+     * took longer to land than two chunks' work, so the ring's depth, not
+     * the chain, set the pace; but 64-row q397_t8k 0.258 -> 0.282 and
+     * tp8_t64k's state pass 0.60 -> 0.61). Where a launch has more blocks
+     * than multiprocessors (or K = 256, whose stages are twice the size),
+     * two, so that two blocks fit a multiprocessor and the launch runs in
+     * one wave, not two. (Measured, H100 tp8_t64k, 9 segments: 0.924 ->
+     * 0.915 ms, forward 1.476 -> 1.441; two 64-row blocks on a
+     * multiprocessor each run nearly half as fast, so little is won.)
+     * Rings of 3 and 4 stages are 132-174 KB: fewer where the device holds
+     * less (sm_80: 163 KB; sm_86 / sm_89: 99 KB). */
+    const int lone_stages = pl.bv == 32 ? 4 : 3;
+    auto deepest = [&](int want) {
+        if (want > lone_stages) want = lone_stages;
+        while (want > 2 && (size_t)smem_bytes(pl.kp, pl.bv / 16, want, true) > ctx->smem_optin) want--;
+        return want;
+    };
+    pl.stages = (!pl.vec || pl.kp == 256 || launch_blocks > sms) ? 2 : deepest(4);
+    if (pl.stages > 2) pl.stages = deepest(env_override("GDN_CUDA_STAGES", pl.stages, {3, 4}));
     /* A split problem's state pass is one wave of lone blocks even where
-     * its summary pass took the 2-deep ring: give it three stages. */
+     * its summary pass took the 2-deep ring: give it the deep ring too. */
     pl.final_stages = pl.stages;
-    if (pl.segments > 1 && pl.vec && pl.kp < 256 && state_blocks <= sms &&
-        (size_t)smem_bytes(pl.kp, pl.bv / 16, 3, true) <= ctx->smem_optin)
-        pl.final_stages = 3;
-    pl.final_stages = env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3});
+    if (pl.segments > 1 && pl.vec && pl.kp < 256 && state_blocks <= sms) pl.final_stages = deepest(4);
+    if (pl.vec && pl.kp < 256)
+        pl.final_stages = deepest(env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3, 4}));
     /* The producer warp: on sm_80 for split problems and K = 256, where it
      * fills the padded layout by cp.async (measured with that code on an
      * H100, ms, without -> with: seed_bench 0.095 -> 0.085, tp8_t64k 1.063
@@ -1153,6 +1162,14 @@ gdn_status launch(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_
     return GDN_SUCCESS;
 }
 
+/* The state pass (h_out, v_new, the end state), with the f32 chunk-start
+ * states where asked. */
+template <class L, bool VEC>
+gdn_status launch_state(gdn_context *ctx, const Params &P, int64_t blocks, cudaStream_t stream) {
+    if (P.chunk_states) return launch<L, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
+    return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
+}
+
 /* The launches of one call: with P.transition set, only the summary pass
  * over whole sequences; else (split) summary, combine, then the state pass. */
 template <class L, bool VEC>
@@ -1188,15 +1205,14 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
     P.seg_first = pl.segments > 1 ? 1 : 0;
     P.seg_launch = pl.segments - P.seg_first;
     const int64_t blocks = N * P.Hv * vtiles * P.seg_launch;
-    if constexpr (VEC && L::STAGES == 2 && L::KP < 256) {
-        if (pl.final_stages == 3) {
-            using L3 = Smem<L::KP, L::RG, L::KS, 3, L::PROD>;
-            if (P.chunk_states) return launch<L3, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
-            return launch<L3, VEC, MODE_STATE>(ctx, P, blocks, stream);
-        }
+    if constexpr (VEC && L::KP < 256) {
+        if (pl.final_stages == 3 && L::STAGES != 3)
+            return launch_state<Smem<L::KP, L::RG, L::KS, 3, L::PROD>, VEC>(ctx, P, blocks, stream);
+        if constexpr (L::RG == 2) /* four stages: 32-row tiles only */
+            if (pl.final_stages == 4 && L::STAGES != 4)
+                return launch_state<Smem<L::KP, L::RG, L::KS, 4, L::PROD>, VEC>(ctx, P, blocks, stream);
     }
-    if (P.chunk_states) return launch<L, VEC, MODE_STATE_F32>(ctx, P, blocks, stream);
-    return launch<L, VEC, MODE_STATE>(ctx, P, blocks, stream);
+    return launch_state<L, VEC>(ctx, P, blocks, stream);
 }
 
 /* The compiled configurations: the generic (unaligned) path, and per K the
@@ -1212,6 +1228,7 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
                     cudaStream_t stream) {
     if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2, false>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
+        if (pl.stages == 4) return run_vec<KP, 2, 4>(ctx, P, pl, N, stream); /* (32-row tiles only) */
         if (pl.stages == 3)
             return pl.bv == 64 ? run_vec<KP, 4, 3>(ctx, P, pl, N, stream) : run_vec<KP, 2, 3>(ctx, P, pl, N, stream);
     }
