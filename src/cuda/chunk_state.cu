@@ -650,25 +650,19 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             ldmatrix_x4(a, Hw + (lane & 15) * L::LDK + (part * QH + qq) * 16 + (lane >> 4) * 8);
             mma1_step(part, qq, a);
         };
-        if constexpr (!OWN_FIRST) {
-            if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* the partners' bf16(H) in Hw */
-#pragma unroll
-            for (int pp = 0; pp < KS; pp++)
-#pragma unroll
-                for (int qq = 0; qq < QH; qq++) mma1_smem((kpart + pp) % KS, qq);
-        } else {
+        if constexpr (OWN_FIRST) {
 #pragma unroll
             for (int qq = 0; qq < QH; qq++) {
                 uint32_t a[4];
                 pack_h(qq, a);
                 mma1_step(kpart, qq, a);
             }
-            if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* as above */
-#pragma unroll
-            for (int pp = 1; pp < KS; pp++)
-#pragma unroll
-                for (int qq = 0; qq < QH; qq++) mma1_smem((kpart + pp) % KS, qq);
         }
+        if constexpr (L::PROD) named_barrier(1 + rg, 32 * KS); /* the partners' bf16(H) in Hw */
+#pragma unroll
+        for (int pp = OWN_FIRST ? 1 : 0; pp < KS; pp++) /* (OWN_FIRST: own half done) */
+#pragma unroll
+            for (int qq = 0; qq < QH; qq++) mma1_smem((kpart + pp) % KS, qq);
 
         /* 2. h_out[c] = bf16(H): this warp's rows and columns, from Hw */
         if (writes) {
@@ -812,21 +806,15 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
             ldmatrix_x4_trans(a, Us + (q * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDU + ((lane >> 3) & 1) * 8);
             mma2_step(q, a);
         };
-        if constexpr (!OWN_FIRST) {
-            named_barrier(1 + rg, 32 * KS); /* the row group's vg (and, before it, reads of Hw) complete */
-#pragma unroll
-            for (int pp = 0; pp < KS; pp++)
-#pragma unroll
-                for (int qq = 0; qq < TW / 16; qq++) mma2_smem(((kpart + pp) % KS) * (TW / 16) + qq);
-        } else {
+        if constexpr (OWN_FIRST) {
 #pragma unroll
             for (int qq = 0; qq < TW / 16; qq++) mma2_step(kpart * (TW / 16) + qq, Vg[qq]);
-            named_barrier(1 + rg, 32 * KS); /* as above */
-#pragma unroll
-            for (int pp = 1; pp < KS; pp++)
-#pragma unroll
-                for (int qq = 0; qq < TW / 16; qq++) mma2_smem(((kpart + pp) % KS) * (TW / 16) + qq);
         }
+        named_barrier(1 + rg, 32 * KS); /* the row group's vg (and, before it, reads of Hw) complete */
+#pragma unroll
+        for (int pp = OWN_FIRST ? 1 : 0; pp < KS; pp++) /* (OWN_FIRST: own half done) */
+#pragma unroll
+            for (int qq = 0; qq < TW / 16; qq++) mma2_smem(((kpart + pp) % KS) * (TW / 16) + qq);
         /* this thread is done with the stage: every thread arrives, since an
          * arrival releases only the arriving thread's own reads */
         if constexpr (L::PROD) mbar_arrive(empty + slot);
@@ -1133,7 +1121,8 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
         constexpr int64_t LEAD_PCT = 90;
         const int64_t s1 = pl.segments - 1;
         int64_t cps = gdn_ceil_div(100 * nchunks, 100 * s1 + LEAD_PCT);
-        while (cps > 1 && nchunks - s1 * cps < 1) cps--;
+        if (cps > (nchunks - 1) / s1) cps = (nchunks - 1) / s1; /* segment 0 keeps a chunk */
+        if (cps < 1) cps = 1;
         pl.chunks_per_segment = (int)cps;
         pl.chunks_first = (int)(nchunks - s1 * cps);
         const int64_t heads = N * p->Hv;
