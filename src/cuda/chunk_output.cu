@@ -7,6 +7,12 @@
  *   P[t][s] = bf16(qs_t ks_s S[t][s] exp(G_t - G_s))   s <= t, exact 0 else
  *   o[t][v] = scale (exp(G_t) qs_t (q_t . h_c[v]) + sum_s P[t][s] vn_s[v])
  *
+ * Both K contractions (S and q h^T) run together over slices of 64 columns
+ * of K: a slice's q, k and h columns come in one cp.async group into one
+ * of two stages, so shared memory does not grow with K (at K = 256 whole
+ * q, k and h tiles would leave one block of four warps a multiprocessor).
+ * v_new comes in its own group, and lands while the slices are worked on.
+ *
  * Warp w owns 16 rows t (row tile tw) and 64 columns v (half vw). It
  * computes S for its own rows only, so that S's accumulators become P's
  * mma A fragments in registers (the c layout of two n8 tiles is the a
@@ -16,9 +22,6 @@
  * bound by memory (h alone is 32 KB a chunk-head at K = V = 128). S tiles
  * past the diagonal are all masked, so row tile tw only computes s tiles
  * 0..tw.
- *
- * The inputs arrive in three cp.async groups (q, k, gates; h; v_new), so
- * that S is computed while h and v_new are still in flight.
  */
 #include "chunk_forward.cuh"
 
@@ -26,16 +29,19 @@ namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
+constexpr int KSL = 64; /* K columns a slice */
 
 template <int KP, int BV> struct OutCfg {
     static constexpr int NW = 4 * (BV / 64); /* 4 row tiles x BV/64 column halves */
     static constexpr int NTHREADS = NW * 32;
-    static constexpr int LDK = KP + 8; /* +16 bytes a row: conflict-free ldmatrix */
+    static constexpr int NSL = KP / KSL;     /* slices of K */
+    static constexpr int STAGES = NSL < 2 ? NSL : 2;
+    static constexpr int LDS = KSL + 8;      /* +16 bytes a row: conflict-free ldmatrix */
     static constexpr int LDV = BV + 8;
-    static constexpr int Q = 0;
-    static constexpr int KS = Q + BT * LDK * 2;
-    static constexpr int H = KS + BT * LDK * 2;
-    static constexpr int VN = H + BV * LDK * 2;
+    /* a stage: q [BT][LDS], k [BT][LDS], h [BV][LDS] (bf16) */
+    static constexpr int SQ = 0, SK = BT * LDS, SH = 2 * BT * LDS;
+    static constexpr int STAGE_ELEMS = (2 * BT + BV) * LDS;
+    static constexpr int VN = STAGES * STAGE_ELEMS * 2;
     static constexpr int G = VN + BT * LDV * 2;
     static constexpr int QSC = G + BT * 4;
     static constexpr int KSC = QSC + BT * 4;
@@ -46,22 +52,53 @@ template <int KP, int BV> struct OutCfg {
     static constexpr int REG_BLOCKS = 65536 / (NTHREADS * 128);
     static constexpr int MB = SMEM_BLOCKS < REG_BLOCKS ? SMEM_BLOCKS : REG_BLOCKS;
     static constexpr int MIN_BLOCKS = MB < 1 ? 1 : MB;
-    /* the output tile is staged in the h region once h is consumed */
-    static_assert(BV * LDK >= BT * LDV, "o staging must fit in the h region");
-    static_assert(BV == 64 || BV == 128, "column tile");
+    /* the output tile is staged in stage 0 once every slice is consumed */
+    static_assert(STAGE_ELEMS >= BT * LDV, "o staging must fit in a stage");
+    static_assert(KP % KSL == 0 && (BV == 64 || BV == 128), "tile shape");
 };
+
+/* Rows [0, rows) and columns [0, cols) of a [NROWS][LD] bf16 tile of NCP
+ * columns from global rows of stride rs; the rest zero, never read from
+ * global memory. cp.async 16-byte pieces on the vector path (cols and rs
+ * multiples of 8 elements there, src 16-byte aligned). */
+template <int NTHREADS, int NROWS, int NCP, int LD, bool VEC>
+__device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int64_t rs,
+                                          int rows, int cols) {
+    if constexpr (VEC) {
+        constexpr int CPR = NCP / 8; /* 16-byte pieces a row */
+        static_assert((NROWS * CPR) % NTHREADS == 0, "load shape");
+#pragma unroll
+        for (int it = 0; it < NROWS * CPR / NTHREADS; it++) {
+            const int i = threadIdx.x + it * NTHREADS;
+            const int t = i / CPR, col = (i % CPR) * 8;
+            const bool ok = t < rows && col < cols;
+            cp_async16(dst + t * LD + col, ok ? src + t * rs + col : src, ok ? 16 : 0);
+        }
+    } else {
+        const __nv_bfloat16 zero = __float2bfloat16(0.f);
+        for (int i = threadIdx.x; i < NROWS * NCP; i += NTHREADS) {
+            const int t = i / NCP, col = i % NCP;
+            dst[t * LD + col] = t < rows && col < cols ? src[t * rs + col] : zero;
+        }
+    }
+}
+
+/* Wait until at most n of this thread's cp.async groups are pending. */
+__device__ __forceinline__ void cp_async_wait_n(int n) {
+    if (n <= 0) cp_async_wait<0>();
+    else if (n == 1) cp_async_wait<1>();
+    else cp_async_wait<2>();
+}
 
 template <int KP, int BV, bool VEC>
 __global__ void __launch_bounds__(OutCfg<KP, BV>::NTHREADS, OutCfg<KP, BV>::MIN_BLOCKS)
 chunk_output_kernel(const OutputParams P) {
     using L = OutCfg<KP, BV>;
-    constexpr int NTHREADS = L::NTHREADS;
+    constexpr int NTHREADS = L::NTHREADS, LDS = L::LDS;
     extern __shared__ __align__(16) uint8_t smem[];
-    __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(smem + L::Q);
-    __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(smem + L::KS);
-    __nv_bfloat16 *Hs = reinterpret_cast<__nv_bfloat16 *>(smem + L::H);
+    __nv_bfloat16 *stages = reinterpret_cast<__nv_bfloat16 *>(smem);
     __nv_bfloat16 *VNs = reinterpret_cast<__nv_bfloat16 *>(smem + L::VN);
-    __nv_bfloat16 *Os = Hs; /* [BT][LDV], after the last read of h */
+    __nv_bfloat16 *Os = stages; /* [BT][LDV], after the last slice */
     float *Gs = reinterpret_cast<float *>(smem + L::G);
     float *QSs = reinterpret_cast<float *>(smem + L::QSC);
     float *KSs = reinterpret_cast<float *>(smem + L::KSC);
@@ -102,114 +139,107 @@ chunk_output_kernel(const OutputParams P) {
     const __nv_bfloat16 *hg = P.h + (c * P.Hv + h) * (int64_t)P.V * K + (int64_t)v0 * K;
     const __nv_bfloat16 *vg = P.v_new + vo;
 
-    /* ---- loads; rows t >= len, columns past K or V: zero, never read ---- */
-    if constexpr (VEC) {
-        constexpr int CPR = KP / 8; /* 16-byte pieces a q, k or h row */
-        constexpr int VPR = BV / 8; /* 16-byte pieces a v_new row */
-        static_assert((BT * CPR) % NTHREADS == 0 && (BV * CPR) % NTHREADS == 0 &&
-                          (BT * VPR) % NTHREADS == 0,
-                      "load shape");
-        /* group A: q, k, gates, scales */
-#pragma unroll
-        for (int it = 0; it < BT * CPR / NTHREADS; it++) {
-            const int i = tid + it * NTHREADS;
-            const int t = i / CPR, col = (i % CPR) * 8;
-            const bool ok = t < len && col < K;
-            const int64_t off = t * rs_qk + col;
-            cp_async16(Qs + t * L::LDK + col, ok ? qg + off : qg, ok ? 16 : 0);
-            cp_async16(Ks + t * L::LDK + col, ok ? kg + off : kg, ok ? 16 : 0);
-        }
-        if (tid < BT) {
-            const bool ok = tid < len;
-            const int64_t off = gi + (int64_t)tid * P.Hv;
+    /* Slice j's q, k and h columns into stage j % STAGES, one group; rows
+     * t >= len, v >= vcols and columns past K zero, never read. */
+    auto load_slice = [&](int j) {
+        __nv_bfloat16 *st = stages + (j % L::STAGES) * L::STAGE_ELEMS;
+        const int kc = j * KSL, cols = K - kc;
+        load_tile<NTHREADS, BT, KSL, LDS, VEC>(st + L::SQ, qg + kc, rs_qk, len, cols);
+        load_tile<NTHREADS, BT, KSL, LDS, VEC>(st + L::SK, kg + kc, rs_qk, len, cols);
+        load_tile<NTHREADS, BV, KSL, LDS, VEC>(st + L::SH, hg + kc, K, vcols, cols);
+    };
+    /* group order: slice 0 (with the gates), slice 1, v_new, then slices
+     * 2.. as stages free up */
+    load_slice(0);
+    if (tid < BT) {
+        const bool ok = tid < len;
+        const int64_t off = gi + (int64_t)tid * P.Hv;
+        if constexpr (VEC) {
             cp_async4(Gs + tid, ok ? P.gcum + off : P.gcum, ok ? 4 : 0);
             if (P.qscale) cp_async4(QSs + tid, ok ? P.qscale + off : P.qscale, ok ? 4 : 0);
-            else QSs[tid] = 1.f;
             if (P.kscale) cp_async4(KSs + tid, ok ? P.kscale + off : P.kscale, ok ? 4 : 0);
-            else KSs[tid] = 1.f;
-        }
-        cp_async_commit();
-        /* group B: h_c rows v0.., [BV][K] */
-#pragma unroll
-        for (int it = 0; it < BV * CPR / NTHREADS; it++) {
-            const int i = tid + it * NTHREADS;
-            const int r = i / CPR, col = (i % CPR) * 8;
-            const bool ok = r < vcols && col < K;
-            cp_async16(Hs + r * L::LDK + col, ok ? hg + (int64_t)r * K + col : hg, ok ? 16 : 0);
-        }
-        cp_async_commit();
-        /* group C: v_new */
-#pragma unroll
-        for (int it = 0; it < BT * VPR / NTHREADS; it++) {
-            const int i = tid + it * NTHREADS;
-            const int t = i / VPR, col = (i % VPR) * 8;
-            const bool ok = t < len && col < vcols;
-            cp_async16(VNs + t * L::LDV + col, ok ? vg + t * rs_v + col : vg, ok ? 16 : 0);
-        }
-        cp_async_commit();
-    } else {
-        const __nv_bfloat16 zero = __float2bfloat16(0.f);
-        for (int i = tid; i < BT * KP; i += NTHREADS) {
-            const int t = i / KP, col = i % KP;
-            const bool ok = t < len && col < K;
-            Qs[t * L::LDK + col] = ok ? qg[t * rs_qk + col] : zero;
-            Ks[t * L::LDK + col] = ok ? kg[t * rs_qk + col] : zero;
-        }
-        if (tid < BT) {
-            const bool ok = tid < len;
-            const int64_t off = gi + (int64_t)tid * P.Hv;
+        } else {
             Gs[tid] = ok ? P.gcum[off] : 0.f;
-            QSs[tid] = !P.qscale ? 1.f : ok ? P.qscale[off] : 0.f;
-            KSs[tid] = !P.kscale ? 1.f : ok ? P.kscale[off] : 0.f;
+            if (P.qscale) QSs[tid] = ok ? P.qscale[off] : 0.f;
+            if (P.kscale) KSs[tid] = ok ? P.kscale[off] : 0.f;
         }
-        for (int i = tid; i < BV * KP; i += NTHREADS) {
-            const int r = i / KP, col = i % KP;
-            Hs[r * L::LDK + col] = r < vcols && col < K ? hg[(int64_t)r * K + col] : zero;
-        }
-        for (int i = tid; i < BT * BV; i += NTHREADS) {
-            const int t = i / BV, col = i % BV;
-            VNs[t * L::LDV + col] = t < len && col < vcols ? vg[t * rs_v + col] : zero;
-        }
+        if (!P.qscale) QSs[tid] = 1.f;
+        if (!P.kscale) KSs[tid] = 1.f;
     }
+    if constexpr (VEC) cp_async_commit();
+    if constexpr (L::NSL > 1) {
+        load_slice(1);
+        if constexpr (VEC) cp_async_commit();
+    }
+    load_tile<NTHREADS, BT, BV, L::LDV, VEC>(VNs, vg, rs_v, len, vcols);
+    if constexpr (VEC) cp_async_commit();
 
     /* A warp whose rows are all past the end, or whose columns all past V,
      * computes nothing (it still takes part in every barrier). */
     const bool active = row0 < len && col0 < vcols;
-    /* P as bf16 A fragments: pf[j] covers s in [16j, 16j + 16) */
+
+    /* ---- 1. S = q k^T (this warp's rows, s tiles 0..tw) and
+     * oh = q h^T (its 64 columns), slice by slice ---- */
+    float sacc[8][4], oacc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sacc[nt][e] = oacc[nt][e] = 0.f;
+#pragma unroll
+    for (int j = 0; j < L::NSL; j++) {
+        /* groups committed after slice j: slice 1 and v_new after slice
+         * 0; v_new and slice 2 after slice 1; slice j + 1 after j >= 2 */
+        cp_async_wait_n(j == 0 ? (L::NSL > 1) + 1 : j == 1 ? 1 + (L::NSL > 2) : (j + 1 < L::NSL));
+        __syncthreads();
+        const __nv_bfloat16 *st = stages + (j % L::STAGES) * L::STAGE_ELEMS;
+        const __nv_bfloat16 *Qs = st + L::SQ, *Ks = st + L::SK, *Hs = st + L::SH;
+        if (active) {
+#pragma unroll
+            for (int kk = 0; kk < KSL; kk += 16) {
+                uint32_t a[4];
+                ldmatrix_x4(a, Qs + (row0 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+                for (int sj = 0; sj < 4; sj++) {
+                    if (sj <= tw) {
+                        /* k rows s = 16sj + (lane>>4)*8 + lane%8: b[0..1] tile 2sj, b[2..3] 2sj+1 */
+                        uint32_t b[4];
+                        ldmatrix_x4(b, Ks + (sj * 16 + ((lane >> 4) << 3) + (lane & 7)) * LDS + kk +
+                                           ((lane >> 3) & 1) * 8);
+                        mma_bf16_16816(sacc[2 * sj], a, b);
+                        mma_bf16_16816(sacc[2 * sj + 1], a, b + 2);
+                    }
+                }
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    if (col0 + np * 16 < vcols) {
+                        /* h rows v = col0 + 16np + (lane>>4)*8 + lane%8 */
+                        uint32_t b[4];
+                        ldmatrix_x4(b, Hs + (col0 + np * 16 + ((lane >> 4) << 3) + (lane & 7)) * LDS +
+                                           kk + ((lane >> 3) & 1) * 8);
+                        mma_bf16_16816(oacc[2 * np], a, b);
+                        mma_bf16_16816(oacc[2 * np + 1], a, b + 2);
+                    }
+                }
+            }
+        }
+        if (j + L::STAGES < L::NSL) { /* this stage's next slice, once every warp is done */
+            __syncthreads();
+            load_slice(j + L::STAGES);
+            if constexpr (VEC) cp_async_commit();
+        }
+    }
+
+    /* ---- 2. P in registers (bf16 A fragments: pf[j] covers s in
+     * [16j, 16j + 16)); oh scaled by exp(G_t) qs_t ---- */
+    const int tA = row0 + gid, tB = tA + 8; /* the thread's two rows */
+    const float gA = Gs[tA], gB = Gs[tB];
+    const float qA = QSs[tA], qB = QSs[tB];
     uint32_t pf[4][4];
 #pragma unroll
     for (int j = 0; j < 4; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) pf[j][e] = 0u;
-
-    /* ---- 1. S = q k^T on this warp's rows; P in registers ---- */
-    cp_async_wait<2>();
-    __syncthreads();
-    const int tA = row0 + gid, tB = tA + 8; /* the thread's two rows */
-    const float gA = Gs[tA], gB = Gs[tB];
-    const float qA = QSs[tA], qB = QSs[tB];
     if (active) {
-        float sacc[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) sacc[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < KP; kk += 16) {
-            uint32_t a[4];
-            ldmatrix_x4(a, Qs + (row0 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                if (j <= tw) {
-                    /* k rows s = 16j + (lane>>4)*8 + lane%8: b[0..1] tile 2j, b[2..3] tile 2j+1 */
-                    uint32_t b[4];
-                    ldmatrix_x4(b, Ks + (j * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK + kk +
-                                       ((lane >> 3) & 1) * 8);
-                    mma_bf16_16816(sacc[2 * j], a, b);
-                    mma_bf16_16816(sacc[2 * j + 1], a, b + 2);
-                }
-            }
-        }
         /* c fragment e: row gid + (e>>1)*8, column 2*tig + (e&1). The mask
          * selects, so that an Inf exp(G_t - G_s) (s > t) or an Inf/NaN S of
          * a later token never reaches P. */
@@ -232,33 +262,6 @@ chunk_output_kernel(const OutputParams P) {
                 }
             }
         }
-    }
-
-    /* ---- 2. o = exp(G_t) qs_t (q h_c^T), this warp's 64 columns ---- */
-    float oacc[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) oacc[nt][e] = 0.f;
-    cp_async_wait<1>();
-    __syncthreads();
-    if (active) {
-#pragma unroll
-        for (int kk = 0; kk < KP; kk += 16) {
-            uint32_t a[4];
-            ldmatrix_x4(a, Qs + (row0 + (lane & 15)) * L::LDK + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int np = 0; np < 4; np++) {
-                if (col0 + np * 16 < vcols) {
-                    /* h rows v = col0 + 16np + (lane>>4)*8 + lane%8 */
-                    uint32_t b[4];
-                    ldmatrix_x4(b, Hs + (col0 + np * 16 + ((lane >> 4) << 3) + (lane & 7)) * L::LDK +
-                                       kk + ((lane >> 3) & 1) * 8);
-                    mma_bf16_16816(oacc[2 * np], a, b);
-                    mma_bf16_16816(oacc[2 * np + 1], a, b + 2);
-                }
-            }
-        }
         const float fA = expf(gA) * qA, fB = expf(gB) * qB;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
@@ -271,7 +274,7 @@ chunk_output_kernel(const OutputParams P) {
 
     /* ---- 3. o += P v_new (s contraction, s tiles 0..tw) ---- */
     cp_async_wait<0>();
-    __syncthreads(); /* also: every warp is done with h, Os may reuse it */
+    __syncthreads(); /* also: every warp is done with the stages, Os may reuse them */
     if (active) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -339,12 +342,12 @@ gdn_status launch(gdn_context *ctx, const OutputParams &P, int64_t blocks, cudaS
     return GDN_SUCCESS;
 }
 
-/* Column tile: the whole of V = 128 in one block reads q and k once and
- * keeps 16 warps a multiprocessor (two blocks of 86 KB); 64 where a 128
- * tile would be mostly padding, where K = 256 (a 128 tile needs 150 KB),
- * or where 128 would leave multiprocessors without two blocks. */
-int choose_bv(const gdn_context *ctx, const OutputParams &P, int kp, bool vec) {
-    if (!vec || kp > 128 || P.V <= 64) return 64;
+/* Column tile: 128 columns in one block read q and k once for both halves
+ * and keep 16 warps a multiprocessor (two blocks of 92 KB at any K); 64
+ * where a 128 tile would be mostly padding or would leave multiprocessors
+ * without two blocks. */
+int choose_bv(const gdn_context *ctx, const OutputParams &P, bool vec) {
+    if (!vec || P.V <= 64) return 64;
     const int64_t t64 = (P.V + 63) / 64, t128 = (P.V + 127) / 128;
     if (t64 != 2 * t128) return 64;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
@@ -356,8 +359,7 @@ template <int KP>
 gdn_status dispatch(gdn_context *ctx, const OutputParams &P, int bv, bool vec, int64_t blocks,
                     cudaStream_t stream) {
     if (!vec) return launch<KP, 64, false>(ctx, P, blocks, stream);
-    if constexpr (KP <= 128)
-        if (bv == 128) return launch<KP, 128, true>(ctx, P, blocks, stream);
+    if (bv == 128) return launch<KP, 128, true>(ctx, P, blocks, stream);
     return launch<KP, 64, true>(ctx, P, blocks, stream);
 }
 
@@ -374,7 +376,7 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
     const uintptr_t align =
         (uintptr_t)P.q | (uintptr_t)P.k | (uintptr_t)P.h | (uintptr_t)P.v_new | (uintptr_t)P.o;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
-    const int bv = choose_bv(ctx, P, kp, vec);
+    const int bv = choose_bv(ctx, P, vec);
     const int64_t vtiles = (P.V + bv - 1) / bv;
     int64_t blocks;
     if (!gdn_mul_ok(P.NT, (int64_t)P.Hv * vtiles, &blocks) || blocks > INT32_MAX)
