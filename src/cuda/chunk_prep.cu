@@ -172,9 +172,12 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
 
     /* ---- 1. loads; gates and cumsum ---- */
     load_rows<VEC>(Ks, ldk, P.k + (t0 * Hk + kh) * K, rs_k, K, kp, len);
-    load_rows<VEC>(Vs, ldv, P.v + (t0 * Hv + h) * V, rs_v, V, vp, len);
     /* q is needed only for its norms: its rows go to R1/R2, free until A */
     if (P.l2norm && P.qscale) load_rows<VEC>(Qs, ldk, P.q + (t0 * Hk + kh) * K, rs_k, K, kp, len);
+    if constexpr (VEC) cp_async_commit();
+    /* v in a group of its own: it is first read in step 7, so it lands
+     * while S, A and the solve run */
+    load_rows<VEC>(Vs, ldv, P.v + (t0 * Hv + h) * V, rs_v, V, vp, len);
     if constexpr (VEC) cp_async_commit();
 
     if (warp == 0) {
@@ -213,7 +216,7 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
         }
     }
 
-    if constexpr (VEC) cp_async_wait<0>();
+    if constexpr (VEC) cp_async_wait<1>(); /* k and q; v may be in flight */
     __syncthreads();
 
     /* ---- 2. S = k k^T (lower blocks); the q and k norms ----
@@ -394,6 +397,7 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
             }
         }
     }
+    if constexpr (VEC) cp_async_wait<0>(); /* v, for step 7 */
     __syncthreads();
 
     /* ---- 7. w = T'_w k, u = T'_u v: one job = 16 columns of w or u, all
