@@ -18,7 +18,8 @@
  *   WY      T' = Tinv diag(d) split into bf16 hi + lo, so that T' k and
  *           T' v (k, v exact in bf16) are two tensor-core products each
  *           with about f32 accuracy; w, u rounded to bf16 only when stored
- *           (staged through the k and v tiles for coalesced stores)
+ *           (staged through the k and v tiles for coalesced stores; with
+ *           v_late, w is done and stored before v arrives in k's place)
  */
 #include "chunk_forward.cuh"
 
@@ -40,10 +41,14 @@ static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must f
 
 /* Shared memory: Ks [64][kp+8] bf16, Vs [64][vp+8] bf16, R1 (A, later the
  * w hi/lo of T'), R2 (Tinv, later the u hi/lo), four [64] f32 vectors.
- * Before A, R1 and R2 together hold the q rows (the norms' only use of q). */
+ * Before A, R1 and R2 together hold the q rows (the norms' only use of q).
+ * v_late: v is loaded only once w is done and stored, into the k tile's
+ * place, which saves a tile where that fits more blocks a multiprocessor
+ * (K or V = 256: three blocks instead of two). */
 __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
-__host__ __device__ inline int smem_bytes(int K, int V) {
-    return BT * (pad16(K) + 8) * 2 + BT * (pad16(V) + 8) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
+__host__ __device__ inline int smem_bytes(int K, int V, bool v_late) {
+    const int lk = pad16(K) + 8, lv = pad16(V) + 8;
+    return BT * (v_late ? (lk > lv ? lk : lv) : lk + lv) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
 }
 
 __device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
@@ -142,8 +147,10 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
     lo = pack_bf16x2(x0 - __bfloat162float(h0), x1 - __bfloat162float(h1));
 }
 
+constexpr int MIN_BLOCKS = 3;
+
 template <bool VEC>
-__global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParams P) {
+__global__ void __launch_bounds__(NTHREADS, MIN_BLOCKS) chunk_prep_kernel(const PrepParams P, bool v_late) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -151,8 +158,8 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
     const int kp = pad16(K), vp = pad16(V);
     const int ldk = kp + 8, ldv = vp + 8;
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(smem);
-    __nv_bfloat16 *Vs = Ks + BT * ldk;
-    float *A = reinterpret_cast<float *>(Vs + BT * ldv); /* R1 */
+    __nv_bfloat16 *Vs = v_late ? Ks : Ks + BT * ldk;
+    float *A = reinterpret_cast<float *>(Ks + BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv)); /* R1 */
     float *Ti = A + BT * LDF;                            /* R2 */
     float *bs = Ti + BT * LDF;                           /* beta (0 past the end) */
     float *Gs = bs + BT;                                 /* gate cumsum */
@@ -175,9 +182,10 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
     /* q is needed only for its norms: its rows go to R1/R2, free until A */
     if (P.l2norm && P.qscale) load_rows<VEC>(Qs, ldk, P.q + (t0 * Hk + kh) * K, rs_k, K, kp, len);
     if constexpr (VEC) cp_async_commit();
-    /* v in a group of its own: it is first read in step 7, so it lands
-     * while S, A and the solve run */
-    load_rows<VEC>(Vs, ldv, P.v + (t0 * Hv + h) * V, rs_v, V, vp, len);
+    /* v in a group of its own (empty with v_late): it is first read in
+     * step 7, so it lands while S, A and the solve run */
+    const __nv_bfloat16 *vg = P.v + (t0 * Hv + h) * V;
+    if (!v_late) load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
     if constexpr (VEC) cp_async_commit();
 
     if (warp == 0) {
@@ -406,49 +414,68 @@ __global__ void __launch_bounds__(NTHREADS, 3) chunk_prep_kernel(const PrepParam
      * other warp reads them): m descends, so the rows overwritten are never
      * read again. hi and lo accumulate apart for two independent chains. ---- */
     const int jobs_w = kp / 16, jobs = jobs_w + vp / 16;
-    for (int job = warp; job < jobs; job += NW) {
-        const bool is_w = job < jobs_w;
-        __nv_bfloat16 *B = is_w ? Ks : Vs;
-        const int ldb = is_w ? ldk : ldv;
-        const int n0 = (is_w ? job : job - jobs_w) * 16;
-        const __nv_bfloat16 *Th = is_w ? Wh : Uh, *Tl = is_w ? Wl : Ul;
+    auto wy = [&](int j0, int j1) {
+        for (int job = j0 + warp; job < j1; job += NW) {
+            const bool is_w = job < jobs_w;
+            __nv_bfloat16 *B = is_w ? Ks : Vs;
+            const int ldb = is_w ? ldk : ldv;
+            const int n0 = (is_w ? job : job - jobs_w) * 16;
+            const __nv_bfloat16 *Th = is_w ? Wh : Uh, *Tl = is_w ? Wl : Ul;
 #pragma unroll
-        for (int m = 3; m >= 0; m--) {
-            float ah_acc[2][4], al_acc[2][4];
+            for (int m = 3; m >= 0; m--) {
+                float ah_acc[2][4], al_acc[2][4];
 #pragma unroll
-            for (int n = 0; n < 2; n++)
+                for (int n = 0; n < 2; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) ah_acc[n][e] = al_acc[n][e] = 0.f;
+                    for (int e = 0; e < 4; e++) ah_acc[n][e] = al_acc[n][e] = 0.f;
 #pragma unroll
-            for (int kb = 0; kb <= m; kb++) {
-                uint32_t b[4], ah[4], al[4];
-                ldmatrix_x4_trans(b, B + (kb * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ldb + n0 +
-                                         (lane >> 4) * 8);
-                const int off = (m * 16 + (lane & 15)) * LDH + kb * 16 + (lane >> 4) * 8;
-                ldmatrix_x4(ah, Th + off);
-                ldmatrix_x4(al, Tl + off);
-                mma_bf16_16816(al_acc[0], al, b);
-                mma_bf16_16816(al_acc[1], al, b + 2);
-                mma_bf16_16816(ah_acc[0], ah, b);
-                mma_bf16_16816(ah_acc[1], ah, b + 2);
-            }
-            __syncwarp();
-#pragma unroll
-            for (int n = 0; n < 2; n++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int row = m * 16 + gid + hf * 8, col = n0 + n * 8 + 2 * tig;
-                    *reinterpret_cast<uint32_t *>(B + row * ldb + col) =
-                        pack_bf16x2(ah_acc[n][2 * hf] + al_acc[n][2 * hf],
-                                    ah_acc[n][2 * hf + 1] + al_acc[n][2 * hf + 1]);
+                for (int kb = 0; kb <= m; kb++) {
+                    uint32_t b[4], ah[4], al[4];
+                    ldmatrix_x4_trans(b, B + (kb * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * ldb + n0 +
+                                             (lane >> 4) * 8);
+                    const int off = (m * 16 + (lane & 15)) * LDH + kb * 16 + (lane >> 4) * 8;
+                    ldmatrix_x4(ah, Th + off);
+                    ldmatrix_x4(al, Tl + off);
+                    mma_bf16_16816(al_acc[0], al, b);
+                    mma_bf16_16816(al_acc[1], al, b + 2);
+                    mma_bf16_16816(ah_acc[0], ah, b);
+                    mma_bf16_16816(ah_acc[1], ah, b + 2);
                 }
+                __syncwarp();
+#pragma unroll
+                for (int n = 0; n < 2; n++)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++) {
+                        const int row = m * 16 + gid + hf * 8, col = n0 + n * 8 + 2 * tig;
+                        *reinterpret_cast<uint32_t *>(B + row * ldb + col) =
+                            pack_bf16x2(ah_acc[n][2 * hf] + al_acc[n][2 * hf],
+                                        ah_acc[n][2 * hf + 1] + al_acc[n][2 * hf + 1]);
+                    }
+            }
         }
+    };
+    __nv_bfloat16 *wg = P.w + (t0 * Hv + h) * K, *ug = P.u + (t0 * Hv + h) * V;
+    if (!v_late) {
+        wy(0, jobs);
+        __syncthreads();
+    } else { /* w first and out; then v into the k tile's place */
+        wy(0, jobs_w);
+        __syncthreads();
+        store_rows<VEC>(wg, (int64_t)Hv * K, Ks, ldk, K, len);
+        __syncthreads();
+        load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
+        if constexpr (VEC) {
+            cp_async_commit();
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        wy(jobs_w, jobs);
+        __syncthreads();
     }
-    __syncthreads();
 
-    /* ---- 8. w, u rows of the chunk ---- */
-    store_rows<VEC>(P.w + (t0 * Hv + h) * K, (int64_t)Hv * K, Ks, ldk, K, len);
-    store_rows<VEC>(P.u + (t0 * Hv + h) * V, rs_v, Vs, ldv, V, len);
+    /* ---- 8. w (unless stored above), u rows of the chunk ---- */
+    if (!v_late) store_rows<VEC>(wg, (int64_t)Hv * K, Ks, ldk, K, len);
+    store_rows<VEC>(ug, rs_v, Vs, ldv, V, len);
 }
 
 /* chunk_offsets[i] = chunks of sequences before i: one block scans tiles of
@@ -493,11 +520,11 @@ chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
 }
 
 template <bool VEC>
-gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, unsigned blocks, int bytes,
+gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, bool v_late, unsigned blocks, int bytes,
                        cudaStream_t stream) {
     auto kern = chunk_prep_kernel<VEC>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    kern<<<blocks, NTHREADS, bytes, stream>>>(P);
+    kern<<<blocks, NTHREADS, bytes, stream>>>(P, v_late);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_prep_kernel");
     return GDN_SUCCESS;
 }
@@ -515,7 +542,17 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "chunk_prep: %lld chunks x %d heads exceed the grid limit", (long long)P.NT,
                         P.Hv);
-    const int bytes = smem_bytes(P.K, P.V);
+    /* v_late where it fits more blocks a multiprocessor (up to the launch
+     * bound; a multiprocessor holds about smem_optin + 1 KB, 1 KB a block
+     * reserved) */
+    const int full = smem_bytes(P.K, P.V, false), late = smem_bytes(P.K, P.V, true);
+    auto per_sm = [&](int b) {
+        const int n = (int)((ctx->smem_optin + 1024) / ((size_t)b + 1024));
+        return n < MIN_BLOCKS ? n : MIN_BLOCKS;
+    };
+    const bool v_late =
+        env_override("GDN_CUDA_PREP_V_LATE", per_sm(late) > per_sm(full) ? 1 : 0, {0, 1}) != 0;
+    const int bytes = v_late ? late : full;
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "chunk_prep: kernel needs %d bytes of shared memory, device allows %zu",
@@ -525,8 +562,8 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
     const unsigned blocks = (unsigned)(P.NT * P.Hv);
-    return vec ? launch_prep<true>(ctx, P, blocks, bytes, stream)
-               : launch_prep<false>(ctx, P, blocks, bytes, stream);
+    return vec ? launch_prep<true>(ctx, P, v_late, blocks, bytes, stream)
+               : launch_prep<false>(ctx, P, v_late, blocks, bytes, stream);
 }
 
 gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
