@@ -49,7 +49,8 @@ if has test; then
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
            "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda" "GDN_CUDA_TMA=0 test_chunk_state_cuda" \
-           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda"; do
+           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda" \
+           "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
