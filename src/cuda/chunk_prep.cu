@@ -147,10 +147,11 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
     lo = pack_bf16x2(x0 - __bfloat162float(h0), x1 - __bfloat162float(h1));
 }
 
-constexpr int MIN_BLOCKS = 3;
-
-template <bool VEC>
-__global__ void __launch_bounds__(NTHREADS, MIN_BLOCKS) chunk_prep_kernel(const PrepParams P, bool v_late) {
+/* MINB blocks a multiprocessor by the launch bound: 3 keeps 80 registers a
+ * thread, 4 caps them at 64 (a few bytes of spill) for 32 warps where
+ * shared memory allows four blocks. */
+template <bool VEC, int MINB>
+__global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepParams P, bool v_late) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -519,10 +520,10 @@ chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
     if (threadIdx.x == 0) out[N] = carry;
 }
 
-template <bool VEC>
+template <bool VEC, int MINB>
 gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, bool v_late, unsigned blocks, int bytes,
                        cudaStream_t stream) {
-    auto kern = chunk_prep_kernel<VEC>;
+    auto kern = chunk_prep_kernel<VEC, MINB>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     kern<<<blocks, NTHREADS, bytes, stream>>>(P, v_late);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_prep_kernel");
@@ -542,17 +543,21 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "chunk_prep: %lld chunks x %d heads exceed the grid limit", (long long)P.NT,
                         P.Hv);
-    /* v_late where it fits more blocks a multiprocessor (up to the launch
-     * bound; a multiprocessor holds about smem_optin + 1 KB, 1 KB a block
-     * reserved) */
+    /* The layout and launch bound that hold the most blocks a
+     * multiprocessor (one holds about smem_optin + 1 KB, 1 KB a block
+     * reserved); on a tie the whole layout (v loads early) and then the
+     * bound of 3 (more registers). H100: K = V = 128 runs v_late with 4
+     * blocks, 256 v_late with 3, 64 the whole layout with 4. */
     const int full = smem_bytes(P.K, P.V, false), late = smem_bytes(P.K, P.V, true);
-    auto per_sm = [&](int b) {
-        const int n = (int)((ctx->smem_optin + 1024) / ((size_t)b + 1024));
-        return n < MIN_BLOCKS ? n : MIN_BLOCKS;
+    auto per_sm = [&](int bytes, int minb) {
+        const int n = (int)((ctx->smem_optin + 1024) / ((size_t)bytes + 1024));
+        return n < minb ? n : minb;
     };
-    const bool v_late =
-        env_override("GDN_CUDA_PREP_V_LATE", per_sm(late) > per_sm(full) ? 1 : 0, {0, 1}) != 0;
+    auto best = [&](int bytes) { return per_sm(bytes, 4) > per_sm(bytes, 3) ? 4 : 3; };
+    const int by_plan = per_sm(late, best(late)) > per_sm(full, best(full)) ? 1 : 0;
+    const bool v_late = env_override("GDN_CUDA_PREP_V_LATE", by_plan, {0, 1}) != 0;
     const int bytes = v_late ? late : full;
+    const int minb = best(bytes);
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "chunk_prep: kernel needs %d bytes of shared memory, device allows %zu",
@@ -562,8 +567,11 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
     const unsigned blocks = (unsigned)(P.NT * P.Hv);
-    return vec ? launch_prep<true>(ctx, P, v_late, blocks, bytes, stream)
-               : launch_prep<false>(ctx, P, v_late, blocks, bytes, stream);
+    if (minb == 4)
+        return vec ? launch_prep<true, 4>(ctx, P, v_late, blocks, bytes, stream)
+                   : launch_prep<false, 4>(ctx, P, v_late, blocks, bytes, stream);
+    return vec ? launch_prep<true, 3>(ctx, P, v_late, blocks, bytes, stream)
+               : launch_prep<false, 3>(ctx, P, v_late, blocks, bytes, stream);
 }
 
 gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
