@@ -44,7 +44,7 @@ static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must f
  * Before A, R1 and R2 together hold the q rows (the norms' only use of q).
  * v_late: v is loaded only once w is done and stored, into the k tile's
  * place, which saves a tile where that fits more blocks a multiprocessor
- * (K or V = 256: three blocks instead of two). */
+ * (H100: K = V = 256 three instead of two, 128 four instead of three). */
 __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
 __host__ __device__ inline int smem_bytes(int K, int V, bool v_late) {
     const int lk = pad16(K) + 8, lv = pad16(V) + 8;
