@@ -46,9 +46,13 @@ static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must f
  * place, which saves a tile where that fits more blocks a multiprocessor
  * (H100: K = V = 256 three instead of two, 128 four instead of three). */
 __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
+/* bf16 elements of the k and v tiles' region (row pitches ldk, ldv): both
+ * tiles, or with v_late the larger, v taking k's place */
+__host__ __device__ inline int kv_region_elems(int ldk, int ldv, bool v_late) {
+    return BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv);
+}
 __host__ __device__ inline int smem_bytes(int K, int V, bool v_late) {
-    const int lk = pad16(K) + 8, lv = pad16(V) + 8;
-    return BT * (v_late ? (lk > lv ? lk : lv) : lk + lv) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
+    return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
 }
 
 __device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
@@ -160,7 +164,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     const int ldk = kp + 8, ldv = vp + 8;
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(smem);
     __nv_bfloat16 *Vs = v_late ? Ks : Ks + BT * ldk;
-    float *A = reinterpret_cast<float *>(Ks + BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv)); /* R1 */
+    float *A = reinterpret_cast<float *>(Ks + kv_region_elems(ldk, ldv, v_late)); /* R1 */
     float *Ti = A + BT * LDF;                            /* R2 */
     float *bs = Ti + BT * LDF;                           /* beta (0 past the end) */
     float *Gs = bs + BT;                                 /* gate cumsum */
