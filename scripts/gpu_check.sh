@@ -41,8 +41,9 @@ fi
 if has test; then
   timeout 300 ctest --test-dir $BUILD --output-on-failure 2>&1 | tee "$OUT/ctest.log" | tail -40 || fail=1
   grep -q "tests failed" "$OUT/ctest.log" && fail=1
-  # the state kernel's other row tile (64 rows, 4 row groups), which the
-  # plan picks only for large problems: every CUDA case through it as well
+  # the state kernel's other row tiles (64 rows, 4 row groups; 128 rows,
+  # 8 row groups, sm_90), which the plan picks only for large problems:
+  # every CUDA case through them as well
   # and both load schemes of that kernel wherever the plan would pick the other;
   # other split counts than the plan's for the long few-head cases
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
@@ -50,7 +51,8 @@ if has test; then
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
            "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda" "GDN_CUDA_TMA=0 test_chunk_state_cuda" \
            "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda" \
-           "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda"; do
+           "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda" \
+           "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
@@ -68,11 +70,12 @@ if has sanitize; then
       [ $rc -eq 0 ] || { fail=1; tail -30 "$OUT/sanitize_${tool}_$t.log"; }
     done
   done
-  # the 64-row tile (chosen only for large or split K = 128 problems), the
+  # the 64- and 128-row tiles (chosen only for large or split K <= 128 problems), the
   # kernel without a producer warp (sm_80's choice for most shapes), and
   # the producer's cp.async and tensor-copy fills beside the plan's
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 memcheck" "GDN_CUDA_PRODUCER=0 memcheck" "GDN_CUDA_TMA=0 racecheck" \
-           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 racecheck"; do
+           "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 racecheck" "GDN_CUDA_ROWS_PER_BLOCK=128 memcheck" \
+           "GDN_CUDA_ROWS_PER_BLOCK=128 racecheck"; do
     tool=${v##* }; envs=${v% *}; log="$OUT/sanitize_${envs//[ =]/_}_$tool.log"
     env $envs GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
       $BUILD/tests/test_chunk_state_cuda > "$log" 2>&1

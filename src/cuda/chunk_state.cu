@@ -141,6 +141,11 @@ template <int KP_, int RG_, int KS_, int STAGES_, bool PROD_> struct Smem {
      * give a block up to 227 KB, 228 KB a multiprocessor): asking the
      * compiler for two caps registers so that two do fit. */
     static constexpr int MIN_BLOCKS = 2 * (BYTES + 1024) <= 228 * 1024 ? 2 : 1;
+    /* Registers to spare (a lone block of at most nine warps, up to 224
+     * registers a thread): the kernel then spends them on latency (hoisted
+     * ldmatrix offsets, batched h_out and v_new reads). A 128-row block's
+     * 17 warps get 120, as two 64-row blocks do. */
+    static constexpr bool ROOMY = MIN_BLOCKS == 1 && NW <= 8;
 };
 
 /* Whether kernel L's w and k tiles are in the tensor copy's layout: the
@@ -547,7 +552,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     /* w_at(part, qq, j): k-step q = part QH + qq (QH: the k-steps of one
      * warp's columns, so qq is a compile-time index even where part is the
      * lane's kpart); k_at(q, nt): what the offsets leave, by the layout */
-    constexpr bool HOIST = L::MIN_BLOCKS == 1;
+    constexpr bool HOIST = L::ROOMY;
     constexpr int QH = NK / 2;
     /* Each product's half whose A operand is in this warp's registers
      * first, then the barrier with the partner, then the other half from
@@ -672,7 +677,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
                  * guarded stores, one read latency instead of one a row
                  * (H100: q35_t8k 2% faster); blocks sharing a multiprocessor
                  * keep the registers instead (q35_b4_t8k 5% slower with it) */
-                constexpr int NH = 16 / HRS, NB = L::MIN_BLOCKS == 1 ? NH : 1;
+                constexpr int NH = 16 / HRS, NB = L::ROOMY ? NH : 1;
 #pragma unroll
                 for (int j0 = 0; j0 < NH; j0 += NB) {
                     uint4 hv[NB];
@@ -757,7 +762,7 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
         if (writes && P.v_new) {
             __syncwarp();
             if (VEC) {
-                constexpr int NV = TW / 16, NB = L::MIN_BLOCKS == 1 ? NV : 1; /* as for h_out */
+                constexpr int NV = TW / 16, NB = L::ROOMY ? NV : 1; /* as for h_out */
 #pragma unroll
                 for (int j0 = 0; j0 < NV; j0 += NB) {
                     uint4 vv[NB];
@@ -1045,16 +1050,33 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
                       (seg32 > 1 && split_segments(p, blocks64, sms) > seg32)))
             pl.bv = 64;
     }
-    if (can64) pl.bv = env_override("GDN_CUDA_ROWS_PER_BLOCK", pl.bv, {32, 64}); /* force the row tile */
+    /* 128 rows (a whole head at V <= 128, eight row groups sharing each
+     * chunk's w and k tiles, a three-deep ring, one block a multiprocessor)
+     * where 64-row tiles would put two blocks on a multiprocessor, each
+     * with a two-deep ring (H100, q35_b4_t8k state: 0.578 -> 0.556 ms, with
+     * the cp.async producer; 0.561 with tensor copies). sm_90 only (not
+     * measured elsewhere; an A100's shared memory does not hold it), and
+     * unsplit problems only (none of the split shapes has the blocks). */
+    const int64_t blocks128 = N * p->Hv * gdn_ceil_div(p->V, 128);
+    const bool can128 = can64 && pl.kp <= 128 && ctx->cc_major >= 9 &&
+                        (size_t)smem_bytes(pl.kp, 8, 3, true) <= ctx->smem_optin;
+    if (can128 && blocks64 > sms && 10 * blocks128 >= 9 * (int64_t)sms && (!per_seq || pl.segments == 1))
+        pl.bv = 128;
+    if (can64) pl.bv = env_override("GDN_CUDA_ROWS_PER_BLOCK", pl.bv, {32, 64, 128}); /* force the row tile */
+    if (pl.bv == 128 && !can128) pl.bv = 64;
     /* Only what the device's shared memory holds: the 64-row tile at
      * K = 256 is 184 KB (Hopper's 227 KB, not the A100's 163 KB). */
     if (pl.bv == 64 && (size_t)smem_bytes(pl.kp, 4, 2, true) > ctx->smem_optin) pl.bv = 32;
-    const int64_t blocks = pl.bv == 64 ? blocks64 : blocks32;
+    int64_t blocks = pl.bv == 128 ? blocks128 : pl.bv == 64 ? blocks64 : blocks32;
     if (!per_seq) pl.segments = (int)split_segments(p, blocks, sms);
     /* GDN_CUDA_SEGMENTS=1..64 forces the split (1: none) of a problem
      * without varlen, to time other counts; results stay within the tests'
      * bounds, not bitwise the same */
     if (!p->cu_seqlens) pl.segments = env_override("GDN_CUDA_SEGMENTS", pl.segments, 1, 64);
+    if (pl.bv == 128 && pl.segments > 1) { /* (forced by the environment) */
+        pl.bv = 64;
+        blocks = blocks64;
+    }
     /* The largest launch: a split problem's state pass has S - 1 times the
      * blocks, its summary launch those of segment 0 and (V + K) / BV row
      * tiles a head for S - 2 segments. */
@@ -1085,11 +1107,12 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     };
     pl.stages = (!pl.vec || pl.kp == 256 || launch_blocks > sms) ? 2 : deepest(4);
     if (pl.stages > 2) pl.stages = deepest(env_override("GDN_CUDA_STAGES", pl.stages, {3, 4}));
+    if (pl.bv == 128) pl.stages = 3; /* (the only 128-row ring; any launch size) */
     /* A split problem's state pass is one wave of lone blocks even where
      * its summary pass took the 2-deep ring: give it the deep ring too. */
     pl.final_stages = pl.stages;
     if (pl.segments > 1 && pl.vec && pl.kp < 256 && state_blocks <= sms) pl.final_stages = deepest(4);
-    if (pl.vec && pl.kp < 256)
+    if (pl.vec && pl.kp < 256 && pl.bv < 128)
         pl.final_stages = deepest(env_override("GDN_CUDA_FINAL_STAGES", pl.final_stages, {2, 3, 4}));
     /* The producer warp: on sm_80 for split problems and K = 256, where it
      * fills the padded layout by cp.async (measured with that code on an
@@ -1104,6 +1127,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
      * 0.258 / 0.263 and q35_b4_t8k 0.648 / 0.580 / 0.610). */
     pl.producer = pl.vec && (ctx->cc_major >= 9 || pl.kp == 256 || pl.segments > 1);
     if (pl.vec) pl.producer = env_override("GDN_CUDA_PRODUCER", pl.producer ? 1 : 0, {0, 1}) != 0;
+    if (pl.bv == 128) pl.producer = true; /* (the only 128-row kernel) */
     /* (GDN_CUDA_TMA=1 forces the tensor copies only where a producer runs
      * the sm_90 code) */
     pl.tma = env_override("GDN_CUDA_TMA", pl.bv == 32 || pl.segments > 1 || pl.kp == 256, {0, 1}) != 0 &&
@@ -1217,6 +1241,8 @@ gdn_status dispatch(gdn_context *ctx, const Params &P, const Plan &pl, int64_t N
                     cudaStream_t stream) {
     if (!pl.vec) return run_passes<Smem<KP, 2, KSPLIT, 2, false>, false>(ctx, P, pl, N, stream);
     if constexpr (KP < 256) {
+        if (pl.bv == 128) /* (producer, three stages, unsplit only) */
+            return run_passes<Smem<KP, 8, KSPLIT, 3, true>, true>(ctx, P, pl, N, stream);
         if (pl.stages == 4) return run_vec<KP, 2, 4>(ctx, P, pl, N, stream); /* (32-row tiles only) */
         if (pl.stages == 3)
             return pl.bv == 64 ? run_vec<KP, 4, 3>(ctx, P, pl, N, stream) : run_vec<KP, 2, 3>(ctx, P, pl, N, stream);
