@@ -722,6 +722,31 @@ static void check_split_path(gdn_context *ctx) {
     fw_out_free(&all);
     gdn_test_fw_inputs_free(&f);
 }
+
+/* The state pass's row tile (32, 64 or 128 rows, chosen from the batch's
+ * size, so a sequence alone and in a large batch can get different ones)
+ * must not change the bits: every tile sums each row in the same order.
+ * Forced through GDN_CUDA_ROWS_PER_BLOCK, unless the runner has set it. */
+static void check_row_tiles(gdn_context *ctx) {
+    if (getenv("GDN_CUDA_ROWS_PER_BLOCK")) return;
+    const fw_case c = {C_LONG, 2, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       OPT_L2 | OPT_SIG};
+    fw_inputs f;
+    fw_out plan;
+    if (!fw_setup(ctx, &c, 4242, &f, &plan)) return;
+    static const char *const rows[] = {"32", "64", "128"};
+    for (int i = 0; i < 3; i++) {
+        fw_out o;
+        fw_out_alloc(&o, &f.in, 1, 1);
+        setenv("GDN_CUDA_ROWS_PER_BLOCK", rows[i], 1);
+        CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx);
+        unsetenv("GDN_CUDA_ROWS_PER_BLOCK");
+        CHECK(fw_out_equal(&plan, &o), "%s-row state tiles change the bits", rows[i]);
+        fw_out_free(&o);
+    }
+    fw_out_free(&plan);
+    gdn_test_fw_inputs_free(&f);
+}
 #endif
 
 int main(void) {
@@ -824,6 +849,7 @@ int main(void) {
     check_nonfinite(ctx);
 #ifdef GDN_TEST_CUDA
     if (!quick) check_split_path(ctx);
+    check_row_tiles(ctx);
 #endif
 
     gdn_context_destroy(ctx);
