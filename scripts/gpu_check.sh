@@ -45,14 +45,17 @@ if has test; then
   # 8 row groups, sm_90), which the plan picks only for large problems:
   # every CUDA case through them as well
   # and both load schemes of that kernel wherever the plan would pick the other;
-  # other split counts than the plan's for the long few-head cases
+  # other split counts than the plan's for the long few-head cases;
+  # the fused forward (chosen only where one sequence has >= 66 row tiles,
+  # which no test case has) with both of its block sizes
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
            "GDN_CUDA_SEGMENTS=64 test_chunk_state_cuda" "GDN_CUDA_TMA=0 test_chunk_state_cuda" \
            "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda" \
            "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda" \
-           "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda"; do
+           "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
@@ -81,6 +84,15 @@ if has sanitize; then
       $BUILD/tests/test_chunk_state_cuda > "$log" 2>&1
     rc=$?
     echo "compute-sanitizer $tool ($envs): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
+    [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
+  done
+  # the fused forward (prep's T/P form and the fused pass)
+  for tool in memcheck racecheck; do
+    log="$OUT/sanitize_fused_$tool.log"
+    GDN_CUDA_FUSED=1 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
+      $BUILD/tests/test_chunk_forward_cuda > "$log" 2>&1
+    rc=$?
+    echo "compute-sanitizer $tool (GDN_CUDA_FUSED=1): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
   done
   # gdn_recurrent_forward: every kernel configuration, padding and indices

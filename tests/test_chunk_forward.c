@@ -747,6 +747,34 @@ static void check_row_tiles(gdn_context *ctx) {
     fw_out_free(&plan);
     gdn_test_fw_inputs_free(&f);
 }
+
+/* The fused pass's block size (2 or 4 compute warps, chosen from the
+ * batch's size) must not change the bits either: each warp computes its
+ * 16 rows the same way. Forced through GDN_CUDA_FUSED=1 and
+ * GDN_CUDA_FUSED_WARPS, unless the runner has set them. */
+static void check_fused_warps(gdn_context *ctx) {
+    if (getenv("GDN_CUDA_FUSED_WARPS") || getenv("GDN_CUDA_FUSED")) return;
+    static const int32_t cu[] = {0, 70, 70, 300};
+    const fw_case c = {C_LONG, 1, 300, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, cu, 3,
+                       OPT_L2 | OPT_SIG};
+    setenv("GDN_CUDA_FUSED", "1", 1);
+    fw_inputs f;
+    fw_out two;
+    setenv("GDN_CUDA_FUSED_WARPS", "2", 1);
+    const int ok = fw_setup(ctx, &c, 4343, &f, &two);
+    if (ok) {
+        fw_out four;
+        fw_out_alloc(&four, &f.in, 1, 1);
+        setenv("GDN_CUDA_FUSED_WARPS", "4", 1);
+        CHECK_STATUS(run_op(ctx, &f, &four), GDN_SUCCESS, ctx);
+        CHECK(fw_out_equal(&two, &four), "fused pass: 2- and 4-warp blocks give different bits");
+        fw_out_free(&four);
+        fw_out_free(&two);
+        gdn_test_fw_inputs_free(&f);
+    }
+    unsetenv("GDN_CUDA_FUSED_WARPS");
+    unsetenv("GDN_CUDA_FUSED");
+}
 #endif
 
 int main(void) {
@@ -850,6 +878,7 @@ int main(void) {
 #ifdef GDN_TEST_CUDA
     if (!quick) check_split_path(ctx);
     check_row_tiles(ctx);
+    check_fused_warps(ctx);
 #endif
 
     gdn_context_destroy(ctx);

@@ -94,6 +94,17 @@ struct PrepParams {
     __nv_bfloat16 *u;            /* [tokens, Hv, V] */
     float *gcum;                 /* [tokens, Hv] */
     float *qscale, *kscale;      /* [tokens, Hv], written only with l2norm */
+    /* The fused path's form (tmat set): instead of w and u (and without
+     * reading v), per (chunk c, head h) two [64][64] bf16 tiles at
+     * ((c * Hv + h) * 64 + t) * 64 + s, lower 16x16 blocks only (s / 16
+     * <= t / 16; the others are never read), rows t >= len zero:
+     *   tmat  T[t][s] = (I + A)^-1[t][s] beta_s, as bf16 hi (tmat) and
+     *         lo (tlo) with T = hi + lo to about 16 bits: T's rounding
+     *         alone put o past SPEC's bound
+     *   pmat  P[t][s] = scale qs_t ks_s (q_t . k_s) exp(G_t - G_s), s <= t
+     * qscale must then be set with l2norm (the fused pass reads it). */
+    __nv_bfloat16 *tmat, *tlo, *pmat;
+    float scale;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
 
@@ -119,6 +130,30 @@ struct OutputParams {
     int Hk, Hv, K, V, group, tiled;
 };
 gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStream_t stream);
+
+/* The fused pass (chunk_fused.cu), after prep's T and P form: per
+ * (sequence, value head, tile of 16 NWS rows of V) the state lives in f32
+ * registers for the whole sequence; per chunk, with gamma_t = exp(G_t):
+ *   U' = V^T - (S k^T) diag(ks gamma)         (S bf16 as the operand)
+ *   D^T = U' T^T                               (the chunk's new values)
+ *   O^T = (S q^T) diag(scale qs gamma) + D^T P^T  -> o
+ *   S   = gamma_L S + D^T diag(ks exp(G_L - G)) k
+ * with G_L the gate cumsum at the chunk's last token. Nothing but o and
+ * the asked-for states is written. K, V <= 128, multiples of 8. */
+struct FusedParams {
+    ChunkMap map;
+    const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
+    const __nv_bfloat16 *tmat, *tlo, *pmat; /* prep's tiles */
+    const float *gcum;                /* [tokens, Hv] */
+    const float *qscale, *kscale;     /* [tokens, Hv] or NULL (1) */
+    const float *h0;                  /* [N, Hv, V, K] (layout kv) or NULL */
+    float *final_state, *chunk_states; /* or NULL */
+    __nv_bfloat16 *o;
+    float scale;
+    int Hk, Hv, K, V, group, tiled, kv;
+};
+bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream);
 
 /* The context-parallel forward (context_parallel_nccl.cu drives it around
  * the all-gather; chunk_forward.cu): workspace bytes for nranks ranks;

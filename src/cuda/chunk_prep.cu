@@ -154,7 +154,7 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
 /* MINB blocks a multiprocessor by the launch bound: 3 keeps 80 registers a
  * thread, 4 caps them at 64 (a few bytes of spill) for 32 warps where
  * shared memory allows four blocks. */
-template <bool VEC, int MINB>
+template <bool VEC, int MINB, bool TP>
 __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepParams P, bool v_late) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -169,7 +169,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     float *bs = Ti + BT * LDF;                           /* beta (0 past the end) */
     float *Gs = bs + BT;                                 /* gate cumsum */
     float *kss = Gs + BT;                                /* k inverse norms */
-    float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale */
+    float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale;
+                                                            TP: the q inverse norms */
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
@@ -185,12 +186,13 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     /* ---- 1. loads; gates and cumsum ---- */
     load_rows<VEC>(Ks, ldk, P.k + (t0 * Hk + kh) * K, rs_k, K, kp, len);
     /* q is needed only for its norms: its rows go to R1/R2, free until A */
-    if (P.l2norm && P.qscale) load_rows<VEC>(Qs, ldk, P.q + (t0 * Hk + kh) * K, rs_k, K, kp, len);
+    if (TP || (P.l2norm && P.qscale))
+        load_rows<VEC>(Qs, ldk, P.q + (t0 * Hk + kh) * K, rs_k, K, kp, len);
     if constexpr (VEC) cp_async_commit();
     /* v in a group of its own (empty with v_late): it is first read in
      * step 7, so it lands while S, A and the solve run */
     const __nv_bfloat16 *vg = P.v + (t0 * Hv + h) * V;
-    if (!v_late) load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
+    if (!v_late && !TP) load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
     if constexpr (VEC) cp_async_commit();
 
     if (warp == 0) {
@@ -237,13 +239,13 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
      * where nb <= mt; warps 1 and 3 have none. */
     const int mt = warp >> 1, nb0 = (warp & 1) * 2;
     const bool s_work = nb0 <= mt, s_two = nb0 + 1 <= mt;
-    float S[2][2][4];
+    float S[2][2][4], QK[TP ? 2 : 1][2][4]; /* TP: q k^T over the same blocks */
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
         for (int n = 0; n < 2; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) S[a][n][e] = 0.f;
+            for (int e = 0; e < 4; e++) S[a][n][e] = QK[TP ? a : 0][n][e] = 0.f;
     if (s_work) {
 #pragma unroll 2
         for (int kk = 0; kk < kp; kk += 16) {
@@ -251,13 +253,23 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             ldmatrix_x4(a, Ks + (mt * 16 + (lane & 15)) * ldk + kk + (lane >> 4) * 8);
             ldmatrix_x4(b, Ks + (nb0 * 16 + ((lane >> 4) << 3) + (lane & 7)) * ldk + kk +
                                ((lane >> 3) & 1) * 8);
+            uint32_t aq[4];
+            if constexpr (TP) ldmatrix_x4(aq, Qs + (mt * 16 + (lane & 15)) * ldk + kk + (lane >> 4) * 8);
             mma_bf16_16816(S[0][0], a, b);
             mma_bf16_16816(S[0][1], a, b + 2);
+            if constexpr (TP) {
+                mma_bf16_16816(QK[0][0], aq, b);
+                mma_bf16_16816(QK[0][1], aq, b + 2);
+            }
             if (s_two) {
                 ldmatrix_x4(b, Ks + ((nb0 + 1) * 16 + ((lane >> 4) << 3) + (lane & 7)) * ldk + kk +
                                    ((lane >> 3) & 1) * 8);
                 mma_bf16_16816(S[1][0], a, b);
                 mma_bf16_16816(S[1][1], a, b + 2);
+                if constexpr (TP) {
+                    mma_bf16_16816(QK[TP ? 1 : 0][0], aq, b);
+                    mma_bf16_16816(QK[TP ? 1 : 0][1], aq, b + 2);
+                }
             }
         }
     }
@@ -272,7 +284,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         if (lane < 8) {
             const bool ok = t < len;
             kss[t] = ok ? ks : 0.f;
-            dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
+            if constexpr (TP) dws[t] = ok ? qs : 0.f;
+            else dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
             if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
             if (ok && qnorm) P.qscale[(t0 + t) * Hv + h] = qs;
         }
@@ -300,6 +313,18 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                                 ? bi * kss[j + 1] * S[a][n][2 * hf + 1] * expf(gi - Gs[j + 1])
                                 : 0.f;
                     *reinterpret_cast<float2 *>(A + i * LDF + j) = out;
+                    if constexpr (TP) { /* P[i][j], the diagonal included */
+                        const float qi = P.scale * dws[i];
+                        const float p0 = row_ok && j <= i
+                                             ? qi * kss[j] * QK[TP ? a : 0][n][2 * hf] * expf(gi - Gs[j])
+                                             : 0.f;
+                        const float p1 = row_ok && j + 1 <= i ? qi * kss[j + 1] *
+                                                                    QK[TP ? a : 0][n][2 * hf + 1] *
+                                                                    expf(gi - Gs[j + 1])
+                                                              : 0.f;
+                        *reinterpret_cast<uint32_t *>(P.pmat + ((c * Hv + h) * BT + i) * BT + j) =
+                            pack_bf16x2(p0, p1);
+                    }
                 }
             }
         }
@@ -376,6 +401,20 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             Ti[(16 * i + r + 1) * LDF + 16 * j + cc] = -acc1;
         }
         __syncthreads();
+    }
+
+    if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
+        const int j = lane * 2;
+        for (int i = warp; i < BT; i += NW)
+            if ((j >> 4) <= (i >> 4)) {
+                const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
+                uint32_t hi, lo;
+                split_pair(t.x * bs[j], t.y * bs[j + 1], hi, lo);
+                const int64_t at = ((c * Hv + h) * BT + i) * BT + j;
+                *reinterpret_cast<uint32_t *>(P.tmat + at) = hi;
+                *reinterpret_cast<uint32_t *>(P.tlo + at) = lo;
+            }
+        return;
     }
 
     /* ---- 6. T' = Tinv diag(d) as bf16 hi/lo, lower blocks only (the
@@ -524,10 +563,10 @@ chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
     if (threadIdx.x == 0) out[N] = carry;
 }
 
-template <bool VEC, int MINB>
+template <bool VEC, int MINB, bool TP>
 gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, bool v_late, unsigned blocks, int bytes,
                        cudaStream_t stream) {
-    auto kern = chunk_prep_kernel<VEC, MINB>;
+    auto kern = chunk_prep_kernel<VEC, MINB, TP>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     kern<<<blocks, NTHREADS, bytes, stream>>>(P, v_late);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_prep_kernel");
@@ -559,7 +598,8 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     };
     auto best = [&](int bytes) { return per_sm(bytes, 4) > per_sm(bytes, 3) ? 4 : 3; };
     const int by_plan = per_sm(late, best(late)) > per_sm(full, best(full)) ? 1 : 0;
-    const bool v_late = env_override("GDN_CUDA_PREP_V_LATE", by_plan, {0, 1}) != 0;
+    /* the T and P form reads no v: the v_late layout with no v load */
+    const bool v_late = P.tmat ? true : env_override("GDN_CUDA_PREP_V_LATE", by_plan, {0, 1}) != 0;
     const int bytes = v_late ? late : full;
     const int minb = best(bytes);
     if ((size_t)bytes > ctx->smem_optin)
@@ -567,15 +607,24 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
                         "chunk_prep: kernel needs %d bytes of shared memory, device allows %zu",
                         bytes, ctx->smem_optin);
     /* 16-byte paths need every row (and base) on a 16-byte boundary */
-    uintptr_t align = (uintptr_t)P.k | (uintptr_t)P.v | (uintptr_t)P.w | (uintptr_t)P.u;
+    uintptr_t align = (uintptr_t)P.k;
+    if (P.tmat) align |= (uintptr_t)P.q;
+    else align |= (uintptr_t)P.v | (uintptr_t)P.w | (uintptr_t)P.u;
     if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
     const unsigned blocks = (unsigned)(P.NT * P.Hv);
+    if (P.tmat) { /* the fused path needs K, V multiples of 8: always vectors */
+        if (!vec)
+            return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: T/P form without 16-byte rows");
+        if (env_override("GDN_CUDA_PREP_TP_MINB", minb, {3, 4}) == 4)
+            return launch_prep<true, 4, true>(ctx, P, v_late, blocks, bytes, stream);
+        return launch_prep<true, 3, true>(ctx, P, v_late, blocks, bytes, stream);
+    }
     if (minb == 4)
-        return vec ? launch_prep<true, 4>(ctx, P, v_late, blocks, bytes, stream)
-                   : launch_prep<false, 4>(ctx, P, v_late, blocks, bytes, stream);
-    return vec ? launch_prep<true, 3>(ctx, P, v_late, blocks, bytes, stream)
-               : launch_prep<false, 3>(ctx, P, v_late, blocks, bytes, stream);
+        return vec ? launch_prep<true, 4, false>(ctx, P, v_late, blocks, bytes, stream)
+                   : launch_prep<false, 4, false>(ctx, P, v_late, blocks, bytes, stream);
+    return vec ? launch_prep<true, 3, false>(ctx, P, v_late, blocks, bytes, stream)
+               : launch_prep<false, 3, false>(ctx, P, v_late, blocks, bytes, stream);
 }
 
 gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,

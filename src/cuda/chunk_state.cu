@@ -1291,6 +1291,10 @@ size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, b
     return make_plan(ctx, p, per_seq_split).scratch();
 }
 
+bool chunk_state_splits(const gdn_context *ctx, const gdn_problem *p) {
+    return make_plan(ctx, p, true).segments > 1;
+}
+
 gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateArgs &a,
                            void *scratch, cudaStream_t stream) {
     Plan pl = make_plan(ctx, p, a.per_seq_split);

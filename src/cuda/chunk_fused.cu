@@ -1,0 +1,446 @@
+/*
+ * The fused state + output pass of the CUDA chunked forward (see
+ * FusedParams in chunk_forward.cuh for the math). It replaces the state
+ * and output stages of the three-stage path: no w, u, v_new or bf16
+ * chunk-start states go through memory, only o (and the states the
+ * caller asks for) come out.
+ *
+ * Why it is shaped this way. Row j of the state evolves on its own given
+ * the chunk's k, q, gates and T, so the V rows split across warps that
+ * never talk to each other: a compute warp owns 16 rows of S (all K
+ * columns) as m16n8k16 accumulators, f32, for the whole sequence. Every
+ * product of a chunk then keeps the state side in registers:
+ *   S q^T, S k^T   A = bf16(S) straight from the accumulators (the C
+ *                  fragments of two n-tiles are the A fragment of one
+ *                  k-step), B = q, k rows from shared memory
+ *   U' T^T         A = U' packed from those accumulators, B = T rows
+ *                  (T as bf16 hi + lo: two products)
+ *   D^T P^T        A = D^T likewise, B = P rows
+ *   D'^T k         A = D'^T, B = k columns (ldmatrix.trans)
+ * T and P are lower triangular: the blocks above the diagonal are skipped.
+ * A block is NWS compute warps (16 NWS rows of one value head) and one
+ * producer warp that streams each chunk's q, k, the block's v columns, T,
+ * P and gates into a ring of stages by cp.async (mbarriers full / empty,
+ * as the state kernel's producer form). The compute warps meet nowhere:
+ * each waits on full, reads the stage, and arrives on empty.
+ *
+ * Determinism and batch invariance: every row's arithmetic is fixed by
+ * its chunk inputs and its own accumulators, in a fixed order; the plan
+ * (NWS, stages) changes which warp does a row, not how.
+ */
+#include "chunk_forward.cuh"
+
+namespace gdn {
+namespace {
+
+constexpr int BT = GDN_CHUNK;
+constexpr int LDT = BT + 8; /* T, P rows (bf16): 144 bytes, conflict-free ldmatrix */
+constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
+
+/* One stage: q, k [64][KP+8], v [64][16 NWS + 8], T hi, T lo, P [64][72] bf16,
+ * then G, ks, qs [64] f32. After the stages: per compute warp its gate
+ * vectors (3 x 64 f32) and o staging [64][LDO] bf16; then the mbarriers. */
+template <int KP, int NWS> struct FusedLayout {
+    static constexpr int LDK = KP + 8;
+    static constexpr int ROWS = 16 * NWS;
+    static constexpr int LDV = ROWS + 8;
+    static constexpr int Q = 0;
+    static constexpr int KC = Q + BT * LDK * 2;
+    static constexpr int VS = KC + BT * LDK * 2;
+    static constexpr int TM = VS + BT * LDV * 2;
+    static constexpr int TL = TM + BT * LDT * 2;
+    static constexpr int PM = TL + BT * LDT * 2;
+    static constexpr int G = PM + BT * LDT * 2;
+    static constexpr int KS = G + BT * 4;
+    static constexpr int QS = KS + BT * 4;
+    static constexpr int STAGE = QS + BT * 4;
+    static constexpr int WARP_BYTES = 3 * BT * 4 + BT * LDO * 2;
+    static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0, "16-byte pieces");
+    static int bytes(int stages) { return stages * STAGE + NWS * WARP_BYTES + 2 * stages * 8; }
+};
+
+struct Seq {
+    int64_t bos, eos, hoff; /* tokens [bos, eos); its first chunk's packed index */
+};
+
+__device__ __forceinline__ Seq locate_seq(const ChunkMap &m, int n) {
+    Seq s;
+    if (m.cu_seqlens) {
+        s.bos = m.cu_seqlens[n];
+        s.eos = m.cu_seqlens[n + 1];
+        s.hoff = m.chunk_offsets[n];
+    } else {
+        s.bos = (int64_t)n * m.T;
+        s.eos = s.bos + m.T;
+        s.hoff = (int64_t)n * ((m.T + BT - 1) / BT);
+    }
+    return s;
+}
+
+__device__ __forceinline__ int64_t state_at(int kv, int V, int K, int v, int k) {
+    return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
+}
+
+/* The producer warp: chunk c of the sequence into stage slot. Rows past
+ * the chunk's end and columns past K, V are zero-filled (never read from
+ * global). T and P tiles are whole (prep wrote all 64 rows). */
+template <int KP, int NWS>
+__device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const Seq &sq, int c,
+                                           int h, int kh, int row0, int lane) {
+    using L = FusedLayout<KP, NWS>;
+    const int64_t t0 = sq.bos + (int64_t)c * BT;
+    const int len = (int)min((int64_t)BT, sq.eos - t0);
+    __nv_bfloat16 *qs = reinterpret_cast<__nv_bfloat16 *>(st + L::Q);
+    __nv_bfloat16 *ks = reinterpret_cast<__nv_bfloat16 *>(st + L::KC);
+    __nv_bfloat16 *vs = reinterpret_cast<__nv_bfloat16 *>(st + L::VS);
+    __nv_bfloat16 *ts = reinterpret_cast<__nv_bfloat16 *>(st + L::TM);
+    __nv_bfloat16 *tl = reinterpret_cast<__nv_bfloat16 *>(st + L::TL);
+    __nv_bfloat16 *ps = reinterpret_cast<__nv_bfloat16 *>(st + L::PM);
+    const int64_t rs_k = (int64_t)P.Hk * P.K, rs_v = (int64_t)P.Hv * P.V;
+    const __nv_bfloat16 *qg = P.q + (t0 * P.Hk + kh) * P.K, *kg = P.k + (t0 * P.Hk + kh) * P.K;
+    constexpr int CPR = KP / 8; /* 16-byte pieces a q / k row */
+#pragma unroll 4
+    for (int i = lane; i < BT * CPR; i += 32) {
+        const int t = i / CPR, cc = (i % CPR) * 8;
+        const bool ok = t < len && cc < P.K;
+        const int64_t off = ok ? t * rs_k + cc : 0;
+        cp_async16(qs + t * L::LDK + cc, qg + off, ok ? 16 : 0);
+        cp_async16(ks + t * L::LDK + cc, kg + off, ok ? 16 : 0);
+    }
+    constexpr int CPV = L::ROWS / 8;
+    const __nv_bfloat16 *vg = P.v + (t0 * P.Hv + h) * P.V + row0;
+#pragma unroll 4
+    for (int i = lane; i < BT * CPV; i += 32) {
+        const int t = i / CPV, cc = (i % CPV) * 8;
+        const bool ok = t < len && row0 + cc < P.V;
+        cp_async16(vs + t * L::LDV + cc, ok ? vg + t * rs_v + cc : vg, ok ? 16 : 0);
+    }
+    const int64_t tile = ((sq.hoff + c) * P.Hv + h) * (int64_t)(BT * BT);
+#pragma unroll 4
+    for (int i = lane; i < BT * 8; i += 32) {
+        const int t = i >> 3, cc = (i & 7) * 8;
+        cp_async16(ts + t * LDT + cc, P.tmat + tile + t * BT + cc, 16);
+        cp_async16(tl + t * LDT + cc, P.tlo + tile + t * BT + cc, 16);
+        cp_async16(ps + t * LDT + cc, P.pmat + tile + t * BT + cc, 16);
+    }
+    float *gs = reinterpret_cast<float *>(st + L::G);
+    float *kss = reinterpret_cast<float *>(st + L::KS), *qss = reinterpret_cast<float *>(st + L::QS);
+    const int64_t gi = t0 * P.Hv + h;
+#pragma unroll
+    for (int t = lane; t < BT; t += 32) {
+        const bool ok = t < len;
+        const int64_t o = ok ? gi + t * P.Hv : gi;
+        cp_async4(gs + t, P.gcum + o, ok ? 4 : 0);
+        if (P.kscale) cp_async4(kss + t, P.kscale + o, ok ? 4 : 0);
+        if (P.qscale) cp_async4(qss + t, P.qscale + o, ok ? 4 : 0);
+    }
+}
+
+/* The A fragment (bf16) of k-step kk from the accumulators of n-tiles
+ * 2 kk and 2 kk + 1: rows gid / gid + 8, columns 2 tig (+8). */
+__device__ __forceinline__ void acc_to_a(uint32_t a[4], const float (&c0)[4], const float (&c1)[4]) {
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+/* Row-pair offset of this lane's x4 ldmatrix of n-tiles (2 jj, 2 jj + 1)
+ * by k-step kk, from a [rows = n][cols = k] tile of pitch ld: the B
+ * fragments of both n-tiles (non-transposed: B[k][n] = tile[n][k]). */
+__device__ __forceinline__ int b_rows_off(int lane, int jj, int kk, int ld) {
+    return (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * ld + 16 * kk + ((lane >> 3) & 1) * 8;
+}
+
+template <int KP, int NWS>
+__global__ void __launch_bounds__(32 * (NWS + 1), 1) chunk_fused_kernel(const FusedParams P, int stages,
+                                                                     int slices) {
+    using L = FusedLayout<KP, NWS>;
+    constexpr int NT = KP / 8; /* n-tiles of S's columns */
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + stages * L::STAGE + NWS * L::WARP_BYTES);
+    uint64_t *empty = full + stages;
+
+    unsigned b = blockIdx.x;
+    const int slice = (int)(b % (unsigned)slices);
+    b /= (unsigned)slices;
+    const int h = (int)(b % (unsigned)P.Hv);
+    const int n = (int)(b / (unsigned)P.Hv);
+    const int kh = P.tiled ? h % P.Hk : h / P.group;
+    const Seq sq = locate_seq(P.map, n);
+    const int nchunks = (int)((sq.eos - sq.bos + BT - 1) / BT);
+    const int row0 = slice * L::ROWS;
+
+    if (threadIdx.x == 0)
+        for (int i = 0; i < stages; i++) {
+            mbar_init(full + i, 32);
+            mbar_init(empty + i, 32 * NWS);
+        }
+    __syncthreads();
+
+    if (warp == NWS) { /* the producer */
+        for (int c = 0; c < nchunks; c++) {
+            const int slot = c % stages;
+            if (c >= stages) mbar_wait(empty + slot, (uint32_t)((c / stages - 1) & 1));
+            load_stage<KP, NWS>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane);
+            mbar_arrive_cp_async(full + slot);
+        }
+        cp_async_commit();
+        cp_async_wait<0>(); /* no copy outlives its issuing thread */
+        return;
+    }
+
+    /* ---- a compute warp: rows r0 .. r0 + 15 of the head's state ---- */
+    const int r0 = row0 + 16 * warp;
+    const int64_t head = ((int64_t)n * P.Hv + h) * P.V * P.K;
+    float S[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
+            S[j][e] = P.h0 && v < P.V && k < P.K ? P.h0[head + state_at(P.kv, P.V, P.K, v, k)] : 0.f;
+        }
+    float *wq = reinterpret_cast<float *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
+    float *wk = wq + BT, *wd = wk + BT;
+    __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(wd + BT);
+    const int vl = 16 * warp; /* this warp's rows in the stage's v tile */
+
+    for (int c = 0; c < nchunks; c++) {
+        const int slot = c % stages;
+        const uint8_t *st = smem + slot * L::STAGE;
+        const __nv_bfloat16 *qs = reinterpret_cast<const __nv_bfloat16 *>(st + L::Q);
+        const __nv_bfloat16 *ks = reinterpret_cast<const __nv_bfloat16 *>(st + L::KC);
+        const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
+        const __nv_bfloat16 *ts = reinterpret_cast<const __nv_bfloat16 *>(st + L::TM);
+        const __nv_bfloat16 *tl = reinterpret_cast<const __nv_bfloat16 *>(st + L::TL);
+        const __nv_bfloat16 *ps = reinterpret_cast<const __nv_bfloat16 *>(st + L::PM);
+        const float *gs = reinterpret_cast<const float *>(st + L::G);
+        const float *kss = reinterpret_cast<const float *>(st + L::KS);
+        const float *qss = reinterpret_cast<const float *>(st + L::QS);
+        const int64_t t0 = sq.bos + (int64_t)c * BT;
+        const int len = (int)min((int64_t)BT, sq.eos - t0);
+
+        if (P.chunk_states) { /* the state at this chunk's start */
+            const int64_t base = ((sq.hoff + c) * P.Hv + h) * P.V * P.K;
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
+                    if (v < P.V && k < P.K) P.chunk_states[base + state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
+                }
+        }
+        mbar_wait(full + slot, (uint32_t)((c / stages) & 1));
+
+        /* per-token factors (two tokens a lane) */
+        const float GL = gs[len - 1];
+#pragma unroll
+        for (int t = lane; t < BT; t += 32) {
+            const float G = gs[t];
+            const float kf = P.kscale ? kss[t] : 1.f, qf = P.qscale ? qss[t] : 1.f;
+            wq[t] = P.scale * qf * expf(G);
+            wk[t] = kf * expf(G);
+            wd[t] = kf * expf(GL - G);
+        }
+        __syncwarp();
+
+        /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
+        float O[8][4], X[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) O[j][e] = X[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KP / 16; kk++) {
+            uint32_t a[4];
+            acc_to_a(a, S[2 * kk], S[2 * kk + 1]);
+#pragma unroll
+            for (int jj = 0; jj < 4; jj++) {
+                uint32_t bq[4], bk[4];
+                const int off = b_rows_off(lane, jj, kk, L::LDK);
+                ldmatrix_x4(bq, qs + off);
+                ldmatrix_x4(bk, ks + off);
+                mma_bf16_16816(O[2 * jj], a, bq);
+                mma_bf16_16816(O[2 * jj + 1], a, bq + 2);
+                mma_bf16_16816(X[2 * jj], a, bk);
+                mma_bf16_16816(X[2 * jj + 1], a, bk + 2);
+            }
+        }
+
+        /* U' = V^T - X diag(ks gamma), packed as A fragments; O1 scaled.
+         * V^T's C-layout pairs come from the v tile by ldmatrix.trans. */
+        uint32_t ua[4][4];
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++) {
+            uint32_t vt[4];
+            ldmatrix_x4_trans(vt, vs + (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * L::LDV + vl +
+                                      ((lane >> 3) & 1) * 8);
+            float u[2][4];
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                const int j = 2 * jj + s;
+                const int t = 8 * j + 2 * tig;
+                const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s]));
+                const float2 hi =
+                    __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s + 1]));
+                const float k0 = wk[t], k1 = wk[t + 1], q0 = wq[t], q1 = wq[t + 1];
+                u[s][0] = lo.x - X[j][0] * k0;
+                u[s][1] = lo.y - X[j][1] * k1;
+                u[s][2] = hi.x - X[j][2] * k0;
+                u[s][3] = hi.y - X[j][3] * k1;
+                O[j][0] *= q0;
+                O[j][1] *= q1;
+                O[j][2] *= q0;
+                O[j][3] *= q1;
+            }
+            acc_to_a(ua[jj], u[0], u[1]);
+        }
+
+        /* D^T = U' (T lo + T hi)^T (T lower triangular: k-steps kk <= jj) */
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) X[j][e] = 0.f;
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+            for (int kk = 0; kk <= jj; kk++) {
+                uint32_t bt[4], bl[4];
+                const int off = b_rows_off(lane, jj, kk, LDT);
+                ldmatrix_x4(bl, tl + off);
+                ldmatrix_x4(bt, ts + off);
+                mma_bf16_16816(X[2 * jj], ua[kk], bl);
+                mma_bf16_16816(X[2 * jj + 1], ua[kk], bl + 2);
+                mma_bf16_16816(X[2 * jj], ua[kk], bt);
+                mma_bf16_16816(X[2 * jj + 1], ua[kk], bt + 2);
+            }
+
+        /* A fragments of D^T (for O2) and of D'^T = D^T diag(ks exp(G_L - G)) */
+        uint32_t da[4][4], dp[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            acc_to_a(da[kk], X[2 * kk], X[2 * kk + 1]);
+            float d[2][4];
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                const int j = 2 * kk + s, t = 8 * j + 2 * tig;
+                const float f0 = wd[t], f1 = wd[t + 1];
+                d[s][0] = X[j][0] * f0;
+                d[s][1] = X[j][1] * f1;
+                d[s][2] = X[j][2] * f0;
+                d[s][3] = X[j][3] * f1;
+            }
+            acc_to_a(dp[kk], d[0], d[1]);
+        }
+
+        /* O += D^T P^T (P lower triangular) */
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+            for (int kk = 0; kk <= jj; kk++) {
+                uint32_t bp[4];
+                ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
+                mma_bf16_16816(O[2 * jj], da[kk], bp);
+                mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
+            }
+
+        /* S = gamma_L S + D'^T k (k columns by ldmatrix.trans) */
+        const float gL = expf(GL);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) S[j][e] *= gL;
+        const int kblocks = (len + 15) >> 4; /* k-steps with tokens */
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            if (kk >= kblocks) break;
+#pragma unroll
+            for (int np = 0; np < KP / 16; np++) {
+                uint32_t bk[4];
+                ldmatrix_x4_trans(bk, ks + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
+                                          16 * np + (lane >> 4) * 8);
+                mma_bf16_16816(S[2 * np], dp[kk], bk);
+                mma_bf16_16816(S[2 * np + 1], dp[kk], bk + 2);
+            }
+        }
+        mbar_arrive(empty + slot); /* the stage is read */
+
+        /* o rows of this chunk: through the warp's staging tile, 16-byte stores */
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int t = 8 * j + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
+                ost[t * LDO + v] = __float2bfloat16(O[j][e]);
+            }
+        __syncwarp();
+        __nv_bfloat16 *og = P.o + (t0 * P.Hv + h) * P.V + r0;
+#pragma unroll
+        for (int i = lane; i < 2 * BT; i += 32) {
+            const int t = i >> 1, half = (i & 1) * 8;
+            if (t < len && r0 + half < P.V)
+                *reinterpret_cast<uint4 *>(og + t * (int64_t)P.Hv * P.V + half) =
+                    *reinterpret_cast<const uint4 *>(ost + t * LDO + half);
+        }
+        __syncwarp();
+    }
+
+    if (P.final_state) {
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
+                if (v < P.V && k < P.K) P.final_state[head + state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
+            }
+    }
+}
+
+template <int KP, int NWS>
+gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_t stream) {
+    using L = FusedLayout<KP, NWS>;
+    const int slices = (P.V + L::ROWS - 1) / L::ROWS;
+    int stages = 2;
+    while (stages < 4 && (size_t)L::bytes(stages + 1) <= ctx->smem_optin) stages++;
+    if (stages > 3) stages = 3;
+    stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
+    const int bytes = L::bytes(stages);
+    if ((size_t)bytes > ctx->smem_optin)
+        return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
+                        "chunk_fused: %d bytes of shared memory, device allows %zu", bytes,
+                        ctx->smem_optin);
+    const int64_t blocks = N * P.Hv * slices;
+    if (blocks > INT32_MAX)
+        return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "chunk_fused: %lld blocks exceed the grid",
+                        (long long)blocks);
+    auto kern = chunk_fused_kernel<KP, NWS>;
+    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    kern<<<(unsigned)blocks, 32 * (NWS + 1), bytes, stream>>>(P, stages, slices);
+    GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
+    return GDN_SUCCESS;
+}
+
+} // namespace
+
+bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
+    (void)ctx;
+    return p->K <= 128 && p->V <= 128 && p->K % 8 == 0 && p->V % 8 == 0;
+}
+
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream) {
+    const int64_t N = P.map.N;
+    /* rows a block: 32 (2 compute warps) unless that leaves too many blocks
+     * for one wave and 64 still fill the machine; bits do not depend on it */
+    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int64_t heads = N * P.Hv;
+    int nws = heads * ((P.V + 31) / 32) > sms && heads * ((P.V + 63) / 64) >= sms ? 4 : 2;
+    nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
+    if (P.K <= 64)
+        return nws == 4 ? launch<64, 4>(ctx, P, N, stream) : launch<64, 2>(ctx, P, N, stream);
+    return nws == 4 ? launch<128, 4>(ctx, P, N, stream) : launch<128, 2>(ctx, P, N, stream);
+}
+
+} // namespace gdn
