@@ -19,7 +19,14 @@ FLA is timed on the contiguous form, twice:
   in L2 and its writes never reach DRAM between calls (about half the
   bytes at N = 1).
 Neither counts the copy back into a pool that a serving engine using FLA
-would need. For a bf16 pool FLA reads bf16 and writes f32 (1.5x libgdn's
+would need. Two more columns for an f32 pool:
+- "FLA kernel in place": FLA's Triton kernel launched directly with the
+  final state aliased to the initial state (safe: each program reads its
+  tile before its token loop and writes the same tile after it). The same
+  operation as libgdn's in-place pool update, by FLA's kernel.
+- "FLA + gather / scatter": the public call inside what an engine with a
+  state pool would have to do around it: index_select the N states from
+  their slots, the call, index_copy_ the final states back. For a bf16 pool FLA reads bf16 and writes f32 (1.5x libgdn's
 bytes). For the random-slots row FLA runs the same N contiguously (it
 cannot index).
 
@@ -72,6 +79,43 @@ def run_one(row):
                     outs.append(ht)
         return fn
 
+    def make_inplace_fn():
+        # FLA's own kernel with ht aliased to h0: each program loads its
+        # [BV, K] tile of h0 before its token loop and stores the same tile
+        # after it, so the alias is safe; this is the pool update libgdn does
+        # (in place), done by FLA's kernel, for the same DRAM traffic.
+        from fla.ops.gated_delta_rule.fused_recurrent import (
+            fused_recurrent_gated_delta_rule_fwd_kernel as kern)
+        import triton
+        o = torch.empty_like(v)
+        BK = triton.next_power_of_2(K)
+        BV = min(8, triton.next_power_of_2(V))
+        grid = (triton.cdiv(V, BV) * N * Hv,)
+
+        def fn():
+            for i in range(calls):
+                h = h0s[i % copies]
+                kern[grid](q=q, k=k, v=v, g=g, gk=None, gv=None, beta=beta, A_log=None,
+                           dt_bias=None, o=o, h0=h, ht=h, cu_seqlens=None, scale=K ** -0.5,
+                           T=1, H=Hk, HV=Hv, K=K, V=V, BK=BK, BV=BV, IS_BETA_HEADWISE=True,
+                           USE_QK_L2NORM_IN_KERNEL=False, APPLY_BETA_SIGMOID=False,
+                           ALLOW_NEG_EIGVAL=False, STATE_V_FIRST=v_first,
+                           num_warps=1, num_stages=3)
+        return fn
+
+    def make_pool_fn(slot_lists):
+        # what an engine with a pool of states would do around FLA's call:
+        # gather the N states at their slots, run, scatter the final states back
+        def fn():
+            for i in range(calls):
+                pool, idx = h0s[i % copies], slot_lists[i % copies]
+                h0 = pool.index_select(0, idx)
+                o, ht = fused_recurrent_gated_delta_rule(
+                    q, k, v, g=g, beta=beta, initial_state=h0,
+                    output_final_state=True, state_v_first=v_first)
+                pool.index_copy_(0, idx, ht.to(pool.dtype))
+        return fn
+
     print(f"DEVICE {torch.cuda.get_device_name()}", flush=True)
     # reused: the caching allocator hands each call the block the previous
     # call freed, so every final state lands in one buffer (L2-resident when
@@ -80,6 +124,18 @@ def run_one(row):
         ms = graph_time_ms(make_fn(keep), reps=15, inner=None)
         print(f"{tag} {ms * 1e3 / calls:.4f}", flush=True)
         torch.cuda.empty_cache()
+    if dt == torch.float32:
+        ms = graph_time_ms(make_inplace_fn(), reps=15, inner=None)
+        print(f"RESULT_INPLACE {ms * 1e3 / calls:.4f}", flush=True)
+        torch.cuda.empty_cache()
+        P = int(row["pool_size"])
+        if P != N:  # the random-slots row: a pool of P states per copy, N random slots
+            h0s[:] = [torch.full((P,) + shape[1:], 0.0115, dtype=dt, device=dev)
+                      for _ in range(max(1, copies * N // P))]
+            copies = len(h0s)
+        slots = [torch.randperm(P, device=dev)[:N] for _ in range(copies)]
+        ms = graph_time_ms(make_pool_fn(slots), reps=15, inner=None)
+        print(f"RESULT_POOL {ms * 1e3 / calls:.4f}", flush=True)
 
 
 def main():
@@ -92,8 +148,10 @@ def main():
     name = "unknown (no FLA row ran)"
     bw = float(rows[0]["copy_bw"]) if rows else float("nan")
     out = ["| row | N | pool | layout | slots | ours (us) | FLA (us) | floor (us) | ours / floor | "
-           "ours % of copy BW | FLA / floor | FLA / ours | FLA, reused output (us) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "ours % of copy BW | FLA / floor | FLA / ours | FLA, reused output (us) | "
+           "FLA kernel in place (us) | FLA in place / ours | FLA + gather / scatter (us) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+           "| --- | --- | --- |"]
     for line in out:
         print(line, flush=True)
     notes = set()
@@ -106,6 +164,10 @@ def main():
             res = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             reu = [x for x in p.stdout.splitlines() if x.startswith("RESULT_REUSED ")]
             reused_s = f"{float(reu[-1].split()[1]):.2f}" if reu else "-"
+            inp = [x for x in p.stdout.splitlines() if x.startswith("RESULT_INPLACE ")]
+            inplace = float(inp[-1].split()[1]) if inp else float("nan")
+            pol = [x for x in p.stdout.splitlines() if x.startswith("RESULT_POOL ")]
+            pool_s = f"{float(pol[-1].split()[1]):.2f}" if pol else "-"
             dev = [x[7:] for x in p.stdout.splitlines() if x.startswith("DEVICE ")]
             if dev:
                 name = dev[-1]
@@ -119,6 +181,7 @@ def main():
                 print(f"{r['name']}: FLA failed (exit {p.returncode}): {err[:300]}", flush=True)
         except subprocess.TimeoutExpired:
             fla, fla_s, reused_s = float("nan"), "timeout *", "-"
+            inplace, pool_s = float("nan"), "-"
             notes.add(f"* {r['name']}: FLA did not finish in 120 s")
         slots = "random" if int(r["pool_size"]) != int(r["N"]) else "n"
         if slots == "random":
@@ -128,7 +191,9 @@ def main():
                       "(1.5x the bytes); the floor is libgdn's bytes")
         out.append(f"| {r['name']} | {r['N']} | {r['dtype']} | {r['layout'].upper()} | {slots} | "
                    f"{ours:.2f} | {fla_s} | {floor:.2f} | {ours / floor:.2f} | {100 * floor / ours:.0f}% | "
-                   f"{fla / floor:.2f} | {fla / ours:.2f} | {reused_s} |")
+                   f"{fla / floor:.2f} | {fla / ours:.2f} | {reused_s} | "
+                   + (f"{inplace:.2f} | {inplace / ours:.3f} | " if inplace == inplace else "- | - | ")
+                   + f"{pool_s} |")
         print(out[-1], flush=True)
     out.append("")
     out.extend(sorted(notes))
