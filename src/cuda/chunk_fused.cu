@@ -18,11 +18,18 @@
  *   D^T P^T        A = D^T likewise, B = P rows
  *   D'^T k         A = D'^T, B = k columns (ldmatrix.trans)
  * T and P are lower triangular: the blocks above the diagonal are skipped.
- * A block is NWS compute warps (16 NWS rows of one value head) and one
- * producer warp that streams each chunk's q, k, the block's v columns, T,
- * P and gates into a ring of stages by cp.async (mbarriers full / empty,
+ * A block is NWS compute warps (16 NWS rows of one value head) and one or
+ * two producer warps that stream each chunk's q, k, the block's v columns,
+ * T, P and gates into a ring of stages by cp.async (mbarriers full / empty,
  * as the state kernel's producer form). The compute warps meet nowhere:
  * each waits on full, reads the stage, and arrives on empty.
+ *
+ * What bounds it (ncu, H100, q35_t8k, 271 us): the compute warps' own
+ * chains of dependent products, one warp a scheduler: stalls are mostly
+ * fixed-latency waits, the tensor pipe of the busy schedulers about half
+ * used; they rarely wait for a stage. Not the fills: leaving T lo unloaded
+ * (13% of the bytes) changed nothing, and moving the output products onto
+ * warps of their own (branch wip/fused-split) did not shorten a chunk.
  *
  * Determinism and batch invariance: every row's arithmetic is fixed by
  * its chunk inputs and its own accumulators, in a fixed order; the plan
@@ -81,12 +88,13 @@ __device__ __forceinline__ int64_t state_at(int kv, int V, int K, int v, int k) 
     return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
 }
 
-/* The producer warp: chunk c of the sequence into stage slot. Rows past
+/* The producer warp (part of nparts): chunk c of the sequence into stage
+ * slot; with two, part 0 loads q and k, part 1 the rest. Rows past
  * the chunk's end and columns past K, V are zero-filled (never read from
  * global). T and P tiles are whole (prep wrote all 64 rows). */
 template <int KP, int NWS>
 __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const Seq &sq, int c,
-                                           int h, int kh, int row0, int lane) {
+                                           int h, int kh, int row0, int lane, int part, int nparts) {
     using L = FusedLayout<KP, NWS>;
     const int64_t t0 = sq.bos + (int64_t)c * BT;
     const int len = (int)min((int64_t)BT, sq.eos - t0);
@@ -99,13 +107,16 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
     const int64_t rs_k = (int64_t)P.Hk * P.K, rs_v = (int64_t)P.Hv * P.V;
     const __nv_bfloat16 *qg = P.q + (t0 * P.Hk + kh) * P.K, *kg = P.k + (t0 * P.Hk + kh) * P.K;
     constexpr int CPR = KP / 8; /* 16-byte pieces a q / k row */
+    if (part == 0) {
 #pragma unroll 4
-    for (int i = lane; i < BT * CPR; i += 32) {
-        const int t = i / CPR, cc = (i % CPR) * 8;
-        const bool ok = t < len && cc < P.K;
-        const int64_t off = ok ? t * rs_k + cc : 0;
-        cp_async16(qs + t * L::LDK + cc, qg + off, ok ? 16 : 0);
-        cp_async16(ks + t * L::LDK + cc, kg + off, ok ? 16 : 0);
+        for (int i = lane; i < BT * CPR; i += 32) {
+            const int t = i / CPR, cc = (i % CPR) * 8;
+            const bool ok = t < len && cc < P.K;
+            const int64_t off = ok ? t * rs_k + cc : 0;
+            cp_async16(qs + t * L::LDK + cc, qg + off, ok ? 16 : 0);
+            cp_async16(ks + t * L::LDK + cc, kg + off, ok ? 16 : 0);
+        }
+        if (nparts > 1) return;
     }
     constexpr int CPV = L::ROWS / 8;
     const __nv_bfloat16 *vg = P.v + (t0 * P.Hv + h) * P.V + row0;
@@ -153,8 +164,8 @@ __device__ __forceinline__ int b_rows_off(int lane, int jj, int kk, int ld) {
 }
 
 template <int KP, int NWS>
-__global__ void __launch_bounds__(32 * (NWS + 1), 1) chunk_fused_kernel(const FusedParams P, int stages,
-                                                                     int slices) {
+__global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const FusedParams P, int stages,
+                                                                     int slices, int npw) {
     using L = FusedLayout<KP, NWS>;
     constexpr int NT = KP / 8; /* n-tiles of S's columns */
     extern __shared__ __align__(128) uint8_t smem[];
@@ -175,16 +186,16 @@ __global__ void __launch_bounds__(32 * (NWS + 1), 1) chunk_fused_kernel(const Fu
 
     if (threadIdx.x == 0)
         for (int i = 0; i < stages; i++) {
-            mbar_init(full + i, 32);
+            mbar_init(full + i, 32 * npw);
             mbar_init(empty + i, 32 * NWS);
         }
     __syncthreads();
 
-    if (warp == NWS) { /* the producer */
+    if (warp >= NWS) { /* the producer(s) */
         for (int c = 0; c < nchunks; c++) {
             const int slot = c % stages;
             if (c >= stages) mbar_wait(empty + slot, (uint32_t)((c / stages - 1) & 1));
-            load_stage<KP, NWS>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane);
+            load_stage<KP, NWS>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
             mbar_arrive_cp_async(full + slot);
         }
         cp_async_commit();
@@ -418,7 +429,10 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_
                         (long long)blocks);
     auto kern = chunk_fused_kernel<KP, NWS>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    kern<<<(unsigned)blocks, 32 * (NWS + 1), bytes, stream>>>(P, stages, slices);
+    /* producer warps: two (q, k / the rest) for 4 compute warps, else one
+     * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
+    const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 ? 2 : 1, {1, 2});
+    kern<<<(unsigned)blocks, 32 * (NWS + npw), bytes, stream>>>(P, stages, slices, npw);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
     return GDN_SUCCESS;
 }
