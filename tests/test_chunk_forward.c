@@ -853,6 +853,10 @@ int main(void) {
          OPT_SIG | OPT_SCALE},
         {C_LONG, 2, 300, 1, 2, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
         {C_LONG, 3, 65, 2, 4, 64, 100, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 0, NULL, 0, OPT_SIG},
+        /* enough value heads (48 x 2 row tiles) that the CUDA plan picks the
+         * fused path by itself on a GPU with up to 192 multiprocessors */
+        {C_LONG, 1, 200, 16, 48, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
+         OPT_L2 | OPT_QWEN | OPT_SIG},
     };
     printf("cases:\n");
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
