@@ -110,7 +110,9 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
     P.gcum = reinterpret_cast<float *>(ws + l.gcum);
     P.qscale = a->q && a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.qscale) : nullptr;
     P.kscale = a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.kscale) : nullptr;
-    if (fused) {
+    if (fused) { /* the T/P form: the per-token factors in the same arrays */
+        P.qscale = reinterpret_cast<float *>(ws + l.qscale);
+        P.kscale = reinterpret_cast<float *>(ws + l.kscale);
         P.tmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.tmat);
         P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
@@ -160,9 +162,9 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.tmat = reinterpret_cast<const __nv_bfloat16 *>(ws + l.tmat);
     F.tlo = reinterpret_cast<const __nv_bfloat16 *>(ws + l.tlo);
     F.pmat = reinterpret_cast<const __nv_bfloat16 *>(ws + l.pmat);
-    F.gcum = reinterpret_cast<const float *>(ws + l.gcum);
-    F.qscale = a->opts.l2norm_qk ? reinterpret_cast<const float *>(ws + l.qscale) : nullptr;
-    F.kscale = a->opts.l2norm_qk ? reinterpret_cast<const float *>(ws + l.kscale) : nullptr;
+    F.wq = reinterpret_cast<const float *>(ws + l.qscale);
+    F.wk = reinterpret_cast<const float *>(ws + l.kscale);
+    F.wd = reinterpret_cast<const float *>(ws + l.gcum);
     F.h0 = a->h0;
     F.final_state = a->final_state;
     F.chunk_states = a->chunk_states;

@@ -102,7 +102,11 @@ struct PrepParams {
      *         lo (tlo) with T = hi + lo to about 16 bits: T's rounding
      *         alone put o past SPEC's bound
      *   pmat  P[t][s] = scale qs_t ks_s (q_t . k_s) exp(G_t - G_s), s <= t
-     * qscale must then be set with l2norm (the fused pass reads it). */
+     * and, instead of the norms and the cumsum, the fused pass's per-token
+     * factors (qs, ks = 1 without l2norm; G_L the cumsum at the chunk's
+     * last token), all three arrays required:
+     *   qscale  scale qs_t exp(G_t)     kscale  ks_t exp(G_t)
+     *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
     float scale;
 };
@@ -144,8 +148,7 @@ struct FusedParams {
     ChunkMap map;
     const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
     const __nv_bfloat16 *tmat, *tlo, *pmat; /* prep's tiles */
-    const float *gcum;                /* [tokens, Hv] */
-    const float *qscale, *kscale;     /* [tokens, Hv] or NULL (1) */
+    const float *wq, *wk, *wd;        /* [tokens, Hv]: prep's per-token factors */
     const float *h0;                  /* [N, Hv, V, K] (layout kv) or NULL */
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;

@@ -24,12 +24,16 @@
  * as the state kernel's producer form). The compute warps meet nowhere:
  * each waits on full, reads the stage, and arrives on empty.
  *
- * What bounds it (ncu, H100, q35_t8k, 271 us): the compute warps' own
- * chains of dependent products, one warp a scheduler: stalls are mostly
- * fixed-latency waits, the tensor pipe of the busy schedulers about half
- * used; they rarely wait for a stage. Not the fills: leaving T lo unloaded
- * (13% of the bytes) changed nothing, and moving the output products onto
- * warps of their own (branch wip/fused-split) did not shorten a chunk.
+ * What bounds it (H100, q35_t8k, 271 us, 2.1 us a chunk): the compute
+ * warps, one a scheduler, always busy: stalls are mostly fixed-latency
+ * waits. Clocked by phase (clock64, one warp, cycles a chunk): S q^T with
+ * S k^T 1000 (128 products, about 8 cycles each), the update 840, o's
+ * staging and stores 585, D^T 305, O2 265, U' 230, waiting for a stage 180.
+ * Not the fills: leaving T lo unloaded (13% of the bytes) changed nothing.
+ * Tried and slower or no faster (RESULTS): output warps beside state warps,
+ * two warps splitting S's columns, stmatrix for o's staging.
+ * The per-token factors come from prep (they were computed here by every
+ * warp: q35_t32k -5%).
  *
  * Determinism and batch invariance: every row's arithmetic is fixed by
  * its chunk inputs and its own accumulators, in a fixed order; the plan
@@ -45,8 +49,8 @@ constexpr int LDT = BT + 8; /* T, P rows (bf16): 144 bytes, conflict-free ldmatr
 constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
 
 /* One stage: q, k [64][KP+8], v [64][16 NWS + 8], T hi, T lo, P [64][72] bf16,
- * then G, ks, qs [64] f32. After the stages: per compute warp its gate
- * vectors (3 x 64 f32) and o staging [64][LDO] bf16; then the mbarriers. */
+ * then prep's per-token factors wd, wk, wq [64] f32. After the stages: per
+ * compute warp its o staging [64][LDO] bf16; then the mbarriers. */
 template <int KP, int NWS> struct FusedLayout {
     static constexpr int LDK = KP + 8;
     static constexpr int ROWS = 16 * NWS;
@@ -57,11 +61,11 @@ template <int KP, int NWS> struct FusedLayout {
     static constexpr int TM = VS + BT * LDV * 2;
     static constexpr int TL = TM + BT * LDT * 2;
     static constexpr int PM = TL + BT * LDT * 2;
-    static constexpr int G = PM + BT * LDT * 2;
-    static constexpr int KS = G + BT * 4;
-    static constexpr int QS = KS + BT * 4;
-    static constexpr int STAGE = QS + BT * 4;
-    static constexpr int WARP_BYTES = 3 * BT * 4 + BT * LDO * 2;
+    static constexpr int WD = PM + BT * LDT * 2;
+    static constexpr int WK = WD + BT * 4;
+    static constexpr int WQ = WK + BT * 4;
+    static constexpr int STAGE = WQ + BT * 4;
+    static constexpr int WARP_BYTES = BT * LDO * 2;
     static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0, "16-byte pieces");
     static int bytes(int stages) { return stages * STAGE + NWS * WARP_BYTES + 2 * stages * 8; }
 };
@@ -134,16 +138,16 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
         cp_async16(tl + t * LDT + cc, P.tlo + tile + t * BT + cc, 16);
         cp_async16(ps + t * LDT + cc, P.pmat + tile + t * BT + cc, 16);
     }
-    float *gs = reinterpret_cast<float *>(st + L::G);
-    float *kss = reinterpret_cast<float *>(st + L::KS), *qss = reinterpret_cast<float *>(st + L::QS);
+    float *wd = reinterpret_cast<float *>(st + L::WD), *wk = reinterpret_cast<float *>(st + L::WK);
+    float *wq = reinterpret_cast<float *>(st + L::WQ);
     const int64_t gi = t0 * P.Hv + h;
 #pragma unroll
-    for (int t = lane; t < BT; t += 32) {
+    for (int t = lane; t < BT; t += 32) { /* zero past the end: those tokens add nothing */
         const bool ok = t < len;
         const int64_t o = ok ? gi + t * P.Hv : gi;
-        cp_async4(gs + t, P.gcum + o, ok ? 4 : 0);
-        if (P.kscale) cp_async4(kss + t, P.kscale + o, ok ? 4 : 0);
-        if (P.qscale) cp_async4(qss + t, P.qscale + o, ok ? 4 : 0);
+        cp_async4(wd + t, P.wd + o, ok ? 4 : 0);
+        cp_async4(wk + t, P.wk + o, ok ? 4 : 0);
+        cp_async4(wq + t, P.wq + o, ok ? 4 : 0);
     }
 }
 
@@ -214,9 +218,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
             S[j][e] = P.h0 && v < P.V && k < P.K ? P.h0[head + state_at(P.kv, P.V, P.K, v, k)] : 0.f;
         }
-    float *wq = reinterpret_cast<float *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
-    float *wk = wq + BT, *wd = wk + BT;
-    __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(wd + BT);
+    __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
     const int vl = 16 * warp; /* this warp's rows in the stage's v tile */
 
     for (int c = 0; c < nchunks; c++) {
@@ -228,9 +230,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
         const __nv_bfloat16 *ts = reinterpret_cast<const __nv_bfloat16 *>(st + L::TM);
         const __nv_bfloat16 *tl = reinterpret_cast<const __nv_bfloat16 *>(st + L::TL);
         const __nv_bfloat16 *ps = reinterpret_cast<const __nv_bfloat16 *>(st + L::PM);
-        const float *gs = reinterpret_cast<const float *>(st + L::G);
-        const float *kss = reinterpret_cast<const float *>(st + L::KS);
-        const float *qss = reinterpret_cast<const float *>(st + L::QS);
+        const float *wd = reinterpret_cast<const float *>(st + L::WD);
+        const float *wk = reinterpret_cast<const float *>(st + L::WK);
+        const float *wq = reinterpret_cast<const float *>(st + L::WQ);
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
 
@@ -245,18 +247,6 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
                 }
         }
         mbar_wait(full + slot, (uint32_t)((c / stages) & 1));
-
-        /* per-token factors (two tokens a lane) */
-        const float GL = gs[len - 1];
-#pragma unroll
-        for (int t = lane; t < BT; t += 32) {
-            const float G = gs[t];
-            const float kf = P.kscale ? kss[t] : 1.f, qf = P.qscale ? qss[t] : 1.f;
-            wq[t] = P.scale * qf * expf(G);
-            wk[t] = kf * expf(G);
-            wd[t] = kf * expf(GL - G);
-        }
-        __syncwarp();
 
         /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
         float O[8][4], X[8][4];
@@ -359,7 +349,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
             }
 
         /* S = gamma_L S + D'^T k (k columns by ldmatrix.trans) */
-        const float gL = expf(GL);
+        /* exp(G_L) = wk / wd at the last token (ks > 0): at most an ulp or
+         * two from exp(G_L), exact without l2norm (ks = 1) */
+        const float gL = wk[len - 1] / wd[len - 1];
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll

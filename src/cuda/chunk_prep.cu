@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             const bool ok = t < len;
             bs[t] = ok ? b[e] : 0.f;
             Gs[t] = ok ? G[e] : 0.f;
-            if (ok) P.gcum[(t0 + t) * Hv + h] = G[e];
+            if (ok && !TP) P.gcum[(t0 + t) * Hv + h] = G[e];
         }
     }
 
@@ -286,8 +286,18 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             kss[t] = ok ? ks : 0.f;
             if constexpr (TP) dws[t] = ok ? qs : 0.f;
             else dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
-            if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
-            if (ok && qnorm) P.qscale[(t0 + t) * Hv + h] = qs;
+            if constexpr (TP) { /* the fused pass's per-token factors */
+                if (ok) {
+                    const int64_t at = (t0 + t) * Hv + h;
+                    const float G = Gs[t], eg = expf(G);
+                    P.qscale[at] = P.scale * qs * eg;
+                    P.kscale[at] = ks * eg;
+                    P.gcum[at] = ks * expf(Gs[len - 1] - G);
+                }
+            } else {
+                if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
+                if (ok && qnorm) P.qscale[(t0 + t) * Hv + h] = qs;
+            }
         }
     }
     __syncthreads();
