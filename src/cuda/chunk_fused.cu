@@ -167,6 +167,21 @@ __device__ __forceinline__ int b_rows_off(int lane, int jj, int kk, int ld) {
     return (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * ld + 16 * kk + ((lane >> 3) & 1) * 8;
 }
 
+/* A warp's 16 rows of S (from r0, all K columns) into the [V][K] state
+ * (layout P.kv) at dst; rows past V and columns past K are not stored. */
+template <int NT>
+__device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], const FusedParams &P,
+                                           int r0, int lane) {
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
+            if (v < P.V && k < P.K) dst[state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
+        }
+}
+
 template <int KP, int NWS>
 __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const FusedParams P, int stages,
                                                                      int slices, int npw) {
@@ -236,16 +251,8 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
 
-        if (P.chunk_states) { /* the state at this chunk's start */
-            const int64_t base = ((sq.hoff + c) * P.Hv + h) * P.V * P.K;
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-                    if (v < P.V && k < P.K) P.chunk_states[base + state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
-                }
-        }
+        if (P.chunk_states) /* the state at this chunk's start */
+            store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P, r0, lane);
         mbar_wait(full + slot, (uint32_t)((c / stages) & 1));
 
         /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
@@ -391,15 +398,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
         __syncwarp();
     }
 
-    if (P.final_state) {
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-                if (v < P.V && k < P.K) P.final_state[head + state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
-            }
-    }
+    if (P.final_state) store_rows(P.final_state + head, S, P, r0, lane);
 }
 
 template <int KP, int NWS>
