@@ -428,11 +428,19 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_
     return GDN_SUCCESS;
 }
 
+/* Whether nws compute warps with a two-deep ring fit the device's shared
+ * memory at K <= KP. */
+template <int KP> bool fits(const gdn_context *ctx, int nws) {
+    const int bytes = nws == 4 ? FusedLayout<KP, 4>::bytes(2) : FusedLayout<KP, 2>::bytes(2);
+    return (size_t)bytes <= ctx->smem_optin;
+}
+
 } // namespace
 
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
-    (void)ctx;
-    return p->K <= 128 && p->V <= 128 && p->K % 8 == 0 && p->V % 8 == 0;
+    if (p->K > 128 || p->V > 128 || p->K % 8 != 0 || p->V % 8 != 0) return false;
+    /* H100: 143 KB; a device that cannot hold it takes the three kernels */
+    return p->K <= 64 ? fits<64>(ctx, 2) : fits<128>(ctx, 2);
 }
 
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream) {
@@ -442,6 +450,7 @@ gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
     const int64_t heads = N * P.Hv;
     int nws = heads * ((P.V + 31) / 32) > sms && heads * ((P.V + 63) / 64) >= sms ? 4 : 2;
+    if (nws == 4 && !(P.K <= 64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
     if (P.K <= 64)
         return nws == 4 ? launch<64, 4>(ctx, P, N, stream) : launch<64, 2>(ctx, P, N, stream);
