@@ -1,15 +1,19 @@
 /*
- * gdn_chunk_forward on CUDA: the three stages of chunk_forward.cuh on the
+ * gdn_chunk_forward on CUDA: the paths of chunk_forward.cuh on the
  * context's stream, their intermediates in the caller's workspace.
  *
+ * Fused (use_fused):
+ *   prep    q, k, g, beta        -> T (hi, lo), P, per-token factors
+ *   fused   q, k, v, T, P, ...   -> o, final_state, chunk_states
+ * Three stages (otherwise):
  *   prep    q, k, v, g, beta -> w, u, gcum (and the L2-norm scales)
  *   state   w, u, k, gcum    -> h (bf16 chunk-start states), v_new,
  *                               final_state, chunk_states (f32, if asked)
  *   output  q, k, h, v_new   -> o
  *
- * The split of long sequences in the state stage is decided from one
- * sequence's work (per_seq_split), so a sequence gets the same bits alone
- * or in a batch; every other stage works per chunk and head.
+ * The path and the split of long sequences in the state stage are decided
+ * from one sequence's shape (per_seq_split), so a sequence gets the same
+ * bits alone or in a batch; every other stage works per chunk and head.
  */
 #include "chunk_forward.cuh"
 #include "chunk_state.cuh"
@@ -169,7 +173,6 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.final_state = a->final_state;
     F.chunk_states = a->chunk_states;
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
-    F.scale = a->opts.scale;
     F.kv = p->state_layout == GDN_STATE_KV;
     set_heads(F, p);
     return launch_chunk_fused(ctx, F, stream);

@@ -1,8 +1,13 @@
 /*
- * The CUDA chunked forward (gdn_chunk_forward) in three stages, and what
- * they share. Every stage works on whole 64-token chunks; chunk c is
- * numbered over the packed chunk axis of all sequences (0 .. NT-1), as
- * h_out of gdn_chunk_state.
+ * The CUDA chunked forward (gdn_chunk_forward): two paths, and what they
+ * share. Every stage works on whole 64-token chunks; chunk c is numbered
+ * over the packed chunk axis of all sequences (0 .. NT-1), as h_out of
+ * gdn_chunk_state.
+ *
+ * The fused path (K, V <= 128; chosen in chunk_forward.cu): prep in its
+ * T/P form (PrepParams.tmat), then the fused pass (FusedParams,
+ * chunk_fused.cu) for the state and the output together. The three-stage
+ * path:
  *
  *   1. prep   (chunk_prep.cu)    per (chunk, value head): the options
  *             (beta sigmoid, Qwen3-Next gate, L2-norm scales of q and k),
@@ -152,7 +157,6 @@ struct FusedParams {
     const float *h0;                  /* [N, Hv, V, K] (layout kv) or NULL */
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;
-    float scale;
     int Hk, Hv, K, V, group, tiled, kv;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
