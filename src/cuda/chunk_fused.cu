@@ -345,17 +345,6 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
             acc_to_a(dp[kk], d[0], d[1]);
         }
 
-        /* O += D^T P^T (P lower triangular) */
-#pragma unroll
-        for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-            for (int kk = 0; kk <= jj; kk++) {
-                uint32_t bp[4];
-                ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
-                mma_bf16_16816(O[2 * jj], da[kk], bp);
-                mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
-            }
-
         /* S = gamma_L S + D'^T k (k columns by ldmatrix.trans) */
         /* exp(G_L) = wk / wd at the last token (ks > 0): at most an ulp or
          * two from exp(G_L), exact without l2norm (ks = 1) */
@@ -377,6 +366,18 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
                 mma_bf16_16816(S[2 * np + 1], dp[kk], bk + 2);
             }
         }
+        /* O += D^T P^T (P lower triangular), after the update in source
+         * order: its short chains then overlap the update's 64 independent
+         * products (q35_t32k -1%) */
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+            for (int kk = 0; kk <= jj; kk++) {
+                uint32_t bp[4];
+                ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
+                mma_bf16_16816(O[2 * jj], da[kk], bp);
+                mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
+            }
         mbar_arrive(empty + slot); /* the stage is read */
 
         /* o rows of this chunk: through the warp's staging tile, 16-byte stores */
