@@ -74,6 +74,12 @@ __device__ __forceinline__ ChunkLoc locate_chunk(const ChunkMap &m, int64_t c) {
     return l;
 }
 
+/* Element offset of state element (row v of V, column k of K) in a state
+ * tensor [V][K], or [K][V] with kv (GDN_STATE_KV). */
+__device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
+    return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
+}
+
 /* Stage 1. Per (chunk, value head h), tokens t < len of the chunk, kh the
  * key head of h (block: h / group; tiled: h % Hk). All math in f32:
  *   qs_t, ks_t  1 / sqrt(sum_i x_i^2 + 1e-6) of q_t, k_t (bf16 inputs as

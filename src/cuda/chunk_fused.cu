@@ -89,10 +89,6 @@ __device__ __forceinline__ Seq locate_seq(const ChunkMap &m, int n) {
     return s;
 }
 
-__device__ __forceinline__ int64_t state_at(int kv, int V, int K, int v, int k) {
-    return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
-}
-
 /* The producer warp (part of nparts): chunk c of the sequence into stage
  * slot; with two, part 0 loads q and k, part 1 the rest. Rows past
  * the chunk's end and columns past K, V are zero-filled (never read from
@@ -179,7 +175,7 @@ __device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], 
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-            if (v < P.V && k < P.K) dst[state_at(P.kv, P.V, P.K, v, k)] = S[j][e];
+            if (v < P.V && k < P.K) dst[state_index(P.kv, P.V, P.K, v, k)] = S[j][e];
         }
 }
 
@@ -232,7 +228,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-            S[j][e] = P.h0 && v < P.V && k < P.K ? P.h0[head + state_at(P.kv, P.V, P.K, v, k)] : 0.f;
+            S[j][e] = P.h0 && v < P.V && k < P.K ? P.h0[head + state_index(P.kv, P.V, P.K, v, k)] : 0.f;
         }
     __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
     const int vl = 16 * warp; /* this warp's rows in the stage's v tile */
@@ -407,9 +403,8 @@ template <int KP, int NWS>
 gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_t stream) {
     using L = FusedLayout<KP, NWS>;
     const int slices = (P.V + L::ROWS - 1) / L::ROWS;
-    int stages = 2;
-    while (stages < 4 && (size_t)L::bytes(stages + 1) <= ctx->smem_optin) stages++;
-    if (stages > 3) stages = 3;
+    int stages = 2; /* three where they fit */
+    if ((size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)

@@ -170,10 +170,6 @@ template <class L> __device__ __forceinline__ int tile_off(int t, int c) {
         return t * L::LDK + c;
 }
 
-__device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
-    return kv ? (int64_t)k * V + v : (int64_t)v * K + k;
-}
-
 /* Where one chunk's rows start, and the strides between tokens. */
 struct ChunkSrc {
     const __nv_bfloat16 *w, *k, *u;
