@@ -46,8 +46,9 @@ if has test; then
   # every CUDA case through them as well
   # and both load schemes of that kernel wherever the plan would pick the other;
   # other split counts than the plan's for the long few-head cases;
-  # the fused forward (chosen only where one sequence has >= 66 row tiles,
-  # which no test case has) with both of its block sizes
+  # the fused forward (chosen only where one sequence's 32-row tiles fill
+  # half the multiprocessors, which one test case does) on every case it
+  # applies to, with both of its block sizes
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
