@@ -723,56 +723,58 @@ static void check_split_path(gdn_context *ctx) {
     gdn_test_fw_inputs_free(&f);
 }
 
-/* The state pass's row tile (32, 64 or 128 rows, chosen from the batch's
- * size, so a sequence alone and in a large batch can get different ones)
- * must not change the bits: every tile sums each row in the same order.
- * Forced through GDN_CUDA_ROWS_PER_BLOCK, unless the runner has set it. */
-static void check_row_tiles(gdn_context *ctx) {
-    if (getenv("GDN_CUDA_ROWS_PER_BLOCK")) return;
-    const fw_case c = {C_LONG, 2, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
-                       OPT_L2 | OPT_SIG};
+/* Runs case c as planned and again with the environment variable `name`
+ * set to each of values[]: every run must give the planned run's bits (a
+ * knob that only times other block shapes or work splits). Skipped when the
+ * runner has set `name`. */
+static void check_env_bits(gdn_context *ctx, const fw_case *c, uint64_t seed, const char *name,
+                           const char *const *values, int nvalues) {
+    if (getenv(name)) return;
     fw_inputs f;
     fw_out plan;
-    if (!fw_setup(ctx, &c, 4242, &f, &plan)) return;
-    static const char *const rows[] = {"32", "64", "128"};
-    for (int i = 0; i < 3; i++) {
+    if (!fw_setup(ctx, c, seed, &f, &plan)) return;
+    for (int i = 0; i < nvalues; i++) {
         fw_out o;
         fw_out_alloc(&o, &f.in, 1, 1);
-        setenv("GDN_CUDA_ROWS_PER_BLOCK", rows[i], 1);
+        setenv(name, values[i], 1);
         CHECK_STATUS(run_op(ctx, &f, &o), GDN_SUCCESS, ctx);
-        unsetenv("GDN_CUDA_ROWS_PER_BLOCK");
-        CHECK(fw_out_equal(&plan, &o), "%s-row state tiles change the bits", rows[i]);
+        unsetenv(name);
+        CHECK(fw_out_equal(&plan, &o), "%s=%s changes the bits", name, values[i]);
         fw_out_free(&o);
     }
     fw_out_free(&plan);
     gdn_test_fw_inputs_free(&f);
 }
 
+/* The state pass's row tile (32, 64 or 128 rows, chosen from the batch's
+ * size, so a sequence alone and in a large batch can get different ones)
+ * must not change the bits: every tile sums each row in the same order.
+ * Forced through GDN_CUDA_ROWS_PER_BLOCK, unless the runner has set it. */
+static void check_row_tiles(gdn_context *ctx) {
+    const fw_case c = {C_LONG, 2, 300, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       OPT_L2 | OPT_SIG};
+    static const char *const rows[] = {"32", "64", "128"};
+    check_env_bits(ctx, &c, 4242, "GDN_CUDA_ROWS_PER_BLOCK", rows, 3);
+}
+
 /* The fused pass's block size (2 or 4 compute warps, chosen from the
  * batch's size) must not change the bits either: each warp computes its
- * 16 rows the same way. Forced through GDN_CUDA_FUSED=1 and
- * GDN_CUDA_FUSED_WARPS, unless the runner has set them. */
-static void check_fused_warps(gdn_context *ctx) {
-    if (getenv("GDN_CUDA_FUSED_WARPS") || getenv("GDN_CUDA_FUSED")) return;
+ * 16 rows the same way. Nor must prep's sharing of a key head's products
+ * among its value heads (GDN_CUDA_PREP_SHARE=0 gives a block each value
+ * head), checked with both head maps. Forced through GDN_CUDA_FUSED=1,
+ * unless the runner has set it. */
+static void check_fused_knobs(gdn_context *ctx) {
+    if (getenv("GDN_CUDA_FUSED")) return;
     static const int32_t cu[] = {0, 70, 70, 300};
     const fw_case c = {C_LONG, 1, 300, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, cu, 3,
                        OPT_L2 | OPT_SIG};
+    const fw_case tiled = {C_LONG, 1, 200, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
+                           OPT_QWEN | OPT_SIG};
+    static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"};
     setenv("GDN_CUDA_FUSED", "1", 1);
-    fw_inputs f;
-    fw_out two;
-    setenv("GDN_CUDA_FUSED_WARPS", "2", 1);
-    const int ok = fw_setup(ctx, &c, 4343, &f, &two);
-    if (ok) {
-        fw_out four;
-        fw_out_alloc(&four, &f.in, 1, 1);
-        setenv("GDN_CUDA_FUSED_WARPS", "4", 1);
-        CHECK_STATUS(run_op(ctx, &f, &four), GDN_SUCCESS, ctx);
-        CHECK(fw_out_equal(&two, &four), "fused pass: 2- and 4-warp blocks give different bits");
-        fw_out_free(&four);
-        fw_out_free(&two);
-        gdn_test_fw_inputs_free(&f);
-    }
-    unsetenv("GDN_CUDA_FUSED_WARPS");
+    check_env_bits(ctx, &c, 4343, "GDN_CUDA_FUSED_WARPS", warps, 2);
+    check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", no_share, 1);
+    check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
     unsetenv("GDN_CUDA_FUSED");
 }
 #endif
@@ -882,7 +884,7 @@ int main(void) {
 #ifdef GDN_TEST_CUDA
     if (!quick) check_split_path(ctx);
     check_row_tiles(ctx);
-    check_fused_warps(ctx);
+    check_fused_knobs(ctx);
 #endif
 
     gdn_context_destroy(ctx);

@@ -120,6 +120,10 @@ struct PrepParams {
      *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
     float scale;
+    /* T/P form only: value heads a block (1, or group: a block takes a
+     * chunk and a key head, and computes k k^T, q k^T and the norms once
+     * for all of the key head's value heads) */
+    int share;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
 

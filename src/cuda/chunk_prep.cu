@@ -4,7 +4,13 @@
  * gated), the inverse Tinv = (I + A)^-1 and the WY rows
  *   w = Tinv diag(beta exp(G) ks) k,    u = Tinv diag(beta) v.
  *
- * One block of 256 threads per (chunk, head); blocks share nothing. Steps:
+ * One block of 256 threads per (chunk, head); blocks share nothing. The
+ * fused path's form (T and P instead of w and u, see PrepParams) takes a
+ * (chunk, key head) a block instead when Hv > Hk: loads, norms, k k^T and
+ * q k^T depend on the key head only, so they are done once and steps 3-5
+ * run for each of its value heads in turn (H100, one job, against a block
+ * a value head: q397_t8k 0.764 -> 0.725 ms, q35_t32k 1.473 -> 1.451,
+ * q35_t8k unchanged at 0.385). Steps:
  *   load    k, v (and, for its norms, q) rows of the chunk into shared
  *           memory (raw bf16; rows past the end and columns past K, V
  *           zero-filled); gates and the gate cumsum in warp 0
@@ -174,10 +180,19 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
-     * the same k, q rows close together in time (L2 hits). */
-    const int64_t c = blockIdx.x / (unsigned)Hv;
-    const int h = (int)(blockIdx.x % (unsigned)Hv);
-    const int kh = P.tiled ? h % Hk : h / P.group;
+     * the same k, q rows close together in time (L2 hits). With the T/P
+     * form and P.share (= group) > 1 a block takes (chunk, key head) and
+     * every value head of that key head in turn: k, q, their norms and
+     * the products k k^T, q k^T (which depend on the key head only) are
+     * loaded and computed once for all of them. */
+    const int share = TP ? P.share : 1;
+    const unsigned grid_heads = share > 1 ? Hk : Hv;
+    const int64_t c = blockIdx.x / grid_heads;
+    const int hx = (int)(blockIdx.x % grid_heads);
+    const int kh = share > 1 ? hx : P.tiled ? hx % Hk : hx / P.group;
+    /* value head i of this block */
+    auto head_of = [&](int i) { return share == 1 ? hx : P.tiled ? hx + i * Hk : hx * P.group + i; };
+    int h = head_of(0);
     const ChunkLoc loc = locate_chunk(P.map, c);
     const int len = loc.len;
     const int64_t t0 = loc.t0;
@@ -195,7 +210,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     if (!v_late && !TP) load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
     if constexpr (VEC) cp_async_commit();
 
-    if (warp == 0) {
+    /* warp 0: beta and the gate cumsum of value head h into bs, Gs */
+    auto gates = [&](int h) {
         float g[2], b[2];
         const float negA = P.qwen_gate ? -expf(P.A_log[h]) : 0.f;
         const float dtb = P.qwen_gate ? P.dt_bias[h] : 0.f;
@@ -229,7 +245,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             Gs[t] = ok ? G[e] : 0.f;
             if (ok && !TP) P.gcum[(t0 + t) * Hv + h] = G[e];
         }
-    }
+    };
+    if (warp == 0) gates(h);
 
     if constexpr (VEC) cp_async_wait<1>(); /* k and q; v may be in flight */
     __syncthreads();
@@ -286,15 +303,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             kss[t] = ok ? ks : 0.f;
             if constexpr (TP) dws[t] = ok ? qs : 0.f;
             else dws[t] = ok ? bs[t] * expf(Gs[t]) * ks : 0.f;
-            if constexpr (TP) { /* the fused pass's per-token factors */
-                if (ok) {
-                    const int64_t at = (t0 + t) * Hv + h;
-                    const float G = Gs[t], eg = expf(G);
-                    P.qscale[at] = P.scale * qs * eg;
-                    P.kscale[at] = ks * eg;
-                    P.gcum[at] = ks * expf(Gs[len - 1] - G);
-                }
-            } else {
+            if constexpr (!TP) {
                 if (ok && P.l2norm && P.kscale) P.kscale[(t0 + t) * Hv + h] = ks;
                 if (ok && qnorm) P.qscale[(t0 + t) * Hv + h] = qs;
             }
@@ -302,130 +311,151 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     }
     __syncthreads();
 
-    /* ---- 3. A[i][j] = beta_i ks_i ks_j S_ij exp(G_i - G_j), j < i < len;
-     * 0 elsewhere in the lower blocks (select, so a non-finite S of a
-     * masked entry stays out) ---- */
-    if (s_work) {
+    /* Per value head (one pass unless the block shares its key head). */
+    for (int vi = 0; vi < share; vi++) {
+        if (vi > 0) { /* the previous head's T is out: its bs, Gs, A, Tinv are free */
+            h = head_of(vi);
+            __syncthreads();
+            if (warp == 0) gates(h);
+            __syncthreads();
+        }
+        if constexpr (TP) { /* the fused pass's per-token factors, 64 threads */
+            if (tid < BT && tid < len) {
+                const int t = tid;
+                const int64_t at = (t0 + t) * Hv + h;
+                const float G = Gs[t], eg = expf(G);
+                P.qscale[at] = P.scale * dws[t] * eg;
+                P.kscale[at] = kss[t] * eg;
+                P.gcum[at] = kss[t] * expf(Gs[len - 1] - G);
+            }
+        }
+
+        /* ---- 3. A[i][j] = beta_i ks_i ks_j S_ij exp(G_i - G_j), j < i < len;
+         * 0 elsewhere in the lower blocks (select, so a non-finite S of a
+         * masked entry stays out) ---- */
+        if (s_work) {
 #pragma unroll
-        for (int a = 0; a < 2; a++) {
-            if (a == 1 && !s_two) break;
+            for (int a = 0; a < 2; a++) {
+                if (a == 1 && !s_two) break;
 #pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int i = mt * 16 + gid + hf * 8;
-                const bool row_ok = i < len;
-                const float bi = bs[i] * kss[i], gi = Gs[i];
+                for (int hf = 0; hf < 2; hf++) {
+                    const int i = mt * 16 + gid + hf * 8;
+                    const bool row_ok = i < len;
+                    const float bi = bs[i] * kss[i], gi = Gs[i];
 #pragma unroll
-                for (int n = 0; n < 2; n++) {
-                    const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
-                    float2 out;
-                    out.x = row_ok && j < i ? bi * kss[j] * S[a][n][2 * hf] * expf(gi - Gs[j]) : 0.f;
-                    out.y = row_ok && j + 1 < i
-                                ? bi * kss[j + 1] * S[a][n][2 * hf + 1] * expf(gi - Gs[j + 1])
-                                : 0.f;
-                    *reinterpret_cast<float2 *>(A + i * LDF + j) = out;
-                    if constexpr (TP) { /* P[i][j], the diagonal included */
-                        const float qi = P.scale * dws[i];
-                        const float p0 = row_ok && j <= i
-                                             ? qi * kss[j] * QK[TP ? a : 0][n][2 * hf] * expf(gi - Gs[j])
-                                             : 0.f;
-                        const float p1 = row_ok && j + 1 <= i ? qi * kss[j + 1] *
-                                                                    QK[TP ? a : 0][n][2 * hf + 1] *
-                                                                    expf(gi - Gs[j + 1])
-                                                              : 0.f;
-                        *reinterpret_cast<uint32_t *>(P.pmat + ((c * Hv + h) * BT + i) * BT + j) =
-                            pack_bf16x2(p0, p1);
+                    for (int n = 0; n < 2; n++) {
+                        const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
+                        float2 out;
+                        out.x = row_ok && j < i ? bi * kss[j] * S[a][n][2 * hf] * expf(gi - Gs[j]) : 0.f;
+                        out.y = row_ok && j + 1 < i
+                                    ? bi * kss[j + 1] * S[a][n][2 * hf + 1] * expf(gi - Gs[j + 1])
+                                    : 0.f;
+                        *reinterpret_cast<float2 *>(A + i * LDF + j) = out;
+                        if constexpr (TP) { /* P[i][j], the diagonal included */
+                            const float qi = P.scale * dws[i];
+                            const float p0 = row_ok && j <= i
+                                                 ? qi * kss[j] * QK[TP ? a : 0][n][2 * hf] * expf(gi - Gs[j])
+                                                 : 0.f;
+                            const float p1 = row_ok && j + 1 <= i ? qi * kss[j + 1] *
+                                                                        QK[TP ? a : 0][n][2 * hf + 1] *
+                                                                        expf(gi - Gs[j + 1])
+                                                                  : 0.f;
+                            *reinterpret_cast<uint32_t *>(P.pmat + ((c * Hv + h) * BT + i) * BT + j) =
+                                pack_bf16x2(p0, p1);
+                        }
                     }
                 }
             }
         }
-    }
-    __syncthreads();
+        __syncthreads();
 
-    /* ---- 4. diagonal blocks: (I + A_ii) X = [I | A_i0 .. A_i,i-1] by
-     * forward substitution, one lane per right-hand column (160 in all:
-     * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
-     * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
-     * reads that column) ---- */
-    if (tid < 160) {
-        const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
-        const int sub = (tid - 8 * i * (i + 1)) >> 4, cc = tid & 15;
-        const bool ident = sub == i;
-        const float *Ad = A + 16 * i * LDF + 16 * i;
-        float *src = A + 16 * i * LDF + 16 * sub + cc;
-        float x[16];
+        /* ---- 4. diagonal blocks: (I + A_ii) X = [I | A_i0 .. A_i,i-1] by
+         * forward substitution, one lane per right-hand column (160 in all:
+         * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
+         * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
+         * reads that column) ---- */
+        if (tid < 160) {
+            const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
+            const int sub = (tid - 8 * i * (i + 1)) >> 4, cc = tid & 15;
+            const bool ident = sub == i;
+            const float *Ad = A + 16 * i * LDF + 16 * i;
+            float *src = A + 16 * i * LDF + 16 * sub + cc;
+            float x[16];
 #pragma unroll
-        for (int r = 0; r < 16; r++) x[r] = ident ? (r == cc ? 1.f : 0.f) : src[r * LDF];
+            for (int r = 0; r < 16; r++) x[r] = ident ? (r == cc ? 1.f : 0.f) : src[r * LDF];
 #pragma unroll
-        for (int r = 1; r < 16; r++) {
-            const float *arow = Ad + r * LDF;
-            float s = x[r];
+            for (int r = 1; r < 16; r++) {
+                const float *arow = Ad + r * LDF;
+                float s = x[r];
 #pragma unroll
-            for (int q = 0; q < r; q += 4) {
-                const float4 av = *reinterpret_cast<const float4 *>(arow + q);
-                s = fmaf(-av.x, x[q], s);
-                if (q + 1 < r) s = fmaf(-av.y, x[q + 1], s);
-                if (q + 2 < r) s = fmaf(-av.z, x[q + 2], s);
-                if (q + 3 < r) s = fmaf(-av.w, x[q + 3], s);
-            }
-            x[r] = s;
-        }
-        if (ident) {
-            float *dst = Ti + 16 * i * LDF + 16 * i + cc;
-#pragma unroll
-            for (int r = 0; r < 16; r++) dst[r * LDF] = r < cc ? 0.f : x[r];
-        } else {
-#pragma unroll
-            for (int r = 0; r < 16; r++) src[r * LDF] = x[r];
-        }
-    }
-    __syncthreads();
-
-    /* ---- 5. off-diagonal blocks of Tinv, diagonal d = i - j at a time:
-     * T_ij = -sum_{k=j}^{i-1} Y_ik T_kj. 128 threads a block (2 rows x 1
-     * column each), the block index warp-uniform ---- */
-    for (int d = 1; d < 4; d++) {
-        for (int u = tid; u < (4 - d) * 128; u += NTHREADS) {
-            const int i = d + (u >> 7), j = i - d;
-            const int cc = u & 15, r = ((u >> 4) & 7) * 2;
-            float acc0 = 0.f, acc1 = 0.f;
-            for (int k = j; k < i; k++) {
-                const float *y = A + (16 * i + r) * LDF + 16 * k;
-                const float *tc = Ti + 16 * k * LDF + 16 * j + cc;
-#pragma unroll
-                for (int s = 0; s < 16; s += 4) {
-                    const float4 ya = *reinterpret_cast<const float4 *>(y + s);
-                    const float4 yb = *reinterpret_cast<const float4 *>(y + LDF + s);
-                    const float t0v = tc[s * LDF], t1v = tc[(s + 1) * LDF];
-                    const float t2v = tc[(s + 2) * LDF], t3v = tc[(s + 3) * LDF];
-                    acc0 = fmaf(ya.x, t0v, acc0);
-                    acc1 = fmaf(yb.x, t0v, acc1);
-                    acc0 = fmaf(ya.y, t1v, acc0);
-                    acc1 = fmaf(yb.y, t1v, acc1);
-                    acc0 = fmaf(ya.z, t2v, acc0);
-                    acc1 = fmaf(yb.z, t2v, acc1);
-                    acc0 = fmaf(ya.w, t3v, acc0);
-                    acc1 = fmaf(yb.w, t3v, acc1);
+                for (int q = 0; q < r; q += 4) {
+                    const float4 av = *reinterpret_cast<const float4 *>(arow + q);
+                    s = fmaf(-av.x, x[q], s);
+                    if (q + 1 < r) s = fmaf(-av.y, x[q + 1], s);
+                    if (q + 2 < r) s = fmaf(-av.z, x[q + 2], s);
+                    if (q + 3 < r) s = fmaf(-av.w, x[q + 3], s);
                 }
+                x[r] = s;
             }
-            Ti[(16 * i + r) * LDF + 16 * j + cc] = -acc0;
-            Ti[(16 * i + r + 1) * LDF + 16 * j + cc] = -acc1;
+            if (ident) {
+                float *dst = Ti + 16 * i * LDF + 16 * i + cc;
+#pragma unroll
+                for (int r = 0; r < 16; r++) dst[r * LDF] = r < cc ? 0.f : x[r];
+            } else {
+#pragma unroll
+                for (int r = 0; r < 16; r++) src[r * LDF] = x[r];
+            }
         }
         __syncthreads();
-    }
 
-    if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
-        const int j = lane * 2;
-        for (int i = warp; i < BT; i += NW)
-            if ((j >> 4) <= (i >> 4)) {
-                const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
-                uint32_t hi, lo;
-                split_pair(t.x * bs[j], t.y * bs[j + 1], hi, lo);
-                const int64_t at = ((c * Hv + h) * BT + i) * BT + j;
-                *reinterpret_cast<uint32_t *>(P.tmat + at) = hi;
-                *reinterpret_cast<uint32_t *>(P.tlo + at) = lo;
+        /* ---- 5. off-diagonal blocks of Tinv, diagonal d = i - j at a time:
+         * T_ij = -sum_{k=j}^{i-1} Y_ik T_kj. 128 threads a block (2 rows x 1
+         * column each), the block index warp-uniform ---- */
+        for (int d = 1; d < 4; d++) {
+            for (int u = tid; u < (4 - d) * 128; u += NTHREADS) {
+                const int i = d + (u >> 7), j = i - d;
+                const int cc = u & 15, r = ((u >> 4) & 7) * 2;
+                float acc0 = 0.f, acc1 = 0.f;
+                for (int k = j; k < i; k++) {
+                    const float *y = A + (16 * i + r) * LDF + 16 * k;
+                    const float *tc = Ti + 16 * k * LDF + 16 * j + cc;
+#pragma unroll
+                    for (int s = 0; s < 16; s += 4) {
+                        const float4 ya = *reinterpret_cast<const float4 *>(y + s);
+                        const float4 yb = *reinterpret_cast<const float4 *>(y + LDF + s);
+                        const float t0v = tc[s * LDF], t1v = tc[(s + 1) * LDF];
+                        const float t2v = tc[(s + 2) * LDF], t3v = tc[(s + 3) * LDF];
+                        acc0 = fmaf(ya.x, t0v, acc0);
+                        acc1 = fmaf(yb.x, t0v, acc1);
+                        acc0 = fmaf(ya.y, t1v, acc0);
+                        acc1 = fmaf(yb.y, t1v, acc1);
+                        acc0 = fmaf(ya.z, t2v, acc0);
+                        acc1 = fmaf(yb.z, t2v, acc1);
+                        acc0 = fmaf(ya.w, t3v, acc0);
+                        acc1 = fmaf(yb.w, t3v, acc1);
+                    }
+                }
+                Ti[(16 * i + r) * LDF + 16 * j + cc] = -acc0;
+                Ti[(16 * i + r + 1) * LDF + 16 * j + cc] = -acc1;
             }
-        return;
-    }
+            __syncthreads();
+        }
+
+        if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
+            const int j = lane * 2;
+            for (int i = warp; i < BT; i += NW)
+                if ((j >> 4) <= (i >> 4)) {
+                    const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
+                    uint32_t hi, lo;
+                    split_pair(t.x * bs[j], t.y * bs[j + 1], hi, lo);
+                    const int64_t at = ((c * Hv + h) * BT + i) * BT + j;
+                    *reinterpret_cast<uint32_t *>(P.tmat + at) = hi;
+                    *reinterpret_cast<uint32_t *>(P.tlo + at) = lo;
+                }
+            continue;
+        }
+    } /* value heads */
+    if constexpr (TP) return;
 
     /* ---- 6. T' = Tinv diag(d) as bf16 hi/lo, lower blocks only (the
      * products read no other). w's pair goes to R1 (A is dead); u's
@@ -622,11 +652,16 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     else align |= (uintptr_t)P.v | (uintptr_t)P.w | (uintptr_t)P.u;
     if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
-    const unsigned blocks = (unsigned)(P.NT * P.Hv);
+    if (P.tmat && (P.share < 1 || P.Hv != P.Hk * P.group || (P.share > 1 && P.share != P.group)))
+        return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: share %d with Hv %d, Hk %d", P.share,
+                        P.Hv, P.Hk);
+    const unsigned blocks = (unsigned)(P.NT * (P.tmat && P.share > 1 ? P.Hk : P.Hv));
     if (P.tmat) { /* the fused path needs K, V multiples of 8: always vectors */
         if (!vec)
             return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: T/P form without 16-byte rows");
-        if (env_override("GDN_CUDA_PREP_TP_MINB", minb, {3, 4}) == 4)
+        /* sharing a key head: 3 blocks of 80 registers (H100, against 4 of
+         * 64 with spills: q397_t8k 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451) */
+        if (env_override("GDN_CUDA_PREP_TP_MINB", P.share > 1 ? 3 : minb, {3, 4}) == 4)
             return launch_prep<true, 4, true>(ctx, P, v_late, blocks, bytes, stream);
         return launch_prep<true, 3, true>(ctx, P, v_late, blocks, bytes, stream);
     }
