@@ -57,8 +57,11 @@ __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
 __host__ __device__ inline int kv_region_elems(int ldk, int ldv, bool v_late) {
     return BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv);
 }
-__host__ __device__ inline int smem_bytes(int K, int V, bool v_late) {
-    return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late) * 2 + 2 * MAT_BYTES + 4 * BT * 4;
+/* the T/P form (tp) adds a second beta / cumsum pair: the next value
+ * head's, computed while the current one is solved */
+__host__ __device__ inline int smem_bytes(int K, int V, bool v_late, bool tp = false) {
+    return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late) * 2 + 2 * MAT_BYTES +
+           (tp ? 6 : 4) * BT * 4;
 }
 
 __device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
@@ -177,6 +180,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     float *kss = Gs + BT;                                /* k inverse norms */
     float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale;
                                                             TP: the q inverse norms */
+    float *bs_next = dws + BT, *Gs_next = bs_next + BT;  /* TP: the next head's */
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
@@ -210,8 +214,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     if (!v_late && !TP) load_rows<VEC>(Vs, ldv, vg, rs_v, V, vp, len);
     if constexpr (VEC) cp_async_commit();
 
-    /* warp 0: beta and the gate cumsum of value head h into bs, Gs */
-    auto gates = [&](int h) {
+    /* one warp: beta and the gate cumsum of value head h into bd, Gd */
+    auto gates = [&](int h, float *bd, float *Gd) {
         float g[2], b[2];
         const float negA = P.qwen_gate ? -expf(P.A_log[h]) : 0.f;
         const float dtb = P.qwen_gate ? P.dt_bias[h] : 0.f;
@@ -241,12 +245,12 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         for (int e = 0; e < 2; e++) {
             const int t = lane + 32 * e;
             const bool ok = t < len;
-            bs[t] = ok ? b[e] : 0.f;
-            Gs[t] = ok ? G[e] : 0.f;
+            bd[t] = ok ? b[e] : 0.f;
+            Gd[t] = ok ? G[e] : 0.f;
             if (ok && !TP) P.gcum[(t0 + t) * Hv + h] = G[e];
         }
     };
-    if (warp == 0) gates(h);
+    if (warp == 0) gates(h, bs, Gs);
 
     if constexpr (VEC) cp_async_wait<1>(); /* k and q; v may be in flight */
     __syncthreads();
@@ -313,11 +317,11 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 
     /* Per value head (one pass unless the block shares its key head). */
     for (int vi = 0; vi < share; vi++) {
-        if (vi > 0) { /* the previous head's T is out: its bs, Gs, A, Tinv are free */
+        if (vi > 0) { /* this head's gates came in step 4 of the last one (barriers since) */
             h = head_of(vi);
-            __syncthreads();
-            if (warp == 0) gates(h);
-            __syncthreads();
+            float *const b = bs, *const g = Gs;
+            bs = bs_next, Gs = Gs_next;
+            bs_next = b, Gs_next = g;
         }
         if constexpr (TP) { /* the fused pass's per-token factors, 64 threads */
             if (tid < BT && tid < len) {
@@ -373,7 +377,10 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * forward substitution, one lane per right-hand column (160 in all:
          * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
          * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
-         * reads that column) ---- */
+         * reads that column). The last warp, idle here, computes the next
+         * value head's gates into the spare pair: the previous head's T
+         * store, their last reader, is behind the barriers of step 3. ---- */
+        if (TP && warp == NW - 1 && vi + 1 < share) gates(head_of(vi + 1), bs_next, Gs_next);
         if (tid < 160) {
             const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
             const int sub = (tid - 8 * i * (i + 1)) >> 4, cc = tid & 15;
@@ -640,7 +647,7 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     const int by_plan = per_sm(late, best(late)) > per_sm(full, best(full)) ? 1 : 0;
     /* the T and P form reads no v: the v_late layout with no v load */
     const bool v_late = P.tmat ? true : env_override("GDN_CUDA_PREP_V_LATE", by_plan, {0, 1}) != 0;
-    const int bytes = v_late ? late : full;
+    const int bytes = P.tmat ? smem_bytes(P.K, P.V, true, true) : v_late ? late : full;
     const int minb = best(bytes);
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
