@@ -163,7 +163,7 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
 /* MINB blocks a multiprocessor by the launch bound: 3 keeps 80 registers a
  * thread, 4 caps them at 64 (a few bytes of spill) for 32 warps where
  * shared memory allows four blocks. */
-template <bool VEC, int MINB, bool TP>
+template <bool VEC, int MINB, bool TP, bool SHARED>
 __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepParams P, bool v_late) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
      * every value head of that key head in turn: k, q, their norms and
      * the products k k^T, q k^T (which depend on the key head only) are
      * loaded and computed once for all of them. */
-    const int share = TP ? P.share : 1;
+    const int share = SHARED ? P.share : 1; /* a constant 1 keeps S, QK out of the loop's registers */
     const unsigned grid_heads = share > 1 ? Hk : Hv;
     const int64_t c = blockIdx.x / grid_heads;
     const int hx = (int)(blockIdx.x % grid_heads);
@@ -338,35 +338,47 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * 0 elsewhere in the lower blocks (select, so a non-finite S of a
          * masked entry stays out) ---- */
         if (s_work) {
+            /* Smem operands are read into registers before any store: the
+             * stores go through generic pointers, which the compiler must
+             * assume alias them (each exp is then computed once for A and P). */
+            __nv_bfloat16 *pm = TP ? P.pmat + (c * Hv + h) * (int64_t)(BT * BT) : nullptr;
 #pragma unroll
             for (int a = 0; a < 2; a++) {
                 if (a == 1 && !s_two) break;
+                float kj[2][2], gj[2][2];
+#pragma unroll
+                for (int n = 0; n < 2; n++) {
+                    const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
+                    const float2 k2 = *reinterpret_cast<const float2 *>(kss + j);
+                    const float2 g2 = *reinterpret_cast<const float2 *>(Gs + j);
+                    kj[n][0] = k2.x, kj[n][1] = k2.y, gj[n][0] = g2.x, gj[n][1] = g2.y;
+                }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     const int i = mt * 16 + gid + hf * 8;
                     const bool row_ok = i < len;
                     const float bi = bs[i] * kss[i], gi = Gs[i];
+                    const float qi = TP ? P.scale * dws[i] : 0.f;
+                    float2 out[2];
+                    uint32_t pw[2];
 #pragma unroll
                     for (int n = 0; n < 2; n++) {
                         const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
-                        float2 out;
-                        out.x = row_ok && j < i ? bi * kss[j] * S[a][n][2 * hf] * expf(gi - Gs[j]) : 0.f;
-                        out.y = row_ok && j + 1 < i
-                                    ? bi * kss[j + 1] * S[a][n][2 * hf + 1] * expf(gi - Gs[j + 1])
-                                    : 0.f;
-                        *reinterpret_cast<float2 *>(A + i * LDF + j) = out;
+                        const float e0 = expf(gi - gj[n][0]), e1 = expf(gi - gj[n][1]);
+                        out[n].x = row_ok && j < i ? bi * kj[n][0] * S[a][n][2 * hf] * e0 : 0.f;
+                        out[n].y = row_ok && j + 1 < i ? bi * kj[n][1] * S[a][n][2 * hf + 1] * e1 : 0.f;
                         if constexpr (TP) { /* P[i][j], the diagonal included */
-                            const float qi = P.scale * dws[i];
-                            const float p0 = row_ok && j <= i
-                                                 ? qi * kss[j] * QK[TP ? a : 0][n][2 * hf] * expf(gi - Gs[j])
-                                                 : 0.f;
-                            const float p1 = row_ok && j + 1 <= i ? qi * kss[j + 1] *
-                                                                        QK[TP ? a : 0][n][2 * hf + 1] *
-                                                                        expf(gi - Gs[j + 1])
-                                                                  : 0.f;
-                            *reinterpret_cast<uint32_t *>(P.pmat + ((c * Hv + h) * BT + i) * BT + j) =
-                                pack_bf16x2(p0, p1);
+                            const float p0 = row_ok && j <= i ? qi * kj[n][0] * QK[TP ? a : 0][n][2 * hf] * e0 : 0.f;
+                            const float p1 =
+                                row_ok && j + 1 <= i ? qi * kj[n][1] * QK[TP ? a : 0][n][2 * hf + 1] * e1 : 0.f;
+                            pw[n] = pack_bf16x2(p0, p1);
                         }
+                    }
+#pragma unroll
+                    for (int n = 0; n < 2; n++) {
+                        const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
+                        *reinterpret_cast<float2 *>(A + i * LDF + j) = out[n];
+                        if constexpr (TP) *reinterpret_cast<uint32_t *>(pm + i * BT + j) = pw[n];
                     }
                 }
             }
@@ -450,15 +462,20 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 
         if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
             const int j = lane * 2;
-            for (int i = warp; i < BT; i += NW)
+            const float2 b2 = *reinterpret_cast<const float2 *>(bs + j); /* hoisted: see step 3 */
+            const int64_t tile = (c * Hv + h) * (int64_t)(BT * BT) + j;
+            __nv_bfloat16 *th = P.tmat + tile, *tl = P.tlo + tile;
+#pragma unroll
+            for (int r = 0; r < BT / NW; r++) {
+                const int i = warp + r * NW;
                 if ((j >> 4) <= (i >> 4)) {
                     const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
                     uint32_t hi, lo;
-                    split_pair(t.x * bs[j], t.y * bs[j + 1], hi, lo);
-                    const int64_t at = ((c * Hv + h) * BT + i) * BT + j;
-                    *reinterpret_cast<uint32_t *>(P.tmat + at) = hi;
-                    *reinterpret_cast<uint32_t *>(P.tlo + at) = lo;
+                    split_pair(t.x * b2.x, t.y * b2.y, hi, lo);
+                    *reinterpret_cast<uint32_t *>(th + i * BT) = hi;
+                    *reinterpret_cast<uint32_t *>(tl + i * BT) = lo;
                 }
+            }
             continue;
         }
     } /* value heads */
@@ -610,10 +627,10 @@ chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
     if (threadIdx.x == 0) out[N] = carry;
 }
 
-template <bool VEC, int MINB, bool TP>
+template <bool VEC, int MINB, bool TP, bool SHARED = false>
 gdn_status launch_prep(gdn_context *ctx, const PrepParams &P, bool v_late, unsigned blocks, int bytes,
                        cudaStream_t stream) {
-    auto kern = chunk_prep_kernel<VEC, MINB, TP>;
+    auto kern = chunk_prep_kernel<VEC, MINB, TP, SHARED>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     kern<<<blocks, NTHREADS, bytes, stream>>>(P, v_late);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_prep_kernel");
@@ -666,9 +683,11 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     if (P.tmat) { /* the fused path needs K, V multiples of 8: always vectors */
         if (!vec)
             return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: T/P form without 16-byte rows");
-        /* sharing a key head: 3 blocks of 80 registers (H100, against 4 of
-         * 64 with spills: q397_t8k 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451) */
-        if (env_override("GDN_CUDA_PREP_TP_MINB", P.share > 1 ? 3 : minb, {3, 4}) == 4)
+        /* sharing a key head: 3 blocks of 80 registers (its S, QK live
+         * across the heads; H100, against 4 of 64 with spills: q397_t8k
+         * 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451) */
+        if (P.share > 1) return launch_prep<true, 3, true, true>(ctx, P, v_late, blocks, bytes, stream);
+        if (env_override("GDN_CUDA_PREP_TP_MINB", minb, {3, 4}) == 4)
             return launch_prep<true, 4, true>(ctx, P, v_late, blocks, bytes, stream);
         return launch_prep<true, 3, true>(ctx, P, v_late, blocks, bytes, stream);
     }
