@@ -490,6 +490,9 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         constexpr int IT = BT * BT / 2 / NTHREADS;
         uint32_t uh[IT], ul[IT];
         const int j = lane * 2;
+        /* read before the stores (generic pointers: see step 3) */
+        const float2 dw2 = *reinterpret_cast<const float2 *>(dws + j);
+        const float2 b2 = *reinterpret_cast<const float2 *>(bs + j);
 #pragma unroll
         for (int it = 0; it < IT; it++) {
             const int i = warp + it * NW;
@@ -497,10 +500,10 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             if ((j >> 4) <= (i >> 4)) {
                 const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
                 uint32_t hi, lo;
-                split_pair(t.x * dws[j], t.y * dws[j + 1], hi, lo);
+                split_pair(t.x * dw2.x, t.y * dw2.y, hi, lo);
                 *reinterpret_cast<uint32_t *>(Wh + i * LDH + j) = hi;
                 *reinterpret_cast<uint32_t *>(Wl + i * LDH + j) = lo;
-                split_pair(t.x * bs[j], t.y * bs[j + 1], uh[it], ul[it]);
+                split_pair(t.x * b2.x, t.y * b2.y, uh[it], ul[it]);
             }
         }
         __syncthreads();
