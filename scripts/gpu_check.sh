@@ -48,7 +48,7 @@ if has test; then
   # other split counts than the plan's for the long few-head cases;
   # the fused forward (chosen only where one sequence's 32-row tiles fill
   # half the multiprocessors, which one test case does) on every case it
-  # applies to, with both of its block sizes
+  # applies to, with both of its block sizes and with prep's per-value-head form
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
@@ -56,7 +56,8 @@ if has test; then
            "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda" \
            "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda" \
            "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda" \
-           "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda"; do
+           "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=1 GDN_CUDA_PREP_SHARE=0 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
