@@ -476,7 +476,6 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                     *reinterpret_cast<uint32_t *>(tl + i * BT) = lo;
                 }
             }
-            continue;
         }
     } /* value heads */
     if constexpr (TP) return;
