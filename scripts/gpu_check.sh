@@ -48,7 +48,8 @@ if has test; then
   # other split counts than the plan's for the long few-head cases;
   # the fused forward (chosen only where one sequence's 32-row tiles fill
   # half the multiprocessors, which one test case does) on every case it
-  # applies to, with both of its block sizes and with prep's per-value-head form
+  # applies to, with both of its block sizes, both product forms and with
+  # prep's per-value-head form
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_state_cuda" \
            "GDN_CUDA_PRODUCER=1 test_chunk_forward_cuda" "GDN_CUDA_SEGMENTS=2 test_chunk_state_cuda" \
@@ -57,7 +58,9 @@ if has test; then
            "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda" \
            "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda" \
-           "GDN_CUDA_FUSED=1 GDN_CUDA_PREP_SHARE=0 test_chunk_forward_cuda"; do
+           "GDN_CUDA_FUSED=1 GDN_CUDA_PREP_SHARE=0 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=0 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=1 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?
@@ -88,15 +91,16 @@ if has sanitize; then
     echo "compute-sanitizer $tool ($envs): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
   done
-  # the fused forward (prep's T/P form and the fused pass)
-  for tool in memcheck racecheck; do
-    log="$OUT/sanitize_fused_$tool.log"
-    GDN_CUDA_FUSED=1 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 \
-      $BUILD/tests/test_chunk_forward_cuda > "$log" 2>&1
+  # the fused forward (prep's T/P form and the fused pass), in both of the
+  # fused pass's product forms (mma.sync; wgmma on sm_90)
+  for wg in 0 1; do for tool in memcheck racecheck; do
+    log="$OUT/sanitize_fused_wgmma${wg}_$tool.log"
+    GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=$wg GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool $tool \
+      --error-exitcode 9 $BUILD/tests/test_chunk_forward_cuda > "$log" 2>&1
     rc=$?
-    echo "compute-sanitizer $tool (GDN_CUDA_FUSED=1): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
+    echo "compute-sanitizer $tool (GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=$wg): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
-  done
+  done; done
   # gdn_recurrent_forward: every kernel configuration, padding and indices
   # past the pool (no shared memory, so racecheck has nothing to check)
   GDN_TEST_QUICK=1 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 \

@@ -36,11 +36,25 @@
  * warp: q35_t32k -5%), and the update runs all four k-steps even past a
  * partial chunk's end (a branch there cost 6% at q35_t8k).
  *
+ * The wgmma form (WG, sm_90a): the same products, the same register
+ * layouts, but the four compute warps are one warpgroup and each product
+ * is a wgmma with A from those registers and B from swizzled shared
+ * tiles (wgmma.cuh): a B operand is read once per 64 rows, not once per
+ * warp, which is what bounds the mma.sync form once two blocks share a
+ * multiprocessor (q397_t8k: fused pass 2x the q35_t8k time for 2x the
+ * rows). T and P blocks above the diagonal are zeros in shared memory
+ * and the products run whole rows over them. Tried and slower (RESULTS):
+ * storing o during the next chunk's first products; trimming T's and P's
+ * k-steps to the blocks below the diagonal; S q^T and S k^T as one
+ * 128-wide product; the update's and O2's products interleaved.
+ *
  * Determinism and batch invariance: every row's arithmetic is fixed by
  * its chunk inputs and its own accumulators, in a fixed order; the plan
- * (NWS, stages) changes which warp does a row, not how.
+ * (NWS, stages, mma.sync or wgmma: the tensor cores sum each 16-deep
+ * k-step the same way in both) changes which warp does a row, not how.
  */
 #include "chunk_forward.cuh"
+#include "wgmma.cuh"
 
 namespace gdn {
 namespace {
@@ -49,26 +63,48 @@ constexpr int BT = GDN_CHUNK;
 constexpr int LDT = BT + 8; /* T, P rows (bf16): 144 bytes, conflict-free ldmatrix */
 constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
 
-/* One stage: q, k [64][KP+8], v [64][16 NWS + 8], T hi, T lo, P [64][72] bf16,
- * then prep's per-token factors wd, wk, wq [64] f32. After the stages: per
- * compute warp its o staging [64][LDO] bf16; then the mbarriers. */
-template <int KP, int NWS> struct FusedLayout {
+/* One stage: q, k, T hi, T lo, P, then v [64][16 NWS + 8] bf16, then
+ * prep's per-token factors wd, wk, wq [64] f32. After the stages: per
+ * compute warp its o staging [64][LDO] bf16; then the mbarriers.
+ * mma.sync form (WG false): q, k [64][KP+8], T, P [64][72], padded rows
+ * for conflict-free ldmatrix. wgmma form (WG, 4 compute warps = one
+ * warpgroup): q, k as KP / 64 swizzled [64][64] tiles, T, P one swizzled
+ * [64][64] tile each (wgmma.cuh), every tile 1024-byte aligned. */
+template <int KP, int NWS, bool WG> struct FusedLayout {
     static constexpr int LDK = KP + 8;
     static constexpr int ROWS = 16 * NWS;
     static constexpr int LDV = ROWS + 8;
+    static constexpr int QK_BYTES = WG ? BT * KP * 2 : BT * LDK * 2;
+    static constexpr int TP_BYTES = WG ? BT * BT * 2 : BT * LDT * 2;
     static constexpr int Q = 0;
-    static constexpr int KC = Q + BT * LDK * 2;
-    static constexpr int VS = KC + BT * LDK * 2;
-    static constexpr int TM = VS + BT * LDV * 2;
-    static constexpr int TL = TM + BT * LDT * 2;
-    static constexpr int PM = TL + BT * LDT * 2;
-    static constexpr int WD = PM + BT * LDT * 2;
+    static constexpr int KC = Q + QK_BYTES;
+    /* v after k in the mma.sync form (its layout before the wgmma form),
+     * after P in the wgmma form (T and P stay 1024-byte aligned) */
+    static constexpr int TM = 2 * QK_BYTES + (WG ? 0 : BT * LDV * 2);
+    static constexpr int TL = TM + TP_BYTES;
+    static constexpr int PM = TL + TP_BYTES;
+    static constexpr int VS = WG ? PM + TP_BYTES : KC + QK_BYTES;
+    static constexpr int WD = (WG ? VS + BT * LDV * 2 : PM + TP_BYTES);
     static constexpr int WK = WD + BT * 4;
     static constexpr int WQ = WK + BT * 4;
-    static constexpr int STAGE = WQ + BT * 4;
+    static constexpr int ALIGN = WG ? 1024 : 16;
+    static constexpr int STAGE = (WQ + BT * 4 + ALIGN - 1) / ALIGN * ALIGN;
     static constexpr int WARP_BYTES = BT * LDO * 2;
-    static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0, "16-byte pieces");
-    static int bytes(int stages) { return stages * STAGE + NWS * WARP_BYTES + 2 * stages * 8; }
+    static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0 && VS % 16 == 0, "16-byte pieces");
+    static_assert(!WG || (NWS == 4 && KP % 64 == 0 && TM % 1024 == 0), "wgmma tiles");
+    /* byte offset of q / k element (t, c) (c a multiple of 8) in its tile */
+    static __device__ __forceinline__ uint32_t qk_at(int t, int c) {
+        return WG ? (uint32_t)((c >> 6) * (BT * 128)) + sw128_offset(t, c & 63)
+                  : (uint32_t)(t * LDK + c) * 2;
+    }
+    /* byte offset of T / P element (t, s) (s a multiple of 8) */
+    static __device__ __forceinline__ uint32_t tp_at(int t, int s) {
+        return WG ? sw128_offset(t, s) : (uint32_t)(t * LDT + s) * 2;
+    }
+    /* with the slack to align the stages */
+    static int bytes(int stages) {
+        return (WG ? ALIGN : 0) + stages * STAGE + NWS * WARP_BYTES + 2 * stages * 8;
+    }
 };
 
 struct Seq {
@@ -92,19 +128,17 @@ __device__ __forceinline__ Seq locate_seq(const ChunkMap &m, int n) {
 /* The producer warp (part of nparts): chunk c of the sequence into stage
  * slot; with two, part 0 loads q and k, part 1 the rest. Rows past
  * the chunk's end and columns past K, V are zero-filled (never read from
- * global). T and P tiles are whole (prep wrote all 64 rows). */
-template <int KP, int NWS>
+ * global). Prep leaves T's and P's blocks above the diagonal unwritten.
+ * The mma.sync form loads whole tiles and never reads those blocks
+ * (loading only the others made it 13% slower at q35_t8k, unexplained);
+ * the wgmma form loads only the others and keeps zeros there (its
+ * products run whole rows: trimming them was slower). */
+template <int KP, int NWS, bool WG>
 __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const Seq &sq, int c,
                                            int h, int kh, int row0, int lane, int part, int nparts) {
-    using L = FusedLayout<KP, NWS>;
+    using L = FusedLayout<KP, NWS, WG>;
     const int64_t t0 = sq.bos + (int64_t)c * BT;
     const int len = (int)min((int64_t)BT, sq.eos - t0);
-    __nv_bfloat16 *qs = reinterpret_cast<__nv_bfloat16 *>(st + L::Q);
-    __nv_bfloat16 *ks = reinterpret_cast<__nv_bfloat16 *>(st + L::KC);
-    __nv_bfloat16 *vs = reinterpret_cast<__nv_bfloat16 *>(st + L::VS);
-    __nv_bfloat16 *ts = reinterpret_cast<__nv_bfloat16 *>(st + L::TM);
-    __nv_bfloat16 *tl = reinterpret_cast<__nv_bfloat16 *>(st + L::TL);
-    __nv_bfloat16 *ps = reinterpret_cast<__nv_bfloat16 *>(st + L::PM);
     const int64_t rs_k = (int64_t)P.Hk * P.K, rs_v = (int64_t)P.Hv * P.V;
     const __nv_bfloat16 *qg = P.q + (t0 * P.Hk + kh) * P.K, *kg = P.k + (t0 * P.Hk + kh) * P.K;
     constexpr int CPR = KP / 8; /* 16-byte pieces a q / k row */
@@ -114,11 +148,13 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
             const int t = i / CPR, cc = (i % CPR) * 8;
             const bool ok = t < len && cc < P.K;
             const int64_t off = ok ? t * rs_k + cc : 0;
-            cp_async16(qs + t * L::LDK + cc, qg + off, ok ? 16 : 0);
-            cp_async16(ks + t * L::LDK + cc, kg + off, ok ? 16 : 0);
+            const uint32_t at = L::qk_at(t, cc);
+            cp_async16(st + L::Q + at, qg + off, ok ? 16 : 0);
+            cp_async16(st + L::KC + at, kg + off, ok ? 16 : 0);
         }
         if (nparts > 1) return;
     }
+    __nv_bfloat16 *vs = reinterpret_cast<__nv_bfloat16 *>(st + L::VS);
     constexpr int CPV = L::ROWS / 8;
     const __nv_bfloat16 *vg = P.v + (t0 * P.Hv + h) * P.V + row0;
 #pragma unroll 4
@@ -131,9 +167,12 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
 #pragma unroll 4
     for (int i = lane; i < BT * 8; i += 32) {
         const int t = i >> 3, cc = (i & 7) * 8;
-        cp_async16(ts + t * LDT + cc, P.tmat + tile + t * BT + cc, 16);
-        cp_async16(tl + t * LDT + cc, P.tlo + tile + t * BT + cc, 16);
-        cp_async16(ps + t * LDT + cc, P.pmat + tile + t * BT + cc, 16);
+        if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
+        const uint32_t at = L::tp_at(t, cc);
+        const int64_t g = tile + t * BT + cc;
+        cp_async16(st + L::TM + at, P.tmat + g, 16);
+        cp_async16(st + L::TL + at, P.tlo + g, 16);
+        cp_async16(st + L::PM + at, P.pmat + g, 16);
     }
     float *wd = reinterpret_cast<float *>(st + L::WD), *wk = reinterpret_cast<float *>(st + L::WK);
     float *wq = reinterpret_cast<float *>(st + L::WQ);
@@ -179,12 +218,47 @@ __device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], 
         }
 }
 
-template <int KP, int NWS>
+/* A warp's 16 rows of o for one chunk (tokens t0 .. t0 + len - 1) through
+ * its staging tile ost, as 16-byte stores. */
+__device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][4], const FusedParams &P,
+                                        int64_t t0, int len, int h, int r0, int lane) {
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int t = 8 * j + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
+            ost[t * LDO + v] = __float2bfloat16(O[j][e]);
+        }
+    __syncwarp();
+    __nv_bfloat16 *og = P.o + (t0 * P.Hv + h) * P.V + r0;
+#pragma unroll
+    for (int i = lane; i < 2 * BT; i += 32) {
+        const int t = i >> 1, half = (i & 1) * 8;
+        if (t < len && r0 + half < P.V)
+            *reinterpret_cast<uint4 *>(og + t * (int64_t)P.Hv * P.V + half) =
+                *reinterpret_cast<const uint4 *>(ost + t * LDO + half);
+    }
+    __syncwarp();
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GDN_FUSED_WGMMA 1 /* this compilation has the wgmma form's products */
+#else
+#define GDN_FUSED_WGMMA 0
+#endif
+
+template <int KP, int NWS, bool WG>
 __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const FusedParams P, int stages,
                                                                      int slices, int npw) {
-    using L = FusedLayout<KP, NWS>;
+    using L = FusedLayout<KP, NWS, WG>;
     constexpr int NT = KP / 8; /* n-tiles of S's columns */
-    extern __shared__ __align__(128) uint8_t smem[];
+    extern __shared__ __align__(128) uint8_t smem_raw[];
+    if (WG && !GDN_FUSED_WGMMA) { /* the host launches WG only where built (wgmma_built) */
+        __trap();
+    }
+    /* the wgmma form's tiles want 1024-byte alignment (bytes() has the slack) */
+    uint8_t *smem = smem_raw + (WG ? (L::ALIGN - (smem_addr(smem_raw) & (L::ALIGN - 1))) & (L::ALIGN - 1) : 0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + stages * L::STAGE + NWS * L::WARP_BYTES);
@@ -205,13 +279,28 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
             mbar_init(full + i, 32 * npw);
             mbar_init(empty + i, 32 * NWS);
         }
+    if (WG) { /* zeros above T's and P's diagonal blocks, never loaded */
+        for (int i = threadIdx.x; i < stages * BT * 8; i += blockDim.x) {
+            const int slot = i / (BT * 8), t = (i >> 3) % BT, cc = (i & 7) * 8;
+            if ((cc >> 4) <= (t >> 4)) continue;
+            uint8_t *st = smem + slot * L::STAGE;
+            const uint32_t at = L::tp_at(t, cc);
+            const uint4 z = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4 *>(st + L::TM + at) = z;
+            *reinterpret_cast<uint4 *>(st + L::TL + at) = z;
+            *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
+        }
+#if GDN_FUSED_WGMMA
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* for the products' reads */
+#endif
+    }
     __syncthreads();
 
     if (warp >= NWS) { /* the producer(s) */
         for (int c = 0; c < nchunks; c++) {
             const int slot = c % stages;
             if (c >= stages) mbar_wait(empty + slot, (uint32_t)((c / stages - 1) & 1));
-            load_stage<KP, NWS>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
+            load_stage<KP, NWS, WG>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
             mbar_arrive_cp_async(full + slot);
         }
         cp_async_commit();
@@ -247,6 +336,8 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
         const float *wq = reinterpret_cast<const float *>(st + L::WQ);
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
+        const uint32_t sb = smem_addr(st);
+        (void)sb;
 
         if (P.chunk_states) /* the state at this chunk's start */
             store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P, r0, lane);
@@ -254,24 +345,44 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
 
         /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
         float O[8][4], X[8][4];
+        if constexpr (WG) {
+#if GDN_FUSED_WGMMA
+            /* K-major B: k-step kk is 32 kk bytes into its 64-column tile */
+            uint32_t a[KP / 16][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+            for (int kk = 0; kk < KP / 16; kk++) acc_to_a(a[kk], S[2 * kk], S[2 * kk + 1]);
+            wgmma_fence();
 #pragma unroll
-            for (int e = 0; e < 4; e++) O[j][e] = X[j][e] = 0.f;
+            for (int kk = 0; kk < KP / 16; kk++) {
+                const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
+                WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc(sb + L::Q + off, 16, 1024), kk > 0);
+                WgmmaRS<8, 0>::run(X, a[kk], wgmma_desc(sb + L::KC + off, 16, 1024), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_acc(O);
+            wgmma_fence_acc(X);
+#endif
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < KP / 16; kk++) {
-            uint32_t a[4];
-            acc_to_a(a, S[2 * kk], S[2 * kk + 1]);
+            for (int j = 0; j < 8; j++)
 #pragma unroll
-            for (int jj = 0; jj < 4; jj++) {
-                uint32_t bq[4], bk[4];
-                const int off = b_rows_off(lane, jj, kk, L::LDK);
-                ldmatrix_x4(bq, qs + off);
-                ldmatrix_x4(bk, ks + off);
-                mma_bf16_16816(O[2 * jj], a, bq);
-                mma_bf16_16816(O[2 * jj + 1], a, bq + 2);
-                mma_bf16_16816(X[2 * jj], a, bk);
-                mma_bf16_16816(X[2 * jj + 1], a, bk + 2);
+                for (int e = 0; e < 4; e++) O[j][e] = X[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KP / 16; kk++) {
+                uint32_t a[4];
+                acc_to_a(a, S[2 * kk], S[2 * kk + 1]);
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++) {
+                    uint32_t bq[4], bk[4];
+                    const int off = b_rows_off(lane, jj, kk, L::LDK);
+                    ldmatrix_x4(bq, qs + off);
+                    ldmatrix_x4(bk, ks + off);
+                    mma_bf16_16816(O[2 * jj], a, bq);
+                    mma_bf16_16816(O[2 * jj + 1], a, bq + 2);
+                    mma_bf16_16816(X[2 * jj], a, bk);
+                    mma_bf16_16816(X[2 * jj + 1], a, bk + 2);
+                }
             }
         }
 
@@ -304,24 +415,41 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
             acc_to_a(ua[jj], u[0], u[1]);
         }
 
-        /* D^T = U' (T lo + T hi)^T (T lower triangular: k-steps kk <= jj) */
+        /* D^T = U' (T lo + T hi)^T (T lower triangular: k-steps kk <= jj;
+         * the wgmma form runs whole rows over the zeros above the diagonal
+         * blocks: trimming each k-step's N to the blocks below was slower,
+         * q397_t8k 0.495 -> 0.532 ms) */
+        if constexpr (WG) {
+#if GDN_FUSED_WGMMA
+            wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) X[j][e] = 0.f;
-#pragma unroll
-        for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-            for (int kk = 0; kk <= jj; kk++) {
-                uint32_t bt[4], bl[4];
-                const int off = b_rows_off(lane, jj, kk, LDT);
-                ldmatrix_x4(bl, tl + off);
-                ldmatrix_x4(bt, ts + off);
-                mma_bf16_16816(X[2 * jj], ua[kk], bl);
-                mma_bf16_16816(X[2 * jj + 1], ua[kk], bl + 2);
-                mma_bf16_16816(X[2 * jj], ua[kk], bt);
-                mma_bf16_16816(X[2 * jj + 1], ua[kk], bt + 2);
+            for (int kk = 0; kk < 4; kk++) {
+                WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TL + kk * 32, 16, 1024), kk > 0);
+                WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TM + kk * 32, 16, 1024), 1);
             }
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_acc(X);
+#endif
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) X[j][e] = 0.f;
+#pragma unroll
+            for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+                for (int kk = 0; kk <= jj; kk++) {
+                    uint32_t bt[4], bl[4];
+                    const int off = b_rows_off(lane, jj, kk, LDT);
+                    ldmatrix_x4(bl, tl + off);
+                    ldmatrix_x4(bt, ts + off);
+                    mma_bf16_16816(X[2 * jj], ua[kk], bl);
+                    mma_bf16_16816(X[2 * jj + 1], ua[kk], bl + 2);
+                    mma_bf16_16816(X[2 * jj], ua[kk], bt);
+                    mma_bf16_16816(X[2 * jj + 1], ua[kk], bt + 2);
+                }
+        }
 
         /* A fragments of D^T (for O2) and of D'^T = D^T diag(ks exp(G_L - G)) */
         uint32_t da[4][4], dp[4][4];
@@ -349,6 +477,24 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) S[j][e] *= gL;
+        if constexpr (WG) {
+#if GDN_FUSED_WGMMA
+            /* N-major B (k rows of the k tile): k-step kk 16 rows down, the
+             * second 64 columns two tiles (2 BT * 128 bytes) on; O2's chain
+             * interleaved with the update's */
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                WgmmaRS<NT, 1>::run(S, dp[kk], wgmma_desc(sb + L::KC + kk * 2048, BT * 128, 1024), 1);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc(sb + L::PM + kk * 32, 16, 1024), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_acc(S);
+            wgmma_fence_acc(O);
+#endif
+        } else {
         /* all four k-steps, also past a partial chunk's end (D' is zero
          * there): no branch splits the unrolled products */
 #pragma unroll
@@ -374,34 +520,18 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
                 mma_bf16_16816(O[2 * jj], da[kk], bp);
                 mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
             }
+        }
         mbar_arrive(empty + slot); /* the stage is read */
 
-        /* o rows of this chunk: through the warp's staging tile, 16-byte stores */
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int t = 8 * j + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
-                ost[t * LDO + v] = __float2bfloat16(O[j][e]);
-            }
-        __syncwarp();
-        __nv_bfloat16 *og = P.o + (t0 * P.Hv + h) * P.V + r0;
-#pragma unroll
-        for (int i = lane; i < 2 * BT; i += 32) {
-            const int t = i >> 1, half = (i & 1) * 8;
-            if (t < len && r0 + half < P.V)
-                *reinterpret_cast<uint4 *>(og + t * (int64_t)P.Hv * P.V + half) =
-                    *reinterpret_cast<const uint4 *>(ost + t * LDO + half);
-        }
-        __syncwarp();
+        store_o(ost, O, P, t0, len, h, r0, lane); /* o rows of this chunk */
     }
 
     if (P.final_state) store_rows(P.final_state + head, S, P, r0, lane);
 }
 
-template <int KP, int NWS>
+template <int KP, int NWS, bool WG>
 gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_t stream) {
-    using L = FusedLayout<KP, NWS>;
+    using L = FusedLayout<KP, NWS, WG>;
     const int slices = (P.V + L::ROWS - 1) / L::ROWS;
     int stages = 2; /* three where they fit */
     if ((size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
@@ -415,7 +545,7 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "chunk_fused: %lld blocks exceed the grid",
                         (long long)blocks);
-    auto kern = chunk_fused_kernel<KP, NWS>;
+    auto kern = chunk_fused_kernel<KP, NWS, WG>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* producer warps: two (q, k / the rest) for 4 compute warps, else one
      * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
@@ -427,9 +557,23 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_
 
 /* Whether nws compute warps with a two-deep ring fit the device's shared
  * memory at K <= KP. */
-template <int KP> bool fits(const gdn_context *ctx, int nws) {
-    const int bytes = nws == 4 ? FusedLayout<KP, 4>::bytes(2) : FusedLayout<KP, 2>::bytes(2);
+template <int KP> bool fits(const gdn_context *ctx, int nws, bool wg = false) {
+    const int bytes = wg        ? FusedLayout<KP, 4, true>::bytes(2)
+                      : nws == 4 ? FusedLayout<KP, 4, false>::bytes(2)
+                                 : FusedLayout<KP, 2, false>::bytes(2);
     return (size_t)bytes <= ctx->smem_optin;
+}
+
+/* Whether the loaded binary has the wgmma form for this device: an sm_90
+ * device running the sm_90a code (not an sm_80 build run forward). */
+bool wgmma_built(const gdn_context *ctx) {
+    if (ctx->cc_major != 9) return false;
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true>) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return fa.binaryVersion == 90;
 }
 
 } // namespace
@@ -442,16 +586,28 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
 
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream) {
     const int64_t N = P.map.N;
-    /* rows a block: 32 (2 compute warps) unless that leaves too many blocks
-     * for one wave and 64 still fill the machine; bits do not depend on it */
+    const bool k64 = P.K <= 64;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
     const int64_t heads = N * P.Hv;
+    /* The wgmma form (Hopper) where its 64-row blocks fill at least 3/4 of
+     * the multiprocessors: it reads each B operand from shared memory once
+     * per 64 rows where the mma.sync form reads it once per warp, and ran
+     * q397_t8k in 0.495 ms against 0.686 (q35_b4_t8k 1.005 against 1.036);
+     * with fewer blocks the 32-row mma.sync blocks spread wider (q35_t8k
+     * 0.357 ms against 0.412 in the wgmma form). Both forms give the same
+     * bits (test_chunk_forward checks), so the choice may follow the batch.
+     * GDN_CUDA_FUSED_WGMMA=0 / 1 forces either (1 only where built). */
+    const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
+    const bool wg_fills = 4 * heads * ((P.V + 63) / 64) >= 3 * (int64_t)sms;
+    if (env_override("GDN_CUDA_FUSED_WGMMA", wg_fills ? 1 : 0, {0, 1}) == 1 && wg_ok)
+        return k64 ? launch<64, 4, true>(ctx, P, N, stream) : launch<128, 4, true>(ctx, P, N, stream);
+    /* rows a block: 32 (2 compute warps) unless that leaves too many blocks
+     * for one wave and 64 still fill the machine; bits do not depend on it */
     int nws = heads * ((P.V + 31) / 32) > sms && heads * ((P.V + 63) / 64) >= sms ? 4 : 2;
-    if (nws == 4 && !(P.K <= 64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
+    if (nws == 4 && !(k64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
-    if (P.K <= 64)
-        return nws == 4 ? launch<64, 4>(ctx, P, N, stream) : launch<64, 2>(ctx, P, N, stream);
-    return nws == 4 ? launch<128, 4>(ctx, P, N, stream) : launch<128, 2>(ctx, P, N, stream);
+    if (k64) return nws == 4 ? launch<64, 4, false>(ctx, P, N, stream) : launch<64, 2, false>(ctx, P, N, stream);
+    return nws == 4 ? launch<128, 4, false>(ctx, P, N, stream) : launch<128, 2, false>(ctx, P, N, stream);
 }
 
 } // namespace gdn
