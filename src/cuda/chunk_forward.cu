@@ -121,7 +121,6 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
         P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
         P.scale = a->opts.scale;
-        P.share = env_override("GDN_CUDA_PREP_SHARE", 1, {0, 1}) ? P.group : 1;
     }
     return launch_chunk_prep(ctx, P, stream);
 }

@@ -74,6 +74,29 @@ __device__ __forceinline__ ChunkLoc locate_chunk(const ChunkMap &m, int64_t c) {
     return l;
 }
 
+/* Sequence n: its tokens [bos, eos) on the flattened token axis and its
+ * first chunk's packed index hoff. With varlen hoff comes from
+ * chunk_offsets, which a caller that writes nothing per chunk may pass as
+ * NULL (hoff 0 then). */
+struct SeqSpan {
+    int64_t bos, eos, hoff;
+};
+
+__device__ __forceinline__ SeqSpan seq_span(const int32_t *cu_seqlens, const int64_t *chunk_offsets,
+                                            int64_t T, int n) {
+    SeqSpan s;
+    if (cu_seqlens) {
+        s.bos = cu_seqlens[n];
+        s.eos = cu_seqlens[n + 1];
+        s.hoff = chunk_offsets ? chunk_offsets[n] : 0;
+    } else {
+        s.bos = (int64_t)n * T;
+        s.eos = s.bos + T;
+        s.hoff = (int64_t)n * ((T + GDN_CHUNK - 1) / GDN_CHUNK);
+    }
+    return s;
+}
+
 /* Element offset of state element (row v of V, column k of K) in a state
  * tensor [V][K], or [K][V] with kv (GDN_STATE_KV). */
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
@@ -120,10 +143,6 @@ struct PrepParams {
      *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
     float scale;
-    /* T/P form only: value heads a block (1, or group: a block takes a
-     * chunk and a key head, and computes k k^T, q k^T and the norms once
-     * for all of the key head's value heads) */
-    int share;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
 

@@ -107,24 +107,6 @@ template <int KP, int NWS, bool WG> struct FusedLayout {
     }
 };
 
-struct Seq {
-    int64_t bos, eos, hoff; /* tokens [bos, eos); its first chunk's packed index */
-};
-
-__device__ __forceinline__ Seq locate_seq(const ChunkMap &m, int n) {
-    Seq s;
-    if (m.cu_seqlens) {
-        s.bos = m.cu_seqlens[n];
-        s.eos = m.cu_seqlens[n + 1];
-        s.hoff = m.chunk_offsets[n];
-    } else {
-        s.bos = (int64_t)n * m.T;
-        s.eos = s.bos + m.T;
-        s.hoff = (int64_t)n * ((m.T + BT - 1) / BT);
-    }
-    return s;
-}
-
 /* The producer warp (part of nparts): chunk c of the sequence into stage
  * slot; with two, part 0 loads q and k, part 1 the rest. Rows past
  * the chunk's end and columns past K, V are zero-filled (never read from
@@ -134,7 +116,7 @@ __device__ __forceinline__ Seq locate_seq(const ChunkMap &m, int n) {
  * the wgmma form loads only the others and keeps zeros there (its
  * products run whole rows: trimming them was slower). */
 template <int KP, int NWS, bool WG>
-__device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const Seq &sq, int c,
+__device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const SeqSpan &sq, int c,
                                            int h, int kh, int row0, int lane, int part, int nparts) {
     using L = FusedLayout<KP, NWS, WG>;
     const int64_t t0 = sq.bos + (int64_t)c * BT;
@@ -270,7 +252,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const Fu
     const int h = (int)(b % (unsigned)P.Hv);
     const int n = (int)(b / (unsigned)P.Hv);
     const int kh = P.tiled ? h % P.Hk : h / P.group;
-    const Seq sq = locate_seq(P.map, n);
+    const SeqSpan sq = seq_span(P.map.cu_seqlens, P.map.chunk_offsets, P.map.T, n);
     const int nchunks = (int)((sq.eos - sq.bos + BT - 1) / BT);
     const int row0 = slice * L::ROWS;
 

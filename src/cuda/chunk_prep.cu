@@ -185,11 +185,11 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
      * the same k, q rows close together in time (L2 hits). With the T/P
-     * form and P.share (= group) > 1 a block takes (chunk, key head) and
+     * form and SHARED (group > 1) a block takes (chunk, key head) and
      * every value head of that key head in turn: k, q, their norms and
      * the products k k^T, q k^T (which depend on the key head only) are
      * loaded and computed once for all of them. */
-    const int share = SHARED ? P.share : 1; /* a constant 1 keeps S, QK out of the loop's registers */
+    const int share = SHARED ? P.group : 1; /* a constant 1 keeps S, QK out of the loop's registers */
     const unsigned grid_heads = share > 1 ? Hk : Hv;
     const int64_t c = blockIdx.x / grid_heads;
     const int hx = (int)(blockIdx.x % grid_heads);
@@ -678,17 +678,18 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     else align |= (uintptr_t)P.v | (uintptr_t)P.w | (uintptr_t)P.u;
     if (P.l2norm && P.qscale) align |= (uintptr_t)P.q;
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
-    if (P.tmat && (P.share < 1 || P.Hv != P.Hk * P.group || (P.share > 1 && P.share != P.group)))
-        return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: share %d with Hv %d, Hk %d", P.share,
-                        P.Hv, P.Hk);
-    const unsigned blocks = (unsigned)(P.NT * (P.tmat && P.share > 1 ? P.Hk : P.Hv));
+    /* the T/P form shares a key head's products among its value heads
+     * where it has more than one (GDN_CUDA_PREP_SHARE=0: a block a value
+     * head, same bits) */
+    const bool share = P.tmat && P.group > 1 && env_override("GDN_CUDA_PREP_SHARE", 1, {0, 1}) == 1;
+    const unsigned blocks = (unsigned)(P.NT * (share ? P.Hk : P.Hv));
     if (P.tmat) { /* the fused path needs K, V multiples of 8: always vectors */
         if (!vec)
             return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: T/P form without 16-byte rows");
         /* sharing a key head: 3 blocks of 80 registers (its S, QK live
          * across the heads; H100, against 4 of 64 with spills: q397_t8k
          * 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451) */
-        if (P.share > 1) return launch_prep<true, 3, true, true>(ctx, P, v_late, blocks, bytes, stream);
+        if (share) return launch_prep<true, 3, true, true>(ctx, P, v_late, blocks, bytes, stream);
         if (env_override("GDN_CUDA_PREP_TP_MINB", minb, {3, 4}) == 4)
             return launch_prep<true, 4, true>(ctx, P, v_late, blocks, bytes, stream);
         return launch_prep<true, 3, true>(ctx, P, v_late, blocks, bytes, stream);

@@ -391,17 +391,8 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     const int row_limit = trans_rows ? P.K : P.V;
     const int wrow = rg * 16; /* this warp's first row within the tile */
 
-    int64_t bos, eos, hoff = 0;
-    if (P.cu_seqlens) {
-        bos = P.cu_seqlens[n];
-        eos = P.cu_seqlens[n + 1];
-        if (writes)
-            hoff = P.chunk_offsets[n];
-    } else {
-        bos = (int64_t)n * P.T;
-        eos = bos + P.T;
-        hoff = (int64_t)n * ((P.T + BT - 1) / BT);
-    }
+    const SeqSpan span = seq_span(P.cu_seqlens, writes ? P.chunk_offsets : nullptr, P.T, n);
+    const int64_t bos = span.bos, eos = span.eos, hoff = span.hoff;
     const int nchunks = (int)((eos - bos + BT - 1) / BT);
     const int c_begin = seg == 0 ? 0 : min(P.chunks_first + (seg - 1) * P.chunks_per_segment, nchunks);
     const int c_end = P.segments == 1 ? nchunks
