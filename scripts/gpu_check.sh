@@ -60,7 +60,8 @@ if has test; then
            "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 GDN_CUDA_PREP_SHARE=0 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=0 test_chunk_forward_cuda" \
-           "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=1 test_chunk_forward_cuda"; do
+           "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=1 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_TMA_O=0 test_chunk_forward_cuda"; do
     t=${v##* }; envs=${v% *}; log="$OUT/variant_${envs//[ =]/_}_$t.log"
     env $envs timeout 200 $BUILD/tests/$t > "$log" 2>&1
     rc=$?

@@ -175,6 +175,11 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     F.kv = p->state_layout == GDN_STATE_KV;
     set_heads(F, p);
+    /* sm_90: o of whole chunks by tensor stores (GDN_CUDA_FUSED_TMA_O=0 | 1) */
+    const int64_t tokens = p->B * p->T;
+    F.tma_o = 0;
+    if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_O", 1, {0, 1}) == 1)
+        F.tma_o = encode_o_map(&F.tmap_o, a->o, tokens, p->Hv, (int)p->V);
     return launch_chunk_fused(ctx, F, stream);
 }
 

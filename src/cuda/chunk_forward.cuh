@@ -26,6 +26,8 @@
 #ifndef GDN_CUDA_CHUNK_FORWARD_CUH
 #define GDN_CUDA_CHUNK_FORWARD_CUH
 
+#include <cuda.h>
+
 #include "cuda_common.cuh"
 
 namespace gdn {
@@ -187,8 +189,15 @@ struct FusedParams {
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;
     int Hk, Hv, K, V, group, tiled, kv;
+    /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
+    int tma_o;
+    CUtensorMap tmap_o;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
+/* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes
+ * of 16 values x 64 tokens of one head (chunk_state.cu, beside the state
+ * kernel's maps); false where the driver has no encoder. */
+bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream);
 
 /* The context-parallel forward (context_parallel_nccl.cu drives it around

@@ -1259,19 +1259,30 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     return fn;
 }
 
-/* A bf16 [tokens][heads][K] tensor (K % 8 == 0, 16-byte aligned) as a map
- * of boxes of 64 columns x 64 tokens of one head, 128-byte swizzled in
- * shared memory, zeros past K. */
-bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K) {
+/* A bf16 [tokens][heads][width] tensor (width % 8 == 0, 16-byte aligned)
+ * as a map of boxes of box_w columns x 64 tokens of one head. */
+static bool encode_bf16_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int width,
+                            int box_w, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
     const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
     if (!enc) return false;
-    const cuuint64_t dims[3] = {(cuuint64_t)K, (cuuint64_t)heads, (cuuint64_t)tokens};
-    const cuuint64_t strides[2] = {(cuuint64_t)K * 2, (cuuint64_t)(heads * K * 2)};
-    const cuuint32_t box[3] = {64, 1, BT};
+    const cuuint64_t dims[3] = {(cuuint64_t)width, (cuuint64_t)heads, (cuuint64_t)tokens};
+    const cuuint64_t strides[2] = {(cuuint64_t)width * 2, (cuuint64_t)(heads * width * 2)};
+    const cuuint32_t box[3] = {(cuuint32_t)box_w, 1, BT};
     const cuuint32_t elem_strides[3] = {1, 1, 1};
     return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(base), dims, strides, box,
-               elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-               CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+               elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The state kernel's w and k: boxes of 64 columns, 128-byte swizzled in
+ * shared memory, zeros past K. */
+bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K) {
+    return encode_bf16_map(m, base, tokens, heads, K, 64, CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V) {
+    return encode_bf16_map(m, o, tokens, Hv, V, 16, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, bool per_seq_split) {

@@ -164,6 +164,45 @@ __device__ __forceinline__ void tma_load_3d(void *dst, const void *tmap, uint64_
 #endif
 }
 
+/* A 3D tile from shared to global memory by the tensor copy engine (sm_90
+ * TMA store; elements past the map's bounds are not written), in this
+ * thread's bulk group; then the group's commit and waits (.read: until the
+ * shared source has been read). Not for sm_80: callers select them by
+ * __CUDA_ARCH__. */
+__device__ __forceinline__ void tma_store_3d(const void *tmap, const void *src, int c0, int c1, int c2) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+                     tmap),
+                 "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(src))
+                 : "memory");
+#else
+    (void)tmap, (void)src, (void)c0, (void)c1, (void)c2;
+    __trap();
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void bulk_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/* Orders this thread's generic-proxy shared-memory writes before later
+ * async-proxy reads (a tensor store, a wgmma operand). */
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
