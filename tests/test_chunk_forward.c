@@ -763,8 +763,8 @@ static void check_row_tiles(gdn_context *ctx) {
  * over 64-row blocks, also chosen from the batch's size: both sum each
  * 16-deep k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
- * block each value head), checked with both head maps. Forced through GDN_CUDA_FUSED=1,
- * unless the runner has set it. */
+ * block each value head), checked with both head maps. Forced through
+ * GDN_CUDA_FUSED=1, unless the runner has set it. */
 static void check_fused_knobs(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED")) return;
     static const int32_t cu[] = {0, 70, 70, 300};

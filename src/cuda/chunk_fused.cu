@@ -369,10 +369,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
                 WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc(sb + L::Q + off, 16, 1024), kk > 0);
                 WgmmaRS<8, 0>::run(X, a[kk], wgmma_desc(sb + L::KC + off, 16, 1024), kk > 0);
             }
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_acc(O);
-            wgmma_fence_acc(X);
+            wgmma_complete(O, X);
 #endif
         } else {
 #pragma unroll
@@ -438,9 +435,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
                 WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TL + kk * 32, 16, 1024), kk > 0);
                 WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TM + kk * 32, 16, 1024), 1);
             }
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_acc(X);
+            wgmma_complete(X);
 #endif
         } else {
 #pragma unroll
@@ -491,8 +486,8 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
         if constexpr (WG) {
 #if GDN_FUSED_WGMMA
             /* N-major B (k rows of the k tile): k-step kk 16 rows down, the
-             * second 64 columns two tiles (2 BT * 128 bytes) on; O2's chain
-             * interleaved with the update's */
+             * second 64 columns one tile (BT * 128 bytes) on; then O2's
+             * products (interleaving the two chains was slower) */
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
@@ -500,10 +495,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
                 WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc(sb + L::PM + kk * 32, 16, 1024), 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-            wgmma_fence_acc(S);
-            wgmma_fence_acc(O);
+            wgmma_complete(S, O);
 #endif
         } else {
         /* all four k-steps, also past a partial chunk's end (D' is zero
@@ -579,15 +571,20 @@ template <int KP> bool fits(const gdn_context *ctx, int nws, bool wg = false) {
 }
 
 /* Whether the loaded binary has the wgmma form for this device: an sm_90
- * device running the sm_90a code (not an sm_80 build run forward). */
+ * device running the sm_90a code (not an sm_80 build run forward). Asked
+ * of the driver once, not on every launch: every sm_90 device runs the
+ * same code. */
 bool wgmma_built(const gdn_context *ctx) {
     if (ctx->cc_major != 9) return false;
-    cudaFuncAttributes fa;
-    if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true>) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return fa.binaryVersion == 90;
+    static const bool built = [] {
+        cudaFuncAttributes fa;
+        if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true>) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        return fa.binaryVersion == 90;
+    }();
+    return built;
 }
 
 } // namespace

@@ -48,6 +48,13 @@ template <int NG> __device__ __forceinline__ void wgmma_fence_acc(float (&d)[NG]
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[j][e])::"memory");
 }
+/* The products issued since the last commit, as one group, done: their
+ * accumulators acc... readable again. */
+template <class... Acc> __device__ __forceinline__ void wgmma_complete(Acc &...acc) {
+    wgmma_commit();
+    wgmma_wait<0>();
+    (wgmma_fence_acc(acc), ...);
+}
 
 /* d (+)= A B for a 64 x N tile, N = 8 NG (64 or 128), one k-step of 16;
  * acc = 0 overwrites d; TB = 1 for an N-major B. */
