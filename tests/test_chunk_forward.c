@@ -781,6 +781,30 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
     unsetenv("GDN_CUDA_FUSED");
 }
+
+/* The fused path's split of a sequence into segments (summary launch,
+ * combine, final launch), forced onto short sequences with
+ * GDN_CUDA_FUSED_SEGMENTS: 2 (no combine), 3 and 5 segments (the last one
+ * partial) against the oracle with every output, h0 from the caller; a row
+ * tile that holds both value rows and transition rows (V = 96, K = 128);
+ * both product forms, which must agree bitwise here too. */
+static void check_fused_split(gdn_context *ctx) {
+    if (getenv("GDN_CUDA_FUSED") || getenv("GDN_CUDA_FUSED_SEGMENTS")) return;
+    const fw_case a = {C_LONG, 2, 1000, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                       OPT_L2 | OPT_SIG};
+    const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
+    static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1"};
+    setenv("GDN_CUDA_FUSED", "1", 1);
+    for (int i = 0; i < 3; i++) {
+        setenv("GDN_CUDA_FUSED_SEGMENTS", segs[i], 1);
+        printf("  (fused path, GDN_CUDA_FUSED_SEGMENTS=%s)\n", segs[i]);
+        check_case(ctx, &a, 4400 + (uint64_t)i, 1);
+        check_case(ctx, &b, 4410 + (uint64_t)i, 1);
+        check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+    }
+    unsetenv("GDN_CUDA_FUSED_SEGMENTS");
+    unsetenv("GDN_CUDA_FUSED");
+}
 #endif
 
 int main(void) {
@@ -889,6 +913,7 @@ int main(void) {
     if (!quick) check_split_path(ctx);
     check_row_tiles(ctx);
     check_fused_knobs(ctx);
+    check_fused_split(ctx);
 #endif
 
     gdn_context_destroy(ctx);

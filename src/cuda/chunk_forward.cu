@@ -5,6 +5,11 @@
  * Fused (use_fused):
  *   prep    q, k, g, beta        -> T (hi, lo), P, per-token factors
  *   fused   q, k, v, T, P, ...   -> o, final_state, chunk_states
+ * and where a sequence is split into segments (fused_segments), before
+ * that pass (which then runs each segment from its start state):
+ *   summary k, v, T, ...         -> segment 1's start, each segment's
+ *                                   affine summary (P_s, b_s)
+ *   combine                      -> every segment's start state
  * Three stages (otherwise):
  *   prep    q, k, v, g, beta -> w, u, gcum (and the L2-norm scales)
  *   state   w, u, k, gcum    -> h (bf16 chunk-start states), v_new,
@@ -25,6 +30,38 @@ namespace {
 struct FwdLayout {
     size_t offsets, cu, w, u, tmat, tlo, pmat, gcum, qscale, kscale, v_new, h, scratch, total;
 };
+
+/* The fused path's split of one sequence (see FusedParams): where the
+ * state stage would split it (few heads, long sequence, no varlen), as
+ * many segments as put the final launch's 64-row blocks (Hv ceil(V / 64)
+ * a segment) in one wave, each of at least 16 chunks; 1 = no split.
+ * Decided from one sequence's shape (batch invariance).
+ * GDN_CUDA_FUSED_SEGMENTS=1..64 forces the count (without varlen). */
+int fused_segments(const gdn_context *ctx, const gdn_problem *p) {
+    if (p->cu_seqlens || p->T <= 0 || !chunk_fused_supported(ctx, p)) return 1;
+    const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
+    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    int64_t s = 1;
+    if (chunk_state_splits(ctx, p)) {
+        s = sms / (p->Hv * gdn_ceil_div(p->V, 64));
+        if (s > nchunks / 16) s = nchunks / 16;
+        if (s > 64) s = 64;
+        if (s < 2) s = 2;
+    }
+    s = env_override("GDN_CUDA_FUSED_SEGMENTS", (int)s, 1, 64);
+    if (s > nchunks) s = nchunks;
+    /* no empty segment: S = ceil(nchunks / ceil(nchunks / S)) */
+    return (int)gdn_ceil_div(nchunks, gdn_ceil_div(nchunks, s));
+}
+
+/* Bytes of the fused split's buffers: h_start [S-1] then the segment
+ * summaries [S-2] (FusedParams). */
+size_t fused_split_bytes(const gdn_problem *p, int S, size_t *summary_at) {
+    if (S < 2) return *summary_at = 0;
+    const size_t heads = (size_t)(gdn_problem_num_seqs(p) * p->Hv), VK = (size_t)(p->V * p->K);
+    *summary_at = align256((size_t)(S - 1) * heads * VK * sizeof(float));
+    return *summary_at + align256((size_t)(S - 2) * heads * (VK + (size_t)(p->K * p->K)) * sizeof(float));
+}
 
 FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary) {
     const size_t tokens = (size_t)(p->B * p->T), Hv = (size_t)p->Hv;
@@ -54,7 +91,9 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     l.kscale = take(tokens * Hv * sizeof(float));
     l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
     l.h = take(summary ? 0 : NT * Hv * V * K * 2);
-    l.scratch = take(summary ? 0 : chunk_state_scratch_bytes(ctx, p, true));
+    size_t sum_at, scratch = chunk_state_scratch_bytes(ctx, p, true);
+    const size_t fused = fused_split_bytes(p, fused_segments(ctx, p), &sum_at);
+    l.scratch = take(summary ? 0 : scratch > fused ? scratch : fused);
     l.total = at;
     return l;
 }
@@ -140,18 +179,18 @@ gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forwar
  * where it applies: K, V <= 128 and multiples of 8, 16-byte aligned q, k,
  * v, o. It runs each sequence's chunks in one chain per 32-row tile, so
  * it is chosen where a single sequence's tiles (Hv ceil(V / 32)) fill at
- * least half of the multiprocessors and the state stage would not split
- * the sequence; else the three stages (tp8_t2k, 32 tiles: 0.092 ms fused
- * against 0.074). Both tests look at one sequence's shape, not at the
- * batch, so a sequence takes the same path alone or in a batch (batch
- * invariance). GDN_CUDA_FUSED=0 / 1 forces either (1 only where it
- * applies). */
+ * least half of the multiprocessors, or where the sequence is long enough
+ * that it splits (fused_segments); else the three stages (tp8_t2k, 32
+ * tiles: 0.092 ms fused against 0.074). Both tests look at one sequence's
+ * shape, not at the batch, so a sequence takes the same path alone or in
+ * a batch (batch invariance). GDN_CUDA_FUSED=0 / 1 forces either (1 only
+ * where it applies). */
 bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
     const gdn_problem *p = a->p;
     const uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->o;
     if (!chunk_fused_supported(ctx, p) || al % 16 != 0) return false;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    const bool plan = 2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms && !chunk_state_splits(ctx, p);
+    const bool plan = 2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms || chunk_state_splits(ctx, p);
     return env_override("GDN_CUDA_FUSED", plan ? 1 : 0, {0, 1}) == 1;
 }
 
@@ -180,7 +219,24 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.tma_o = 0;
     if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_O", 1, {0, 1}) == 1)
         F.tma_o = encode_o_map(&F.tmap_o, a->o, tokens, p->Hv, (int)p->V);
-    return launch_chunk_fused(ctx, F, stream);
+    /* a split: the summary launch, the combine, then the final launch */
+    F.segments = fused_segments(ctx, p);
+    F.seg_chunks = 0;
+    if (F.segments > 1) {
+        const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
+        size_t sum_at;
+        fused_split_bytes(p, F.segments, &sum_at);
+        F.seg_chunks = (int)gdn_ceil_div(nchunks, F.segments);
+        F.h_start = reinterpret_cast<float *>(ws + l.scratch);
+        F.seg_summary = reinterpret_cast<float *>(ws + l.scratch + sum_at);
+        gdn_status st = launch_chunk_fused(ctx, F, true, stream);
+        if (st != GDN_SUCCESS) return st;
+        if (F.segments > 2 &&
+            (st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
+                                         (int)p->V, F.segments, stream)) != GDN_SUCCESS)
+            return st;
+    }
+    return launch_chunk_fused(ctx, F, false, stream);
 }
 
 /* Stage 2's arguments shared by the forward and the summary. */

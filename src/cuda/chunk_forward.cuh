@@ -179,7 +179,19 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
  *   O^T = (S q^T) diag(scale qs gamma) + D^T P^T  -> o
  *   S   = gamma_L S + D^T diag(ks exp(G_L - G)) k
  * with G_L the gate cumsum at the chunk's last token. Nothing but o and
- * the asked-for states is written. K, V <= 128, multiples of 8. */
+ * the asked-for states is written. K, V <= 128, multiples of 8.
+ *
+ * Split sequences (few heads, long sequences, no varlen): each sequence's
+ * chunks are cut into `segments` runs of seg_chunks chunks (the last one
+ * shorter) and the pass runs twice. The update is affine in the state, so
+ * the summary launch (summary = true, segments 0 .. S-2) runs the state
+ * part only: segment 0 from h0, its end into h_start[0]; segment s >= 1
+ * over V + K rows, rows < V from zero with the real v (giving b_s) and
+ * row V + j from the unit row e_j with v = 0 (row j of P_s), into
+ * seg_summary[s-1], so that state_after = state_before P_s + b_s. The
+ * combine (chunk_state.cu) chains h_start[s] = h_start[s-1] P_s + b_s,
+ * and the final launch runs every segment from its start (h0 or
+ * h_start[s-1]) with o, the last one writing final_state. */
 struct FusedParams {
     ChunkMap map;
     const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
@@ -189,6 +201,10 @@ struct FusedParams {
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;
     int Hk, Hv, K, V, group, tiled, kv;
+    int segments;      /* S, segments a sequence (1: no split) */
+    int seg_chunks;    /* chunks a segment (the last may have fewer); 0 without split */
+    float *h_start;    /* [S-1][N][Hv][V][K] f32: starts of segments 1 .. S-1 */
+    float *seg_summary; /* [S-2][N][Hv][V+K][K] f32: b_s, then P_s, of segments 1 .. S-2 */
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
@@ -198,7 +214,12 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
  * of 16 values x 64 tokens of one head (chunk_state.cu, beside the state
  * kernel's maps); false where the driver has no encoder. */
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
-gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream);
+/* summary: the split path's first launch (see FusedParams) */
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream);
+/* The split path's combine: h_start[s] = h_start[s-1] P_s + b_s for
+ * s = 1 .. segments-2 (chunk_state.cu's, shared with the state stage). */
+gdn_status launch_segment_combine(gdn_context *ctx, const float *seg_summary, float *h_start, int N,
+                                  int Hv, int K, int V, int segments, cudaStream_t stream);
 
 /* The context-parallel forward (context_parallel_nccl.cu drives it around
  * the all-gather; chunk_forward.cu): workspace bytes for nranks ranks;

@@ -57,6 +57,13 @@
  * address registers until the store issues, which at 240 registers
  * serialised them (ncu: long-scoreboard waits on the address registers).
  *
+ * Split sequences (FusedParams): the summary launch is this kernel with
+ * SUM set: no q, P, o products or loads, so its stages are 43 KB and its
+ * registers 155 (wgmma form, K = 128), and two blocks share a
+ * multiprocessor (H100, tp8_t64k, 8 segments of 128 chunks: 208 summary
+ * blocks, 297 us under ncu; the forward 0.78 ms, against 0.955 with three
+ * stages, one summary block a multiprocessor).
+ *
  * Determinism and batch invariance: every row's arithmetic is fixed by
  * its chunk inputs and its own accumulators, in a fixed order; the plan
  * (NWS, stages, mma.sync or wgmma: the tensor cores sum each 16-deep
@@ -78,27 +85,28 @@ constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
  * mma.sync form (WG false): q, k [64][KP+8], T, P [64][72], padded rows
  * for conflict-free ldmatrix. wgmma form (WG, 4 compute warps = one
  * warpgroup): q, k as KP / 64 swizzled [64][64] tiles, T, P one swizzled
- * [64][64] tile each (wgmma.cuh), every tile 1024-byte aligned. */
-template <int KP, int NWS, bool WG> struct FusedLayout {
+ * [64][64] tile each (wgmma.cuh), every tile 1024-byte aligned. A summary
+ * (SUM) has no q, P, wq or o staging: its stages are about 40% smaller. */
+template <int KP, int NWS, bool WG, bool SUM = false> struct FusedLayout {
     static constexpr int LDK = KP + 8;
     static constexpr int ROWS = 16 * NWS;
     static constexpr int LDV = ROWS + 8;
     static constexpr int QK_BYTES = WG ? BT * KP * 2 : BT * LDK * 2;
     static constexpr int TP_BYTES = WG ? BT * BT * 2 : BT * LDT * 2;
     static constexpr int Q = 0;
-    static constexpr int KC = Q + QK_BYTES;
+    static constexpr int KC = Q + (SUM ? 0 : QK_BYTES);
     /* v after k in the mma.sync form (its layout before the wgmma form),
      * after P in the wgmma form (T and P stay 1024-byte aligned) */
-    static constexpr int TM = 2 * QK_BYTES + (WG ? 0 : BT * LDV * 2);
+    static constexpr int TM = KC + QK_BYTES + (WG ? 0 : BT * LDV * 2);
     static constexpr int TL = TM + TP_BYTES;
     static constexpr int PM = TL + TP_BYTES;
-    static constexpr int VS = WG ? PM + TP_BYTES : KC + QK_BYTES;
-    static constexpr int WD = (WG ? VS + BT * LDV * 2 : PM + TP_BYTES);
+    static constexpr int VS = WG ? PM + (SUM ? 0 : TP_BYTES) : KC + QK_BYTES;
+    static constexpr int WD = (WG ? VS + BT * LDV * 2 : PM + (SUM ? 0 : TP_BYTES));
     static constexpr int WK = WD + BT * 4;
     static constexpr int WQ = WK + BT * 4;
     static constexpr int ALIGN = WG ? 1024 : 16;
-    static constexpr int STAGE = (WQ + BT * 4 + ALIGN - 1) / ALIGN * ALIGN;
-    static constexpr int WARP_BYTES = BT * LDO * 2;
+    static constexpr int STAGE = (WQ + (SUM ? 0 : BT * 4) + ALIGN - 1) / ALIGN * ALIGN;
+    static constexpr int WARP_BYTES = SUM ? 0 : BT * LDO * 2;
     static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0 && VS % 16 == 0, "16-byte pieces");
     static_assert(!WG || (NWS == 4 && KP % 64 == 0 && TM % 1024 == 0), "wgmma tiles");
     /* byte offset of q / k element (t, c) (c a multiple of 8) in its tile */
@@ -124,10 +132,10 @@ template <int KP, int NWS, bool WG> struct FusedLayout {
  * (loading only the others made it 13% slower at q35_t8k, unexplained);
  * the wgmma form loads only the others and keeps zeros there (its
  * products run whole rows: trimming them was slower). */
-template <int KP, int NWS, bool WG>
+template <int KP, int NWS, bool WG, bool SUM>
 __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const SeqSpan &sq, int c,
                                            int h, int kh, int row0, int lane, int part, int nparts) {
-    using L = FusedLayout<KP, NWS, WG>;
+    using L = FusedLayout<KP, NWS, WG, SUM>;
     const int64_t t0 = sq.bos + (int64_t)c * BT;
     const int len = (int)min((int64_t)BT, sq.eos - t0);
     const int64_t rs_k = (int64_t)P.Hk * P.K, rs_v = (int64_t)P.Hv * P.V;
@@ -140,7 +148,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
             const bool ok = t < len && cc < P.K;
             const int64_t off = ok ? t * rs_k + cc : 0;
             const uint32_t at = L::qk_at(t, cc);
-            cp_async16(st + L::Q + at, qg + off, ok ? 16 : 0);
+            if (!SUM) cp_async16(st + L::Q + at, qg + off, ok ? 16 : 0); /* (no o: no q) */
             cp_async16(st + L::KC + at, kg + off, ok ? 16 : 0);
         }
         if (nparts > 1) return;
@@ -163,7 +171,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
         const int64_t g = tile + t * BT + cc;
         cp_async16(st + L::TM + at, P.tmat + g, 16);
         cp_async16(st + L::TL + at, P.tlo + g, 16);
-        cp_async16(st + L::PM + at, P.pmat + g, 16);
+        if (!SUM) cp_async16(st + L::PM + at, P.pmat + g, 16);
     }
     float *wd = reinterpret_cast<float *>(st + L::WD), *wk = reinterpret_cast<float *>(st + L::WK);
     float *wq = reinterpret_cast<float *>(st + L::WQ);
@@ -174,7 +182,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
         const int64_t o = ok ? gi + t * P.Hv : gi;
         cp_async4(wd + t, P.wd + o, ok ? 4 : 0);
         cp_async4(wk + t, P.wk + o, ok ? 4 : 0);
-        cp_async4(wq + t, P.wq + o, ok ? 4 : 0);
+        if (!SUM) cp_async4(wq + t, P.wq + o, ok ? 4 : 0);
     }
 }
 
@@ -194,10 +202,11 @@ __device__ __forceinline__ int b_rows_off(int lane, int jj, int kk, int ld) {
     return (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * ld + 16 * kk + ((lane >> 3) & 1) * 8;
 }
 
-/* A warp's 16 rows of S (from r0, all K columns) into the [V][K] state
- * (layout P.kv) at dst; rows past V and columns past K are not stored. */
+/* A warp's 16 rows of S (from r0, all K columns) into the [rows][K]
+ * state (or [K][rows] with kv) at dst; rows past `rows` and columns past
+ * K are not stored. */
 template <int NT>
-__device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], const FusedParams &P,
+__device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], int kv, int rows, int K,
                                            int r0, int lane) {
     const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
@@ -205,8 +214,46 @@ __device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], 
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-            if (v < P.V && k < P.K) dst[state_index(P.kv, P.V, P.K, v, k)] = S[j][e];
+            if (v < rows && k < K) dst[state_index(kv, rows, K, v, k)] = S[j][e];
         }
+}
+
+/* Where a block's state starts and ends (see FusedParams): its segment's
+ * chunks [c0, c1) of the sequence, the state it starts from (its rows
+ * [V][K], or NULL: zero, and in a summary the unit rows past V), and where
+ * its end state goes ([rows][K] or, kv, [K][rows]; NULL: nowhere). */
+struct SegmentPlan {
+    int c0, c1;
+    const float *start;
+    int start_kv;
+    float *end;
+    int end_kv, end_rows;
+};
+
+template <bool SUM>
+__device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n, int h, int seg,
+                                                    int nchunks) {
+    SegmentPlan s;
+    const int64_t heads = (int64_t)P.map.N * P.Hv, head = (int64_t)n * P.Hv + h;
+    const int64_t VK = (int64_t)P.V * P.K;
+    s.c0 = P.seg_chunks ? min(seg * P.seg_chunks, nchunks) : 0;
+    s.c1 = P.seg_chunks ? min(s.c0 + P.seg_chunks, nchunks) : nchunks;
+    s.start = seg == 0 ? (P.h0 ? P.h0 + head * VK : nullptr)
+                       : (SUM ? nullptr : P.h_start + ((int64_t)(seg - 1) * heads + head) * VK);
+    s.start_kv = seg == 0 ? P.kv : 0;
+    s.end = nullptr;
+    s.end_kv = 0;
+    s.end_rows = P.V;
+    if (SUM && seg == 0) {
+        s.end = P.h_start + head * VK;
+    } else if (SUM) {
+        s.end = P.seg_summary + ((int64_t)(seg - 1) * heads + head) * (VK + (int64_t)P.K * P.K);
+        s.end_rows = P.V + P.K;
+    } else if (seg >= P.segments - 1 && P.final_state) { /* (segments 0 or 1: no split) */
+        s.end = P.final_state + head * VK;
+        s.end_kv = P.kv;
+    }
+    return s;
 }
 
 /* A warp's 16 rows of o for one chunk (tokens t0 .. t0 + len - 1) through
@@ -261,10 +308,11 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
 #define GDN_FUSED_WGMMA 0
 #endif
 
-template <int KP, int NWS, bool WG>
-__global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __grid_constant__ FusedParams P, int stages,
-                                                                     int slices, int npw) {
-    using L = FusedLayout<KP, NWS, WG>;
+/* SUM: the split path's summary launch (state only: no q, P or o). */
+template <int KP, int NWS, bool WG, bool SUM>
+__global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kernel(const __grid_constant__ FusedParams P, int stages,
+                                                                     int slices, int segs, int npw) {
+    using L = FusedLayout<KP, NWS, WG, SUM>;
     constexpr int NT = KP / 8; /* n-tiles of S's columns */
     extern __shared__ __align__(128) uint8_t smem_raw[];
     if (WG && !GDN_FUSED_WGMMA) { /* the host launches WG only where built (wgmma_built) */
@@ -281,11 +329,15 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
     const int slice = (int)(b % (unsigned)slices);
     b /= (unsigned)slices;
     const int h = (int)(b % (unsigned)P.Hv);
-    const int n = (int)(b / (unsigned)P.Hv);
+    b /= (unsigned)P.Hv;
+    const int seg = (int)(b % (unsigned)segs);
+    const int n = (int)(b / (unsigned)segs);
     const int kh = P.tiled ? h % P.Hk : h / P.group;
     const SeqSpan sq = seq_span(P.map.cu_seqlens, P.map.chunk_offsets, P.map.T, n);
     const int nchunks = (int)((sq.eos - sq.bos + BT - 1) / BT);
+    const SegmentPlan sp = segment_plan<SUM>(P, n, h, seg, nchunks);
     const int row0 = slice * L::ROWS;
+    if (row0 >= sp.end_rows) return; /* a summary's segment 0 has V rows, not V + K */
 
     if (threadIdx.x == 0)
         for (int i = 0; i < stages; i++) {
@@ -301,17 +353,17 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
             const uint4 z = make_uint4(0, 0, 0, 0);
             *reinterpret_cast<uint4 *>(st + L::TM + at) = z;
             *reinterpret_cast<uint4 *>(st + L::TL + at) = z;
-            *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
+            if (!SUM) *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
         }
         fence_proxy_async_smem(); /* for the products' reads */
     }
     __syncthreads();
 
     if (warp >= NWS) { /* the producer(s) */
-        for (int c = 0; c < nchunks; c++) {
-            const int slot = c % stages;
-            if (c >= stages) mbar_wait(empty + slot, (uint32_t)((c / stages - 1) & 1));
-            load_stage<KP, NWS, WG>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
+        for (int c = sp.c0; c < sp.c1; c++) {
+            const int i = c - sp.c0, slot = i % stages;
+            if (i >= stages) mbar_wait(empty + slot, (uint32_t)((i / stages - 1) & 1));
+            load_stage<KP, NWS, WG, SUM>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
             mbar_arrive_cp_async(full + slot);
         }
         cp_async_commit();
@@ -321,20 +373,25 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
 
     /* ---- a compute warp: rows r0 .. r0 + 15 of the head's state ---- */
     const int r0 = row0 + 16 * warp;
-    const int64_t head = ((int64_t)n * P.Hv + h) * P.V * P.K;
     float S[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
-            S[j][e] = P.h0 && v < P.V && k < P.K ? P.h0[head + state_index(P.kv, P.V, P.K, v, k)] : 0.f;
+            float x = 0.f;
+            if (v < P.V && k < P.K) {
+                if (sp.start) x = sp.start[state_index(sp.start_kv, P.V, P.K, v, k)];
+            } else if (SUM && seg > 0 && k < P.K && v - P.V == k) {
+                x = 1.f; /* transition row V + k: the unit row e_k */
+            }
+            S[j][e] = x;
         }
     __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
     const int vl = 16 * warp; /* this warp's rows in the stage's v tile */
 
-    for (int c = 0; c < nchunks; c++) {
-        const int slot = c % stages;
+    for (int c = sp.c0; c < sp.c1; c++) {
+        const int i = c - sp.c0, slot = i % stages;
         const uint8_t *st = smem + slot * L::STAGE;
         const __nv_bfloat16 *qs = reinterpret_cast<const __nv_bfloat16 *>(st + L::Q);
         const __nv_bfloat16 *ks = reinterpret_cast<const __nv_bfloat16 *>(st + L::KC);
@@ -350,9 +407,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
         const uint32_t sb = smem_addr(st);
         (void)sb;
 
-        if (P.chunk_states) /* the state at this chunk's start */
-            store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P, r0, lane);
-        mbar_wait(full + slot, (uint32_t)((c / stages) & 1));
+        if (!SUM && P.chunk_states) /* the state at this chunk's start */
+            store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P.kv, P.V, P.K, r0, lane);
+        mbar_wait(full + slot, (uint32_t)((i / stages) & 1));
 
         /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
         float O[8][4], X[8][4];
@@ -366,10 +423,11 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
 #pragma unroll
             for (int kk = 0; kk < KP / 16; kk++) {
                 const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
-                WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc(sb + L::Q + off, 16, 1024), kk > 0);
+                if (!SUM) WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc(sb + L::Q + off, 16, 1024), kk > 0);
                 WgmmaRS<8, 0>::run(X, a[kk], wgmma_desc(sb + L::KC + off, 16, 1024), kk > 0);
             }
-            wgmma_complete(O, X);
+            if constexpr (SUM) wgmma_complete(X);
+            else wgmma_complete(O, X);
 #endif
         } else {
 #pragma unroll
@@ -384,10 +442,12 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
                 for (int jj = 0; jj < 4; jj++) {
                     uint32_t bq[4], bk[4];
                     const int off = b_rows_off(lane, jj, kk, L::LDK);
-                    ldmatrix_x4(bq, qs + off);
+                    if (!SUM) ldmatrix_x4(bq, qs + off);
                     ldmatrix_x4(bk, ks + off);
-                    mma_bf16_16816(O[2 * jj], a, bq);
-                    mma_bf16_16816(O[2 * jj + 1], a, bq + 2);
+                    if (!SUM) {
+                        mma_bf16_16816(O[2 * jj], a, bq);
+                        mma_bf16_16816(O[2 * jj + 1], a, bq + 2);
+                    }
                     mma_bf16_16816(X[2 * jj], a, bk);
                     mma_bf16_16816(X[2 * jj + 1], a, bk + 2);
                 }
@@ -410,15 +470,18 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
                 const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s]));
                 const float2 hi =
                     __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s + 1]));
-                const float k0 = wk[t], k1 = wk[t + 1], q0 = wq[t], q1 = wq[t + 1];
+                const float k0 = wk[t], k1 = wk[t + 1];
                 u[s][0] = lo.x - X[j][0] * k0;
                 u[s][1] = lo.y - X[j][1] * k1;
                 u[s][2] = hi.x - X[j][2] * k0;
                 u[s][3] = hi.y - X[j][3] * k1;
-                O[j][0] *= q0;
-                O[j][1] *= q1;
-                O[j][2] *= q0;
-                O[j][3] *= q1;
+                if (!SUM) {
+                    const float q0 = wq[t], q1 = wq[t + 1];
+                    O[j][0] *= q0;
+                    O[j][1] *= q1;
+                    O[j][2] *= q0;
+                    O[j][3] *= q1;
+                }
             }
             acc_to_a(ua[jj], u[0], u[1]);
         }
@@ -492,10 +555,14 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
                 WgmmaRS<NT, 1>::run(S, dp[kk], wgmma_desc(sb + L::KC + kk * 2048, BT * 128, 1024), 1);
+            if constexpr (SUM) {
+                wgmma_complete(S);
+            } else {
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-                WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc(sb + L::PM + kk * 32, 16, 1024), 1);
-            wgmma_complete(S, O);
+                for (int kk = 0; kk < 4; kk++)
+                    WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc(sb + L::PM + kk * 32, 16, 1024), 1);
+                wgmma_complete(S, O);
+            }
 #endif
         } else {
         /* all four k-steps, also past a partial chunk's end (D' is zero
@@ -514,49 +581,55 @@ __global__ void __launch_bounds__(32 * (NWS + 2), 1) chunk_fused_kernel(const __
         /* O += D^T P^T (P lower triangular), after the update in source
          * order: its short chains then overlap the update's 64 independent
          * products (q35_t32k -1%) */
+        if (!SUM) {
 #pragma unroll
-        for (int jj = 0; jj < 4; jj++)
+            for (int jj = 0; jj < 4; jj++)
 #pragma unroll
-            for (int kk = 0; kk <= jj; kk++) {
-                uint32_t bp[4];
-                ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
-                mma_bf16_16816(O[2 * jj], da[kk], bp);
-                mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
-            }
+                for (int kk = 0; kk <= jj; kk++) {
+                    uint32_t bp[4];
+                    ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
+                    mma_bf16_16816(O[2 * jj], da[kk], bp);
+                    mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
+                }
+        }
         }
         mbar_arrive(empty + slot); /* the stage is read */
 
-        store_o(ost, O, P, t0, len, h, r0, lane); /* o rows of this chunk */
+        if (!SUM) store_o(ost, O, P, t0, len, h, r0, lane); /* o rows of this chunk */
     }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (P.tma_o && lane == 0) bulk_wait<0>(); /* this warp's tensor stores are done */
+    if (!SUM && P.tma_o && lane == 0) bulk_wait<0>(); /* this warp's tensor stores are done */
 #endif
-    if (P.final_state) store_rows(P.final_state + head, S, P, r0, lane);
+    if (sp.end) store_rows(sp.end, S, sp.end_kv, sp.end_rows, P.K, r0, lane);
 }
 
-template <int KP, int NWS, bool WG>
-gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, cudaStream_t stream) {
-    using L = FusedLayout<KP, NWS, WG>;
-    const int slices = (P.V + L::ROWS - 1) / L::ROWS;
-    int stages = 2; /* three where they fit */
-    if ((size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
+/* One launch over N sequences x segs segments x Hv heads x the row tiles
+ * of `rows` rows (V, or V + K in a summary). */
+template <int KP, int NWS, bool WG, bool SUM>
+gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows, cudaStream_t stream) {
+    using L = FusedLayout<KP, NWS, WG, SUM>;
+    const int slices = (rows + L::ROWS - 1) / L::ROWS;
+    /* three stages where they fit; a summary two, so that two blocks
+     * share a multiprocessor (its launch bounds ask for that too) */
+    int stages = 2;
+    if (!SUM && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "chunk_fused: %d bytes of shared memory, device allows %zu", bytes,
                         ctx->smem_optin);
-    const int64_t blocks = N * P.Hv * slices;
+    const int64_t blocks = N * segs * P.Hv * slices;
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "chunk_fused: %lld blocks exceed the grid",
                         (long long)blocks);
-    auto kern = chunk_fused_kernel<KP, NWS, WG>;
+    auto kern = chunk_fused_kernel<KP, NWS, WG, SUM>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* producer warps: two (q, k / the rest) for 4 compute warps, else one
      * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
     const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 ? 2 : 1, {1, 2});
-    kern<<<(unsigned)blocks, 32 * (NWS + npw), bytes, stream>>>(P, stages, slices, npw);
+    kern<<<(unsigned)blocks, 32 * (NWS + npw), bytes, stream>>>(P, stages, slices, segs, npw);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
     return GDN_SUCCESS;
 }
@@ -578,7 +651,7 @@ bool wgmma_built(const gdn_context *ctx) {
     if (ctx->cc_major != 9) return false;
     static const bool built = [] {
         cudaFuncAttributes fa;
-        if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true>) != cudaSuccess) {
+        if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true, false>) != cudaSuccess) {
             (void)cudaGetLastError();
             return false;
         }
@@ -595,11 +668,14 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
     return p->K <= 64 ? fits<64>(ctx, 2) : fits<128>(ctx, 2);
 }
 
-gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream_t stream) {
+namespace {
+
+template <bool SUM>
+gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int segs, int rows, cudaStream_t stream) {
     const int64_t N = P.map.N;
     const bool k64 = P.K <= 64;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    const int64_t heads = N * P.Hv;
+    const int64_t heads = N * segs * P.Hv; /* chains of row tiles */
     /* The wgmma form (Hopper) where its 64-row blocks fill at least 3/4 of
      * the multiprocessors: it reads each B operand from shared memory once
      * per 64 rows where the mma.sync form reads it once per warp, and ran
@@ -609,16 +685,30 @@ gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, cudaStream
      * bits (test_chunk_forward checks), so the choice may follow the batch.
      * GDN_CUDA_FUSED_WGMMA=0 / 1 forces either (1 only where built). */
     const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
-    const bool wg_fills = 4 * heads * ((P.V + 63) / 64) >= 3 * (int64_t)sms;
+    const bool wg_fills = 4 * heads * ((rows + 63) / 64) >= 3 * (int64_t)sms;
     if (env_override("GDN_CUDA_FUSED_WGMMA", wg_fills ? 1 : 0, {0, 1}) == 1 && wg_ok)
-        return k64 ? launch<64, 4, true>(ctx, P, N, stream) : launch<128, 4, true>(ctx, P, N, stream);
+        return k64 ? launch<64, 4, true, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 4, true, SUM>(ctx, P, N, segs, rows, stream);
     /* rows a block: 32 (2 compute warps) unless that leaves too many blocks
      * for one wave and 64 still fill the machine; bits do not depend on it */
-    int nws = heads * ((P.V + 31) / 32) > sms && heads * ((P.V + 63) / 64) >= sms ? 4 : 2;
+    int nws = heads * ((rows + 31) / 32) > sms && heads * ((rows + 63) / 64) >= sms ? 4 : 2;
     if (nws == 4 && !(k64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
-    if (k64) return nws == 4 ? launch<64, 4, false>(ctx, P, N, stream) : launch<64, 2, false>(ctx, P, N, stream);
-    return nws == 4 ? launch<128, 4, false>(ctx, P, N, stream) : launch<128, 2, false>(ctx, P, N, stream);
+    if (k64)
+        return nws == 4 ? launch<64, 4, false, SUM>(ctx, P, N, segs, rows, stream)
+                        : launch<64, 2, false, SUM>(ctx, P, N, segs, rows, stream);
+    return nws == 4 ? launch<128, 4, false, SUM>(ctx, P, N, segs, rows, stream)
+                    : launch<128, 2, false, SUM>(ctx, P, N, segs, rows, stream);
+}
+
+} // namespace
+
+/* The summary launch covers segments 0 .. S-2, over V + K rows (segment
+ * 0's blocks past V return at once); the final one every segment. */
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream) {
+    const int S = P.segments > 1 ? P.segments : 1;
+    if (summary) return launch_form<true>(ctx, P, S - 1, P.V + P.K, stream);
+    return launch_form<false>(ctx, P, S, P.V, stream);
 }
 
 } // namespace gdn

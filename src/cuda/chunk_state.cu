@@ -975,6 +975,24 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
 
 /* ---- host side ---- */
 
+/* The combine over N sequences of P.segments segments (P.summary,
+ * P.h_start; P.K picks the kernel's padded K). */
+template <int KP> gdn_status launch_combine_kp(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
+    const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
+    const size_t bytes = combine_smem_bytes(KP); /* 20-81 KB */
+    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)bytes));
+    combine_kernel<KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(P);
+    GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
+    return GDN_SUCCESS;
+}
+
+gdn_status launch_combine(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
+    if (P.K <= 64) return launch_combine_kp<64>(ctx, P, N, stream);
+    if (P.K <= 128) return launch_combine_kp<128>(ctx, P, N, stream);
+    return launch_combine_kp<256>(ctx, P, N, stream);
+}
+
 struct Plan {
     int kp;     /* K padded to the kernel's: 64, 128 or 256 */
     int bv;     /* state rows a block */
@@ -1192,14 +1210,7 @@ gdn_status run_passes(gdn_context *ctx, Params P, const Plan &pl, int64_t N, cud
         gdn_status st = launch<L, VEC, MODE_SUMMARY>(
             ctx, S, S.lead_blocks + N * P.Hv * S.row_tiles * S.seg_launch, stream);
         if (st != GDN_SUCCESS) return st;
-        if (pl.segments > 2) {
-            const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-            const size_t bytes = combine_smem_bytes(L::KP); /* 20-81 KB */
-            GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<L::KP>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-            combine_kernel<L::KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(S);
-            GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
-        }
+        if (pl.segments > 2 && (st = launch_combine(ctx, S, N, stream)) != GDN_SUCCESS) return st;
     }
     P.row_tiles = vtiles;
     P.seg_first = pl.segments > 1 ? 1 : 0;
@@ -1291,6 +1302,19 @@ size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, b
 
 bool chunk_state_splits(const gdn_context *ctx, const gdn_problem *p) {
     return make_plan(ctx, p, true).segments > 1;
+}
+
+gdn_status launch_segment_combine(gdn_context *ctx, const float *seg_summary, float *h_start, int N,
+                                  int Hv, int K, int V, int segments, cudaStream_t stream) {
+    Params P{};
+    P.summary = const_cast<float *>(seg_summary); /* (read only by the combine) */
+    P.h_start = h_start;
+    P.N = N;
+    P.Hv = Hv;
+    P.K = K;
+    P.V = V;
+    P.segments = segments;
+    return launch_combine(ctx, P, N, stream);
 }
 
 gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateArgs &a,
