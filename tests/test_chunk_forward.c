@@ -787,12 +787,14 @@ static void check_fused_knobs(gdn_context *ctx) {
  * GDN_CUDA_FUSED_SEGMENTS: 2 (no combine), 3 and 5 segments (the last one
  * partial) against the oracle with every output, h0 from the caller; a row
  * tile that holds both value rows and transition rows (V = 96, K = 128);
- * both product forms, which must agree bitwise here too. */
+ * no h0; both product forms, which must agree bitwise here too; leaving
+ * out final_state and chunk_states changes nothing else. */
 static void check_fused_split(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED") || getenv("GDN_CUDA_FUSED_SEGMENTS")) return;
     const fw_case a = {C_LONG, 2, 1000, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
                        OPT_L2 | OPT_SIG};
     const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
+    const fw_case c = {C_LONG, 1, 700, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG};
     static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     for (int i = 0; i < 3; i++) {
@@ -800,7 +802,18 @@ static void check_fused_split(gdn_context *ctx) {
         printf("  (fused path, GDN_CUDA_FUSED_SEGMENTS=%s)\n", segs[i]);
         check_case(ctx, &a, 4400 + (uint64_t)i, 1);
         check_case(ctx, &b, 4410 + (uint64_t)i, 1);
+        check_case(ctx, &c, 4430 + (uint64_t)i, 1);
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+    }
+    fw_inputs f;
+    fw_out full, none;
+    if (fw_setup(ctx, &a, 4440, &f, &full)) { /* (still 5 segments) */
+        fw_out_alloc(&none, &f.in, 0, 0);
+        CHECK_STATUS(run_op(ctx, &f, &none), GDN_SUCCESS, ctx);
+        CHECK(fw_out_equal(&full, &none), "split: leaving out final_state and chunk_states changes o");
+        fw_out_free(&none);
+        fw_out_free(&full);
+        gdn_test_fw_inputs_free(&f);
     }
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");
