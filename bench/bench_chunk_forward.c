@@ -13,7 +13,9 @@
  * Options as Qwen3-Next calls the layer: q and k L2-normalised in the
  * kernel, beta given, g a per-token log decay, h0 given, the final state
  * written. Inputs are cheap uniform random values (the kernels have no
- * data-dependent paths). */
+ * data-dependent paths). With GDN_BENCH_VARLEN=1 in the environment each
+ * shape's B rows go in as one varlen batch (cu_seqlens, with its device
+ * copy), the form serving engines call. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -141,6 +143,20 @@ int main(int argc, char **argv) {
         const int64_t K = sh->K, V = sh->K, BT = sh->B * sh->T, N = sh->B;
         gdn_problem p;
         gdn_problem_init(&p, sh->B, sh->T, sh->Hk, sh->Hv, K, V);
+        const char *vl = getenv("GDN_BENCH_VARLEN");
+        int32_t *cu = NULL;
+        void *dcu = NULL;
+        if (vl && vl[0] == '1') {
+            cu = malloc((size_t)(N + 1) * sizeof(int32_t));
+            for (int64_t n = 0; n <= N; n++) cu[n] = (int32_t)(n * sh->T);
+            CK(cudaMalloc(&dcu, (size_t)(N + 1) * sizeof(int32_t)));
+            CK(cudaMemcpy(dcu, cu, (size_t)(N + 1) * sizeof(int32_t), cudaMemcpyHostToDevice));
+            p.B = 1;
+            p.T = BT;
+            p.cu_seqlens = cu;
+            p.cu_seqlens_device = dcu;
+            p.num_seqs = N;
+        }
         const int64_t NT = gdn_problem_num_chunks(&p);
         const size_t nqk = BT * sh->Hk * K, nv = BT * sh->Hv * V, ng = BT * sh->Hv;
         const size_t ns = N * sh->Hv * V * K;
@@ -178,7 +194,8 @@ int main(int argc, char **argv) {
                     (long long)K, (long long)V, ms, bytes, flops, bw, mm);
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(graph);
-        void *bufs[] = {dq, dk, dv, dg, db, dh0, dO, dfs, ws};
+        free(cu);
+        void *bufs[] = {dq, dk, dv, dg, db, dh0, dO, dfs, ws, dcu};
         for (unsigned i = 0; i < sizeof bufs / sizeof bufs[0]; i++) cudaFree(bufs[i]);
     }
     if (csv) fclose(csv);

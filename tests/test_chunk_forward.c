@@ -782,15 +782,57 @@ static void check_fused_knobs(gdn_context *ctx) {
     unsetenv("GDN_CUDA_FUSED");
 }
 
+/* Each non-empty sequence of varlen case c (run as planned) alone as a
+ * varlen batch of one: bitwise the batch's rows. */
+static void check_varlen_alone(gdn_context *ctx, const fw_case *c, uint64_t seed) {
+    fw_inputs f;
+    fw_out all;
+    if (!fw_setup(ctx, c, seed, &f, &all)) return;
+    const gdn_ref_inputs *in = &f.in;
+    const gdn_problem *p = &in->p;
+    const int32_t *cu = c->cu;
+    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
+    int64_t chunk = 0;
+    for (int64_t n = 0; n < in->N; n++) {
+        const int64_t bos = cu[n], len = cu[n + 1] - cu[n], nt = (len + 63) / 64;
+        if (len == 0) continue; /* (T >= 1 is the rule; an empty one is checked in check_case) */
+        const int32_t one_cu[2] = {0, (int32_t)len};
+        gdn_problem one = *p;
+        one.cu_seqlens = one_cu;
+        one.cu_seqlens_device = NULL;
+        one.num_seqs = 1;
+        one.T = len;
+        gdn_bf16 *o = gdn_test_alloc_poisoned(len * Hv * V, 2);
+        float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
+        CHECK_STATUS(fwd(ctx, &one, &f.opts, in->q + bos * Hk * K, in->k + bos * Hk * K, in->v + bos * Hv * V,
+                         in->g + bos * Hv, in->beta + bos * Hv, in->h0 + n * S, o, fs, cs),
+                     GDN_SUCCESS, ctx);
+        CHECK(memcmp(o, all.o + bos * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
+                  memcmp(fs, all.fs + n * S, (size_t)S * 4) == 0 &&
+                  memcmp(cs, all.cs + chunk * S, (size_t)(nt * S) * 4) == 0,
+              "varlen sequence %lld alone differs from the same sequence in the batch", (long long)n);
+        free(o);
+        free(fs);
+        free(cs);
+        chunk += nt;
+    }
+    fw_out_free(&all);
+    gdn_test_fw_inputs_free(&f);
+}
+
 /* The fused path's split of a sequence into segments (summary launch,
  * combine, final launch), forced onto short sequences with
  * GDN_CUDA_FUSED_SEGMENTS: 2 (no combine), 3 and 5 segments (the last one
  * partial) against the oracle with every output, h0 from the caller; a row
  * tile that holds both value rows and transition rows (V = 96, K = 128);
  * no h0; both product forms, which must agree bitwise here too; leaving
- * out final_state and chunk_states changes nothing else. */
+ * out final_state and chunk_states changes nothing else. And a varlen
+ * batch's split, each sequence by its own length (GDN_CUDA_FUSED_MIN_SEG=2
+ * lets 8 chunks split): empty, unsplit and split sequences side by side
+ * against the oracle, both product forms, each sequence alone. */
 static void check_fused_split(gdn_context *ctx) {
-    if (getenv("GDN_CUDA_FUSED") || getenv("GDN_CUDA_FUSED_SEGMENTS")) return;
+    if (getenv("GDN_CUDA_FUSED") || getenv("GDN_CUDA_FUSED_SEGMENTS") || getenv("GDN_CUDA_FUSED_MIN_SEG"))
+        return;
     const fw_case a = {C_LONG, 2, 1000, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
                        OPT_L2 | OPT_SIG};
     const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
@@ -815,6 +857,17 @@ static void check_fused_split(gdn_context *ctx) {
         fw_out_free(&full);
         gdn_test_fw_inputs_free(&f);
     }
+    static const int32_t cu[] = {0, 0, 300, 310, 1000, 1000, 1700, 2300};
+    const fw_case v = {C_VARLEN, 1, 2300, 2, 4, 128, 96, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, cu, 7,
+                       OPT_L2 | OPT_SIG};
+    const fw_case v64 = {C_VARLEN, 1, 2300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 0, cu, 7, OPT_QWEN};
+    setenv("GDN_CUDA_FUSED_MIN_SEG", "2", 1);
+    printf("  (fused path, varlen, GDN_CUDA_FUSED_MIN_SEG=2)\n");
+    check_case(ctx, &v, 4450, 1);
+    check_case(ctx, &v64, 4451, 1);
+    check_env_bits(ctx, &v, 4452, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+    check_varlen_alone(ctx, &v, 4453);
+    unsetenv("GDN_CUDA_FUSED_MIN_SEG");
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");
 }

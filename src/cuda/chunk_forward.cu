@@ -29,6 +29,7 @@ namespace {
 /* Byte offsets of the intermediates in the workspace. */
 struct FwdLayout {
     size_t offsets, cu, w, u, tmat, tlo, pmat, gcum, qscale, kscale, v_new, h, scratch, total;
+    size_t seg_off; /* the varlen split's [N+1] segment offsets (if it splits) */
 };
 
 /* The fused path's split of one sequence (see FusedParams): where the
@@ -54,13 +55,50 @@ int fused_segments(const gdn_context *ctx, const gdn_problem *p) {
     return (int)gdn_ceil_div(nchunks, gdn_ceil_div(nchunks, s));
 }
 
+/* A varlen batch's split (FusedParams.seg_off): each sequence by
+ * fused_seq_segments; segments == N where none splits. smax is what puts
+ * a sequence's 64-row blocks in one wave, as fused_segments above. It
+ * applies wherever a varlen batch takes the fused path; the plan sends
+ * few-head varlen batches (the ones that split) to the three stages,
+ * unsplit, unless GDN_CUDA_FUSED=1 (see use_fused).
+ * GDN_CUDA_FUSED_MIN_SEG=1..16 lowers the chunks a segment must have (to
+ * test the split on short sequences). */
+struct VarlenSplit {
+    int smax, min_seg;
+    int64_t segments;
+};
+
+VarlenSplit varlen_split(const gdn_context *ctx, const gdn_problem *p) {
+    const int64_t N = gdn_problem_num_seqs(p);
+    VarlenSplit v{0, 16, N};
+    if (!p->cu_seqlens || N <= 0 || !chunk_fused_supported(ctx, p)) return v;
+    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    v.smax = (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
+    v.min_seg = env_override("GDN_CUDA_FUSED_MIN_SEG", 16, 1, 16);
+    if (v.smax < 2) return v;
+    int64_t total = 0;
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t len = (int64_t)p->cu_seqlens[n + 1] - p->cu_seqlens[n];
+        total += fused_seq_segments(len > 0 ? gdn_ceil_div(len, GDN_CHUNK) : 0, v.smax, v.min_seg);
+    }
+    v.segments = total;
+    return v;
+}
+
 /* Bytes of the fused split's buffers: h_start [S-1] then the segment
- * summaries [S-2] (FusedParams). */
-size_t fused_split_bytes(const gdn_problem *p, int S, size_t *summary_at) {
-    if (S < 2) return *summary_at = 0;
-    const size_t heads = (size_t)(gdn_problem_num_seqs(p) * p->Hv), VK = (size_t)(p->V * p->K);
-    *summary_at = align256((size_t)(S - 1) * heads * VK * sizeof(float));
-    return *summary_at + align256((size_t)(S - 2) * heads * (VK + (size_t)(p->K * p->K)) * sizeof(float));
+ * summaries [S-2] (FusedParams); for a varlen split, S - 1 entries of each
+ * a sequence (varlen_split's segments - N in all). */
+size_t fused_split_bytes(const gdn_problem *p, int S, size_t *summary_at, int64_t varlen_segments = 0) {
+    const size_t N = (size_t)gdn_problem_num_seqs(p), VK = (size_t)(p->V * p->K);
+    size_t starts = 0, sums = 0; /* entries of Hv states */
+    if (varlen_segments > (int64_t)N) {
+        starts = sums = (size_t)varlen_segments - N;
+    } else if (S >= 2) {
+        starts = (size_t)(S - 1) * N;
+        sums = (size_t)(S - 2) * N;
+    }
+    *summary_at = align256(starts * (size_t)p->Hv * VK * sizeof(float));
+    return *summary_at + align256(sums * (size_t)p->Hv * (VK + (size_t)(p->K * p->K)) * sizeof(float));
 }
 
 FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary) {
@@ -92,8 +130,12 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
     l.h = take(summary ? 0 : NT * Hv * V * K * 2);
     size_t sum_at, scratch = chunk_state_scratch_bytes(ctx, p, true);
-    const size_t fused = fused_split_bytes(p, fused_segments(ctx, p), &sum_at);
+    const VarlenSplit vs = summary ? VarlenSplit{0, 16, (int64_t)N} : varlen_split(ctx, p);
+    size_t fused = fused_split_bytes(p, fused_segments(ctx, p), &sum_at);
+    const size_t fused_v = fused_split_bytes(p, 1, &sum_at, vs.segments);
+    if (fused_v > fused) fused = fused_v;
     l.scratch = take(summary ? 0 : scratch > fused ? scratch : fused);
+    l.seg_off = take(vs.segments > (int64_t)N ? (N + 1) * sizeof(int64_t) : 0);
     l.total = at;
     return l;
 }
@@ -183,8 +225,13 @@ gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forwar
  * that it splits (fused_segments); else the three stages (tp8_t2k, 32
  * tiles: 0.092 ms fused against 0.074). Both tests look at one sequence's
  * shape, not at the batch, so a sequence takes the same path alone or in
- * a batch (batch invariance). GDN_CUDA_FUSED=0 / 1 forces either (1 only
- * where it applies). */
+ * a batch (batch invariance). A varlen batch with few heads takes the
+ * three stages, unsplit, at any length: the path is one for the whole
+ * batch, so it cannot follow each sequence's length, and the three stages
+ * keep those sequences' bits equal to the same sequences given as B rows
+ * of one length (test_chunk_forward checks that for short ones); the
+ * fused path with its per-sequence split (varlen_split) is there with
+ * GDN_CUDA_FUSED=1, which forces either path (1 only where it applies). */
 bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
     const gdn_problem *p = a->p;
     const uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->o;
@@ -222,6 +269,23 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     /* a split: the summary launch, the combine, then the final launch */
     F.segments = fused_segments(ctx, p);
     F.seg_chunks = 0;
+    const VarlenSplit vs = varlen_split(ctx, p);
+    if (vs.segments > a->N) {
+        size_t sum_at;
+        fused_split_bytes(p, 1, &sum_at, vs.segments);
+        int64_t *seg_off = reinterpret_cast<int64_t *>(ws + l.seg_off);
+        gdn_status st = launch_chunk_offsets(ctx, m.cu_seqlens, (int)a->N, seg_off, stream, vs.smax, vs.min_seg);
+        if (st != GDN_SUCCESS) return st;
+        F.seg_off = seg_off;
+        F.smax = vs.smax;
+        F.h_start = reinterpret_cast<float *>(ws + l.scratch);
+        F.seg_summary = reinterpret_cast<float *>(ws + l.scratch + sum_at);
+        if ((st = launch_chunk_fused(ctx, F, true, stream, vs.segments)) != GDN_SUCCESS) return st;
+        if ((st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
+                                         (int)p->V, 0, stream, seg_off)) != GDN_SUCCESS)
+            return st;
+        return launch_chunk_fused(ctx, F, false, stream, vs.segments);
+    }
     if (F.segments > 1) {
         const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
         size_t sum_at;

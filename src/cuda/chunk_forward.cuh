@@ -99,6 +99,21 @@ __device__ __forceinline__ SeqSpan seq_span(const int32_t *cu_seqlens, const int
     return s;
 }
 
+/* Segments the fused path cuts one sequence of nchunks chunks into, for a
+ * varlen batch (host and device use it): 1 below 4 min_seg chunks (min_seg
+ * 16, lower only to test) or where smax < 2 (smax: segments whose 64-row
+ * blocks fill the machine), else min(smax, nchunks / min_seg, 64), rounded
+ * so that no segment is empty: each has ceil(nchunks / S) chunks, the last
+ * one fewer. */
+__host__ __device__ inline int fused_seq_segments(int64_t nchunks, int smax, int min_seg) {
+    if (smax < 2 || min_seg < 1 || nchunks < 4 * (int64_t)min_seg) return 1;
+    int64_t s = nchunks / min_seg;
+    if (s > smax) s = smax;
+    if (s > 64) s = 64;
+    const int64_t per = (nchunks + s - 1) / s;
+    return (int)((nchunks + per - 1) / per);
+}
+
 /* Element offset of state element (row v of V, column k of K) in a state
  * tensor [V][K], or [K][V] with kv (GDN_STATE_KV). */
 __device__ __forceinline__ int64_t state_index(int kv, int V, int K, int v, int k) {
@@ -191,7 +206,15 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
  * seg_summary[s-1], so that state_after = state_before P_s + b_s. The
  * combine (chunk_state.cu) chains h_start[s] = h_start[s-1] P_s + b_s,
  * and the final launch runs every segment from its start (h0 or
- * h_start[s-1]) with o, the last one writing final_state. */
+ * h_start[s-1]) with o, the last one writing final_state.
+ *
+ * Varlen batches (seg_off set): sequence n has its own S_n =
+ * fused_seq_segments(its chunks, smax) (so its bits do not depend on the
+ * batch), seg_off[n] counting the segments before it; h_start and
+ * seg_summary then go by sequence: the entry of segment s >= 1 of sequence
+ * n is (seg_off[n] - n + s - 1) * Hv + h (the summary of segment S_n - 1
+ * unused). A launch's blocks cover the batch's segments in order (the
+ * summary: S_n - 1 of each sequence). */
 struct FusedParams {
     ChunkMap map;
     const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
@@ -205,6 +228,8 @@ struct FusedParams {
     int seg_chunks;    /* chunks a segment (the last may have fewer); 0 without split */
     float *h_start;    /* [S-1][N][Hv][V][K] f32: starts of segments 1 .. S-1 */
     float *seg_summary; /* [S-2][N][Hv][V+K][K] f32: b_s, then P_s, of segments 1 .. S-2 */
+    const int64_t *seg_off; /* varlen split: [N+1] device, or NULL */
+    int smax;               /* varlen split: fused_seq_segments' smax */
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
@@ -215,11 +240,13 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
  * kernel's maps); false where the driver has no encoder. */
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
 /* summary: the split path's first launch (see FusedParams) */
-gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream);
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
+                              int64_t varlen_segments = 0);
 /* The split path's combine: h_start[s] = h_start[s-1] P_s + b_s for
  * s = 1 .. segments-2 (chunk_state.cu's, shared with the state stage). */
 gdn_status launch_segment_combine(gdn_context *ctx, const float *seg_summary, float *h_start, int N,
-                                  int Hv, int K, int V, int segments, cudaStream_t stream);
+                                  int Hv, int K, int V, int segments, cudaStream_t stream,
+                                  const int64_t *seg_off = nullptr);
 
 /* The context-parallel forward (context_parallel_nccl.cu drives it around
  * the all-gather; chunk_forward.cu): workspace bytes for nranks ranks;
@@ -230,9 +257,12 @@ gdn_status cp_summarise(gdn_context *ctx, const gdn_chunk_forward_args *a, int n
                         float **send, float **recv, size_t *count);
 gdn_status cp_finish(gdn_context *ctx, const gdn_chunk_forward_args *a, int nranks, int rank);
 
-/* chunk_offsets[n] = sum_{i<n} ceil(len_i / 64), n = 0..N (one block). */
+/* chunk_offsets[n] = sum_{i<n} ceil(len_i / 64), n = 0..N (one block);
+ * with smax > 0 the sum of fused_seq_segments(ceil(len_i / 64), smax,
+ * min_seg). */
 gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
-                                int64_t *chunk_offsets, cudaStream_t stream);
+                                int64_t *chunk_offsets, cudaStream_t stream, int smax = 0,
+                                int min_seg = 16);
 
 } // namespace gdn
 

@@ -230,26 +230,51 @@ struct SegmentPlan {
     int end_kv, end_rows;
 };
 
+/* Block unit b (over the launch's segments) -> sequence n and segment
+ * seg: b = n segs + seg, or by seg_off (varlen; a summary counts S_n - 1
+ * segments a sequence). Returns S, the sequence's segments. */
 template <bool SUM>
-__device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n, int h, int seg,
+__device__ __forceinline__ int locate_segment(const FusedParams &P, unsigned b, int segs, int &n, int &seg) {
+    if (!P.seg_off) {
+        seg = (int)(b % (unsigned)segs);
+        n = (int)(b / (unsigned)segs);
+        return P.segments;
+    }
+    auto key = [&](int i) { return P.seg_off[i] - (SUM ? i : 0); };
+    int lo = 0, hi = P.map.N - 1; /* the last n with key(n) <= b (empty ranges own no block) */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (key(mid) <= (int64_t)b) lo = mid;
+        else hi = mid - 1;
+    }
+    n = lo;
+    seg = (int)((int64_t)b - key(lo));
+    return (int)(P.seg_off[lo + 1] - P.seg_off[lo]);
+}
+
+template <bool SUM>
+__device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n, int h, int seg, int S,
                                                     int nchunks) {
     SegmentPlan s;
-    const int64_t heads = (int64_t)P.map.N * P.Hv, head = (int64_t)n * P.Hv + h;
+    const int64_t head = (int64_t)n * P.Hv + h;
     const int64_t VK = (int64_t)P.V * P.K;
-    s.c0 = P.seg_chunks ? min(seg * P.seg_chunks, nchunks) : 0;
-    s.c1 = P.seg_chunks ? min(s.c0 + P.seg_chunks, nchunks) : nchunks;
-    s.start = seg == 0 ? (P.h0 ? P.h0 + head * VK : nullptr)
-                       : (SUM ? nullptr : P.h_start + ((int64_t)(seg - 1) * heads + head) * VK);
+    /* the entry of segment seg >= 1 in h_start and seg_summary */
+    const int64_t slot = P.seg_off ? (P.seg_off[n] - n + seg - 1) * P.Hv + h
+                                   : (int64_t)(seg - 1) * P.map.N * P.Hv + head;
+    const int per = P.seg_off ? (S > 1 ? (nchunks + S - 1) / S : 0) : P.seg_chunks;
+    s.c0 = per ? min(seg * per, nchunks) : 0;
+    s.c1 = per ? min(s.c0 + per, nchunks) : nchunks;
+    s.start = seg == 0 ? (P.h0 ? P.h0 + head * VK : nullptr) : (SUM ? nullptr : P.h_start + slot * VK);
     s.start_kv = seg == 0 ? P.kv : 0;
     s.end = nullptr;
     s.end_kv = 0;
     s.end_rows = P.V;
     if (SUM && seg == 0) {
-        s.end = P.h_start + head * VK;
+        s.end = P.h_start + (P.seg_off ? (P.seg_off[n] - n) * P.Hv + h : head) * VK;
     } else if (SUM) {
-        s.end = P.seg_summary + ((int64_t)(seg - 1) * heads + head) * (VK + (int64_t)P.K * P.K);
+        s.end = P.seg_summary + slot * (VK + (int64_t)P.K * P.K);
         s.end_rows = P.V + P.K;
-    } else if (seg >= P.segments - 1 && P.final_state) { /* (segments 0 or 1: no split) */
+    } else if (seg >= S - 1 && P.final_state) { /* (S 0 or 1: no split) */
         s.end = P.final_state + head * VK;
         s.end_kv = P.kv;
     }
@@ -330,12 +355,12 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     b /= (unsigned)slices;
     const int h = (int)(b % (unsigned)P.Hv);
     b /= (unsigned)P.Hv;
-    const int seg = (int)(b % (unsigned)segs);
-    const int n = (int)(b / (unsigned)segs);
+    int n, seg;
+    const int nseg = locate_segment<SUM>(P, b, segs, n, seg);
     const int kh = P.tiled ? h % P.Hk : h / P.group;
     const SeqSpan sq = seq_span(P.map.cu_seqlens, P.map.chunk_offsets, P.map.T, n);
     const int nchunks = (int)((sq.eos - sq.bos + BT - 1) / BT);
-    const SegmentPlan sp = segment_plan<SUM>(P, n, h, seg, nchunks);
+    const SegmentPlan sp = segment_plan<SUM>(P, n, h, seg, nseg, nchunks);
     const int row0 = slice * L::ROWS;
     if (row0 >= sp.end_rows) return; /* a summary's segment 0 has V rows, not V + K */
 
@@ -604,10 +629,10 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     if (sp.end) store_rows(sp.end, S, sp.end_kv, sp.end_rows, P.K, r0, lane);
 }
 
-/* One launch over N sequences x segs segments x Hv heads x the row tiles
- * of `rows` rows (V, or V + K in a summary). */
+/* One launch over `units` segments (N x segs, or a varlen batch's) x Hv
+ * heads x the row tiles of `rows` rows (V, or V + K in a summary). */
 template <int KP, int NWS, bool WG, bool SUM>
-gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows, cudaStream_t stream) {
+gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int segs, int rows, cudaStream_t stream) {
     using L = FusedLayout<KP, NWS, WG, SUM>;
     const int slices = (rows + L::ROWS - 1) / L::ROWS;
     /* three stages where they fit, but two for the 32-row mma.sync blocks
@@ -623,7 +648,7 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, i
         return gdn_fail(ctx, GDN_ERROR_NOT_SUPPORTED,
                         "chunk_fused: %d bytes of shared memory, device allows %zu", bytes,
                         ctx->smem_optin);
-    const int64_t blocks = N * segs * P.Hv * slices;
+    const int64_t blocks = units * P.Hv * slices;
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "chunk_fused: %lld blocks exceed the grid",
                         (long long)blocks);
@@ -674,11 +699,11 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
 namespace {
 
 template <bool SUM>
-gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int segs, int rows, cudaStream_t stream) {
-    const int64_t N = P.map.N;
+gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows,
+                       cudaStream_t stream) {
     const bool k64 = P.K <= 64;
     const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    const int64_t heads = N * segs * P.Hv; /* chains of row tiles */
+    const int64_t heads = N * P.Hv; /* chains of row tiles (N: the launch's segments) */
     /* The wgmma form (Hopper) where its 64-row blocks fill at least 3/4 of
      * the multiprocessors: it reads each B operand from shared memory once
      * per 64 rows where the mma.sync form reads it once per warp, and ran
@@ -707,11 +732,18 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int segs, int row
 } // namespace
 
 /* The summary launch covers segments 0 .. S-2, over V + K rows (segment
- * 0's blocks past V return at once); the final one every segment. */
-gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream) {
+ * 0's blocks past V return at once); the final one every segment.
+ * varlen_segments: the batch's segments (seg_off set). */
+gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
+                              int64_t varlen_segments) {
+    const int64_t N = P.map.N;
+    if (P.seg_off) {
+        if (summary) return launch_form<true>(ctx, P, varlen_segments - N, 1, P.V + P.K, stream);
+        return launch_form<false>(ctx, P, varlen_segments, 1, P.V, stream);
+    }
     const int S = P.segments > 1 ? P.segments : 1;
-    if (summary) return launch_form<true>(ctx, P, S - 1, P.V + P.K, stream);
-    return launch_form<false>(ctx, P, S, P.V, stream);
+    if (summary) return launch_form<true>(ctx, P, N * (S - 1), S - 1, P.V + P.K, stream);
+    return launch_form<false>(ctx, P, N * S, S, P.V, stream);
 }
 
 } // namespace gdn

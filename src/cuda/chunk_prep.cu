@@ -593,7 +593,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 constexpr int SCAN_THREADS = 1024;
 
 __global__ void __launch_bounds__(SCAN_THREADS)
-chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
+chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out, int smax, int min_seg) {
     __shared__ int64_t wsum[SCAN_THREADS / 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int64_t carry = 0;
@@ -603,6 +603,7 @@ chunk_offsets_kernel(const int32_t *cu, int N, int64_t *out) {
         if (i < N) {
             const int64_t len = (int64_t)cu[i + 1] - cu[i];
             x = len > 0 ? (len + BT - 1) / BT : 0;
+            if (smax > 0) x = fused_seq_segments(x, smax, min_seg);
         }
         int64_t incl = x;
 #pragma unroll
@@ -702,11 +703,12 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
 }
 
 gdn_status launch_chunk_offsets(gdn_context *ctx, const int32_t *cu_seqlens, int N,
-                                int64_t *chunk_offsets, cudaStream_t stream) {
+                                int64_t *chunk_offsets, cudaStream_t stream, int smax,
+                                int min_seg) {
     if (N < 0 || !cu_seqlens || !chunk_offsets)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
                         "chunk_offsets: bad arguments (N %d)", N);
-    chunk_offsets_kernel<<<1, SCAN_THREADS, 0, stream>>>(cu_seqlens, N, chunk_offsets);
+    chunk_offsets_kernel<<<1, SCAN_THREADS, 0, stream>>>(cu_seqlens, N, chunk_offsets, smax, min_seg);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_offsets_kernel");
     return GDN_SUCCESS;
 }

@@ -89,6 +89,7 @@ struct Params {
     float *summary;   /* [S-2][N][Hv][V+K][K] f32: segments 1..S-2 */
     float *transition; /* whole-sequence summary: [N][Hv][K][K], partial in final_state */
     float *h_start;   /* [S-1][N][Hv][V][K] f32: segments 1..S-1, NULL when S == 1 */
+    const int64_t *seg_off; /* combine only: the fused path's varlen split (FusedParams) */
     int tma;          /* tmap_w, tmap_k are set (sm_90 producer kernels use them) */
     CUtensorMap tmap_w, tmap_k; /* w [T][Hv][K], k [T][Hk][K]; boxes of 64 columns x 64 tokens */
 };
@@ -883,10 +884,19 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
     const int tid = threadIdx.x, r = tid / 16, l = tid % 16;
     const bool row_ok = row0 + r < V;
     const int jtiles = (K + JB - 1) / JB;
-    const int steps = P.segments - 2;    /* s = 1..S-2, as step s - 1 */
+    /* segment s + 1's entries: segment-major, or by sequence (varlen) */
+    int steps = P.segments - 2;    /* s = 1..S-2, as step s - 1 */
+    int64_t first = head, stride = (int64_t)N * P.Hv;
+    if (P.seg_off) {
+        const int64_t n = head / P.Hv;
+        steps = (int)(P.seg_off[n + 1] - P.seg_off[n]) - 2;
+        first = (P.seg_off[n] - n) * P.Hv + head % P.Hv;
+        stride = P.Hv;
+    }
+    if (steps <= 0) return; /* (a varlen sequence of one or two segments) */
     const int ntiles = steps * jtiles;  /* (step, rows j0..) in order */
-    auto seg_base = [&](int s) { return P.summary + ((int64_t)s * N * P.Hv + head) * (V + K) * K; };
-    auto start = [&](int s) { return P.h_start + ((int64_t)s * N * P.Hv + head) * V * K; }; /* segment s + 1's */
+    auto seg_base = [&](int s) { return P.summary + (first + s * stride) * (V + K) * K; };
+    auto start = [&](int s) { return P.h_start + (first + s * stride) * V * K; };
     /* tile i of P_s into its stage; 16-byte copies where rows stay aligned */
     auto issue = [&](int i) {
         const float *Pm = seg_base(i / jtiles) + (int64_t)V * K;
@@ -1305,8 +1315,10 @@ bool chunk_state_splits(const gdn_context *ctx, const gdn_problem *p) {
 }
 
 gdn_status launch_segment_combine(gdn_context *ctx, const float *seg_summary, float *h_start, int N,
-                                  int Hv, int K, int V, int segments, cudaStream_t stream) {
+                                  int Hv, int K, int V, int segments, cudaStream_t stream,
+                                  const int64_t *seg_off) {
     Params P{};
+    P.seg_off = seg_off;
     P.summary = const_cast<float *>(seg_summary); /* (read only by the combine) */
     P.h_start = h_start;
     P.N = N;
