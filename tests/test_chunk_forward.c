@@ -401,25 +401,26 @@ static void check_determinism(gdn_context *ctx) {
     gdn_test_fw_inputs_free(&f);
 }
 
-/* Each sequence of a varlen batch, computed alone, gives the same bits;
- * B=2 equals the same tokens as two varlen sequences. */
-static void check_batch_invariance(gdn_context *ctx) {
-    static const int32_t cu[] = {0, 0, 70, 71, 71, 200, 264};
-    const fw_case c = {C_VARLEN, 1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
-                       OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE};
+/* Each non-empty sequence of varlen case c (run as planned) computed
+ * alone, as one B row (as_varlen 0) or as a varlen batch of one: bitwise
+ * the batch's rows. */
+static void check_each_alone(gdn_context *ctx, const fw_case *c, uint64_t seed, int as_varlen) {
     fw_inputs f;
     fw_out all;
-    if (!fw_setup(ctx, &c, 31, &f, &all)) return;
+    if (!fw_setup(ctx, c, seed, &f, &all)) return;
     const gdn_ref_inputs *in = &f.in;
     const gdn_problem *p = &in->p;
+    const int32_t *cu = c->cu;
     const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
     int64_t chunk = 0;
     for (int64_t n = 0; n < in->N; n++) {
         const int64_t bos = cu[n], len = cu[n + 1] - cu[n], nt = (len + 63) / 64;
         if (len > 0) {
+            const int32_t one_cu[2] = {0, (int32_t)len};
             gdn_problem one = *p;
-            one.cu_seqlens = NULL;
-            one.num_seqs = 0;
+            one.cu_seqlens = as_varlen ? one_cu : NULL;
+            one.cu_seqlens_device = NULL;
+            one.num_seqs = as_varlen ? 1 : 0;
             one.T = len;
             gdn_bf16 *o = gdn_test_alloc_poisoned(len * Hv * V, 2);
             float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
@@ -431,8 +432,8 @@ static void check_batch_invariance(gdn_context *ctx) {
             CHECK(memcmp(o, all.o + bos * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
                       memcmp(fs, all.fs + n * S, (size_t)S * 4) == 0 &&
                       memcmp(cs, all.cs + chunk * S, (size_t)(nt * S) * 4) == 0,
-                  "sequence %lld alone differs from the same sequence in a varlen batch",
-                  (long long)n);
+                  "sequence %lld alone (%s) differs from the same sequence in a varlen batch",
+                  (long long)n, as_varlen ? "a varlen batch of one" : "one B row");
             free(o);
             free(fs);
             free(cs);
@@ -441,6 +442,16 @@ static void check_batch_invariance(gdn_context *ctx) {
     }
     fw_out_free(&all);
     gdn_test_fw_inputs_free(&f);
+}
+
+/* Each sequence of a varlen batch, computed alone, gives the same bits;
+ * B=2 equals the same tokens as two varlen sequences. */
+static void check_batch_invariance(gdn_context *ctx) {
+    static const int32_t cu[] = {0, 0, 70, 71, 71, 200, 264};
+    const fw_case c = {C_VARLEN, 1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
+                       OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE};
+    check_each_alone(ctx, &c, 31, 0);
+    fw_inputs f;
 
     /* B=2 x T=150 vs varlen {0,150,300}: the same memory, the same bits. */
     const fw_case cb = {C_VARLEN, 2, 150, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL,
@@ -782,44 +793,6 @@ static void check_fused_knobs(gdn_context *ctx) {
     unsetenv("GDN_CUDA_FUSED");
 }
 
-/* Each non-empty sequence of varlen case c (run as planned) alone as a
- * varlen batch of one: bitwise the batch's rows. */
-static void check_varlen_alone(gdn_context *ctx, const fw_case *c, uint64_t seed) {
-    fw_inputs f;
-    fw_out all;
-    if (!fw_setup(ctx, c, seed, &f, &all)) return;
-    const gdn_ref_inputs *in = &f.in;
-    const gdn_problem *p = &in->p;
-    const int32_t *cu = c->cu;
-    const int64_t Hk = p->Hk, Hv = p->Hv, K = p->K, V = p->V, S = Hv * V * K;
-    int64_t chunk = 0;
-    for (int64_t n = 0; n < in->N; n++) {
-        const int64_t bos = cu[n], len = cu[n + 1] - cu[n], nt = (len + 63) / 64;
-        if (len == 0) continue; /* (T >= 1 is the rule; an empty one is checked in check_case) */
-        const int32_t one_cu[2] = {0, (int32_t)len};
-        gdn_problem one = *p;
-        one.cu_seqlens = one_cu;
-        one.cu_seqlens_device = NULL;
-        one.num_seqs = 1;
-        one.T = len;
-        gdn_bf16 *o = gdn_test_alloc_poisoned(len * Hv * V, 2);
-        float *fs = gdn_test_alloc(S, 4), *cs = gdn_test_alloc(nt * S, 4);
-        CHECK_STATUS(fwd(ctx, &one, &f.opts, in->q + bos * Hk * K, in->k + bos * Hk * K, in->v + bos * Hv * V,
-                         in->g + bos * Hv, in->beta + bos * Hv, in->h0 + n * S, o, fs, cs),
-                     GDN_SUCCESS, ctx);
-        CHECK(memcmp(o, all.o + bos * Hv * V, (size_t)(len * Hv * V) * 2) == 0 &&
-                  memcmp(fs, all.fs + n * S, (size_t)S * 4) == 0 &&
-                  memcmp(cs, all.cs + chunk * S, (size_t)(nt * S) * 4) == 0,
-              "varlen sequence %lld alone differs from the same sequence in the batch", (long long)n);
-        free(o);
-        free(fs);
-        free(cs);
-        chunk += nt;
-    }
-    fw_out_free(&all);
-    gdn_test_fw_inputs_free(&f);
-}
-
 /* The fused path's split of a sequence into segments (summary launch,
  * combine, final launch), forced onto short sequences with
  * GDN_CUDA_FUSED_SEGMENTS: 2 (no combine), 3 and 5 segments (the last one
@@ -866,7 +839,7 @@ static void check_fused_split(gdn_context *ctx) {
     check_case(ctx, &v, 4450, 1);
     check_case(ctx, &v64, 4451, 1);
     check_env_bits(ctx, &v, 4452, "GDN_CUDA_FUSED_WGMMA", wg, 2);
-    check_varlen_alone(ctx, &v, 4453);
+    check_each_alone(ctx, &v, 4453, 1);
     unsetenv("GDN_CUDA_FUSED_MIN_SEG");
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");
