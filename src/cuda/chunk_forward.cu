@@ -26,11 +26,12 @@
 namespace gdn {
 namespace {
 
-/* Byte offsets of the intermediates in the workspace. */
-struct FwdLayout {
-    size_t offsets, cu, w, u, tmat, tlo, pmat, gcum, qscale, kscale, v_new, h, scratch, total;
-    size_t seg_off; /* the varlen split's [N+1] segment offsets (if it splits) */
-};
+/* Segments whose 64-row blocks (Hv ceil(V / 64) a segment) fill the
+ * multiprocessors: the most a split gives one sequence. */
+int split_smax(const gdn_context *ctx, const gdn_problem *p) {
+    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
+}
 
 /* The fused path's split of one sequence (see FusedParams): where the
  * state stage would split it (few heads, long sequence, no varlen), as
@@ -41,18 +42,9 @@ struct FwdLayout {
 int fused_segments(const gdn_context *ctx, const gdn_problem *p) {
     if (p->cu_seqlens || p->T <= 0 || !chunk_fused_supported(ctx, p)) return 1;
     const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
-    int64_t s = 1;
-    if (chunk_state_splits(ctx, p)) {
-        s = sms / (p->Hv * gdn_ceil_div(p->V, 64));
-        if (s > nchunks / 16) s = nchunks / 16;
-        if (s > 64) s = 64;
-        if (s < 2) s = 2;
-    }
-    s = env_override("GDN_CUDA_FUSED_SEGMENTS", (int)s, 1, 64);
-    if (s > nchunks) s = nchunks;
-    /* no empty segment: S = ceil(nchunks / ceil(nchunks / S)) */
-    return (int)gdn_ceil_div(nchunks, gdn_ceil_div(nchunks, s));
+    /* (where the state stage splits, nchunks >= 64 and smax >= 2) */
+    const int s = chunk_state_splits(ctx, p) ? fused_seq_segments(nchunks, split_smax(ctx, p), 16) : 1;
+    return whole_segments(nchunks, env_override("GDN_CUDA_FUSED_SEGMENTS", s, 1, 64));
 }
 
 /* A varlen batch's split (FusedParams.seg_off): each sequence by
@@ -78,7 +70,7 @@ VarlenSplit varlen_split(const gdn_context *ctx, const gdn_problem *p) {
      * work (H100, q35_t8k as a varlen batch of one, split in two: 0.384
      * ms against 0.348 unsplit) */
     if (2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms) return v;
-    v.smax = (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
+    v.smax = split_smax(ctx, p);
     v.min_seg = env_override("GDN_CUDA_FUSED_MIN_SEG", 16, 1, 16);
     if (v.smax < 2) return v;
     int64_t total = 0;
@@ -105,6 +97,16 @@ size_t fused_split_bytes(const gdn_problem *p, int S, size_t *summary_at, int64_
     *summary_at = align256(starts * (size_t)p->Hv * VK * sizeof(float));
     return *summary_at + align256(sums * (size_t)p->Hv * (VK + (size_t)(p->K * p->K)) * sizeof(float));
 }
+
+/* Byte offsets of the intermediates in the workspace, and the fused
+ * path's split they were sized for (decided once a call). */
+struct FwdLayout {
+    size_t offsets, cu, w, u, tmat, tlo, pmat, gcum, qscale, kscale, v_new, h, scratch, total;
+    size_t seg_summary; /* the split's segment summaries (h_start at scratch) */
+    size_t seg_off;     /* the varlen split's [N+1] segment offsets (if it splits) */
+    int segments;       /* fused_segments */
+    VarlenSplit vs;
+};
 
 FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary) {
     const size_t tokens = (size_t)(p->B * p->T), Hv = (size_t)p->Hv;
@@ -134,13 +136,14 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     l.kscale = take(tokens * Hv * sizeof(float));
     l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
     l.h = take(summary ? 0 : NT * Hv * V * K * 2);
-    size_t sum_at, scratch = chunk_state_scratch_bytes(ctx, p, true);
-    const VarlenSplit vs = summary ? VarlenSplit{0, 16, (int64_t)N} : varlen_split(ctx, p);
-    size_t fused = fused_split_bytes(p, fused_segments(ctx, p), &sum_at);
-    const size_t fused_v = fused_split_bytes(p, 1, &sum_at, vs.segments);
-    if (fused_v > fused) fused = fused_v;
+    l.segments = summary ? 1 : fused_segments(ctx, p);
+    l.vs = summary ? VarlenSplit{0, 16, (int64_t)N} : varlen_split(ctx, p);
+    size_t sum_at;
+    const size_t scratch = chunk_state_scratch_bytes(ctx, p, true);
+    const size_t fused = fused_split_bytes(p, l.segments, &sum_at, l.vs.segments);
     l.scratch = take(summary ? 0 : scratch > fused ? scratch : fused);
-    l.seg_off = take(vs.segments > (int64_t)N ? (N + 1) * sizeof(int64_t) : 0);
+    l.seg_summary = l.scratch + sum_at;
+    l.seg_off = take(l.vs.segments > (int64_t)N ? (N + 1) * sizeof(int64_t) : 0);
     l.total = at;
     return l;
 }
@@ -271,41 +274,29 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.tma_o = 0;
     if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_O", 1, {0, 1}) == 1)
         F.tma_o = encode_o_map(&F.tmap_o, a->o, tokens, p->Hv, (int)p->V);
-    /* a split: the summary launch, the combine, then the final launch */
-    F.segments = fused_segments(ctx, p);
-    F.seg_chunks = 0;
-    const VarlenSplit vs = varlen_split(ctx, p);
-    if (vs.segments > a->N) {
-        size_t sum_at;
-        fused_split_bytes(p, 1, &sum_at, vs.segments);
-        int64_t *seg_off = reinterpret_cast<int64_t *>(ws + l.seg_off);
-        gdn_status st = launch_chunk_offsets(ctx, m.cu_seqlens, (int)a->N, seg_off, stream, vs.smax, vs.min_seg);
-        if (st != GDN_SUCCESS) return st;
-        F.seg_off = seg_off;
-        F.smax = vs.smax;
+    /* a split (fwd_layout's): the summary launch, the combine, then the
+     * final launch; a varlen batch's by the device's segment offsets */
+    F.segments = l.segments;
+    const bool varlen = l.vs.segments > a->N;
+    if (varlen || F.segments > 1) {
         F.h_start = reinterpret_cast<float *>(ws + l.scratch);
-        F.seg_summary = reinterpret_cast<float *>(ws + l.scratch + sum_at);
-        if ((st = launch_chunk_fused(ctx, F, true, stream, vs.segments)) != GDN_SUCCESS) return st;
-        if ((st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
-                                         (int)p->V, 0, stream, seg_off)) != GDN_SUCCESS)
-            return st;
-        return launch_chunk_fused(ctx, F, false, stream, vs.segments);
-    }
-    if (F.segments > 1) {
-        const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
-        size_t sum_at;
-        fused_split_bytes(p, F.segments, &sum_at);
-        F.seg_chunks = (int)gdn_ceil_div(nchunks, F.segments);
-        F.h_start = reinterpret_cast<float *>(ws + l.scratch);
-        F.seg_summary = reinterpret_cast<float *>(ws + l.scratch + sum_at);
-        gdn_status st = launch_chunk_fused(ctx, F, true, stream);
-        if (st != GDN_SUCCESS) return st;
-        if (F.segments > 2 &&
+        F.seg_summary = reinterpret_cast<float *>(ws + l.seg_summary);
+        gdn_status st;
+        if (varlen) {
+            int64_t *seg_off = reinterpret_cast<int64_t *>(ws + l.seg_off);
+            st = launch_chunk_offsets(ctx, m.cu_seqlens, (int)a->N, seg_off, stream, l.vs.smax, l.vs.min_seg);
+            if (st != GDN_SUCCESS) return st;
+            F.seg_off = seg_off;
+        } else {
+            F.seg_chunks = (int)gdn_ceil_div(gdn_ceil_div(p->T, GDN_CHUNK), F.segments);
+        }
+        if ((st = launch_chunk_fused(ctx, F, true, stream, l.vs.segments)) != GDN_SUCCESS) return st;
+        if ((varlen || F.segments > 2) &&
             (st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
-                                         (int)p->V, F.segments, stream)) != GDN_SUCCESS)
+                                         (int)p->V, varlen ? 0 : F.segments, stream, F.seg_off)) != GDN_SUCCESS)
             return st;
     }
-    return launch_chunk_fused(ctx, F, false, stream);
+    return launch_chunk_fused(ctx, F, false, stream, l.vs.segments);
 }
 
 /* Stage 2's arguments shared by the forward and the summary. */

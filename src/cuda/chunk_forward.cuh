@@ -99,19 +99,27 @@ __device__ __forceinline__ SeqSpan seq_span(const int32_t *cu_seqlens, const int
     return s;
 }
 
+/* s segments (1..nchunks) of nchunks chunks rounded so that none is empty:
+ * ceil(nchunks / ceil(nchunks / s)), each of ceil(nchunks / S) chunks but
+ * the last. Rounding twice gives the same count. */
+__host__ __device__ inline int whole_segments(int64_t nchunks, int64_t s) {
+    if (s > nchunks) s = nchunks;
+    if (s < 1) return 1;
+    const int64_t per = (nchunks + s - 1) / s;
+    return (int)((nchunks + per - 1) / per);
+}
+
 /* Segments the fused path cuts one sequence of nchunks chunks into, for a
- * varlen batch (host and device use it): 1 below 4 min_seg chunks (min_seg
- * 16, lower only to test) or where smax < 2 (smax: segments whose 64-row
- * blocks fill the machine), else min(smax, nchunks / min_seg, 64), rounded
- * so that no segment is empty: each has ceil(nchunks / S) chunks, the last
- * one fewer. */
+ * varlen batch (host and device use it; the B-row form's split uses it
+ * with min_seg 16): 1 below 4 min_seg chunks (min_seg 16, lower only to
+ * test) or where smax < 2 (smax: segments whose 64-row blocks fill the
+ * machine), else min(smax, nchunks / min_seg, 64), made whole. */
 __host__ __device__ inline int fused_seq_segments(int64_t nchunks, int smax, int min_seg) {
     if (smax < 2 || min_seg < 1 || nchunks < 4 * (int64_t)min_seg) return 1;
     int64_t s = nchunks / min_seg;
     if (s > smax) s = smax;
     if (s > 64) s = 64;
-    const int64_t per = (nchunks + s - 1) / s;
-    return (int)((nchunks + per - 1) / per);
+    return whole_segments(nchunks, s);
 }
 
 /* Element offset of state element (row v of V, column k of K) in a state
@@ -229,7 +237,6 @@ struct FusedParams {
     float *h_start;    /* [S-1][N][Hv][V][K] f32: starts of segments 1 .. S-1 */
     float *seg_summary; /* [S-2][N][Hv][V+K][K] f32: b_s, then P_s, of segments 1 .. S-2 */
     const int64_t *seg_off; /* varlen split: [N+1] device, or NULL */
-    int smax;               /* varlen split: fused_seq_segments' smax */
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;

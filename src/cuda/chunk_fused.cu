@@ -258,21 +258,22 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
     SegmentPlan s;
     const int64_t head = (int64_t)n * P.Hv + h;
     const int64_t VK = (int64_t)P.V * P.K;
-    /* the entry of segment seg >= 1 in h_start and seg_summary */
-    const int64_t slot = P.seg_off ? (P.seg_off[n] - n + seg - 1) * P.Hv + h
-                                   : (int64_t)(seg - 1) * P.map.N * P.Hv + head;
+    /* the entry of segment s >= 1 in h_start and seg_summary */
+    auto slot = [&](int s) -> int64_t {
+        return P.seg_off ? (P.seg_off[n] - n + s - 1) * P.Hv + h : (int64_t)(s - 1) * P.map.N * P.Hv + head;
+    };
     const int per = P.seg_off ? (S > 1 ? (nchunks + S - 1) / S : 0) : P.seg_chunks;
     s.c0 = per ? min(seg * per, nchunks) : 0;
     s.c1 = per ? min(s.c0 + per, nchunks) : nchunks;
-    s.start = seg == 0 ? (P.h0 ? P.h0 + head * VK : nullptr) : (SUM ? nullptr : P.h_start + slot * VK);
+    s.start = seg == 0 ? (P.h0 ? P.h0 + head * VK : nullptr) : (SUM ? nullptr : P.h_start + slot(seg) * VK);
     s.start_kv = seg == 0 ? P.kv : 0;
     s.end = nullptr;
     s.end_kv = 0;
     s.end_rows = P.V;
     if (SUM && seg == 0) {
-        s.end = P.h_start + (P.seg_off ? (P.seg_off[n] - n) * P.Hv + h : head) * VK;
+        s.end = P.h_start + slot(1) * VK; /* segment 1's start */
     } else if (SUM) {
-        s.end = P.seg_summary + slot * (VK + (int64_t)P.K * P.K);
+        s.end = P.seg_summary + slot(seg) * (VK + (int64_t)P.K * P.K);
         s.end_rows = P.V + P.K;
     } else if (seg >= S - 1 && P.final_state) { /* (S 0 or 1: no split) */
         s.end = P.final_state + head * VK;
