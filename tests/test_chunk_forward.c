@@ -770,7 +770,10 @@ static void check_row_tiles(gdn_context *ctx) {
 
 /* The fused pass's block size (2 or 4 compute warps, chosen from the
  * batch's size) must not change the bits either: each warp computes its
- * 16 rows the same way; nor its product form (mma.sync, or Hopper's wgmma
+ * 16 rows the same way; nor the pair form (GDN_CUDA_FUSED_PAIRS: two
+ * warps share 16 rows by token blocks and state columns, the default for
+ * 32-row blocks); nor how its inputs arrive (GDN_CUDA_FUSED_TMA_IN:
+ * tensor copies or per-lane copies); nor its product form (mma.sync, or Hopper's wgmma
  * over 64-row blocks, also chosen from the batch's size: both sum each
  * 16-deep k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
@@ -784,8 +787,13 @@ static void check_fused_knobs(gdn_context *ctx) {
     const fw_case tiled = {C_LONG, 1, 200, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
                            OPT_QWEN | OPT_SIG};
     static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"}, *const wg[] = {"0", "1"};
+    static const char *const off_on[] = {"0", "1"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     check_env_bits(ctx, &c, 4343, "GDN_CUDA_FUSED_WARPS", warps, 2);
+    check_env_bits(ctx, &c, 4348, "GDN_CUDA_FUSED_PAIRS", off_on, 2);
+    check_env_bits(ctx, &tiled, 4349, "GDN_CUDA_FUSED_PAIRS", off_on, 2);
+    check_env_bits(ctx, &c, 4350, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
+    check_env_bits(ctx, &tiled, 4351, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
     check_env_bits(ctx, &c, 4346, "GDN_CUDA_FUSED_WGMMA", wg, 2);
     check_env_bits(ctx, &tiled, 4347, "GDN_CUDA_FUSED_WGMMA", wg, 2);
     check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", no_share, 1);

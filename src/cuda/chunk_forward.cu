@@ -274,6 +274,16 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.tma_o = 0;
     if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_O", 1, {0, 1}) == 1)
         F.tma_o = encode_o_map(&F.tmap_o, a->o, tokens, p->Hv, (int)p->V);
+    /* sm_90: the mma.sync form's whole-chunk inputs by tensor copies
+     * (GDN_CUDA_FUSED_TMA_IN=0 | 1); prep's tiles: NT Hv of them */
+    F.tma_in = 0;
+    if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_IN", 1, {0, 1}) == 1) {
+        const int64_t tiles = gdn_problem_num_chunks(p) * p->Hv;
+        F.tma_in = encode_tile_map(&F.tmap_q, a->q, tokens, p->Hk, (int)p->K) &&
+                   encode_tile_map(&F.tmap_k, a->k, tokens, p->Hk, (int)p->K) &&
+                   encode_tp_map(&F.tmap_t, F.tmat, tiles) && encode_tp_map(&F.tmap_tl, F.tlo, tiles) &&
+                   encode_tp_map(&F.tmap_p, F.pmat, tiles);
+    }
     /* a split (fwd_layout's): the summary launch, the combine, then the
      * final launch; a varlen batch's by the device's segment offsets */
     F.segments = l.segments;

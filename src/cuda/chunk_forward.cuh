@@ -240,12 +240,21 @@ struct FusedParams {
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
+    /* sm_90, mma.sync form: whole chunks' q, k, T hi, T lo and P by tensor
+     * copies (encode_tile_map, encode_tp_map) */
+    int tma_in;
+    CUtensorMap tmap_q, tmap_k, tmap_t, tmap_tl, tmap_p;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes
  * of 16 values x 64 tokens of one head (chunk_state.cu, beside the state
  * kernel's maps); false where the driver has no encoder. */
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
+/* a bf16 [tokens][heads][K] tensor as boxes of 64 columns x 64 tokens of
+ * one head, 128-byte swizzled, zeros past K and past the last token */
+bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K);
+/* prep's [tiles][64][64] bf16 T or P tiles as whole swizzled tiles */
+bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles);
 /* summary: the split path's first launch (see FusedParams) */
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
                               int64_t varlen_segments = 0);

@@ -48,6 +48,20 @@
  * k-steps to the blocks below the diagonal; S q^T and S k^T as one
  * 128-wide product; the update's and O2's products interleaved.
  *
+ * The pair form (pair_chunks): where a block has 32 rows (q35), four
+ * compute warps, two a 16-row slice, split every chunk's token-parallel
+ * products and the update's columns, and exchange fragments by shared
+ * memory; with the inputs below by tensor copies it ran q35_t8k in 0.309
+ * ms against 0.350 (two warps), q35_t32k 1.165 against 1.296 (H100).
+ *
+ * Inputs (sm_90, mma.sync forms): a whole chunk's q, k, T and P arrive by
+ * tensor copies that one producer lane issues into 128-byte swizzled
+ * tiles; the per-lane cp.async copies before that kept the producer warp
+ * issuing about 120 copies a chunk and bounded the pair form (q35_t8k
+ * 0.430 ms with them, 0.309 without). The wgmma form keeps the per-lane
+ * copies: it needs zeros above T's and P's diagonal blocks, which prep
+ * does not write.
+ *
  * o (sm_90): a warp stages its 16 rows of a whole chunk as a dense
  * [64][16] tile and one lane writes it with a tensor store (TMA), waited
  * for (read) only before the next chunk's staging: H100, against each
@@ -76,72 +90,110 @@ namespace gdn {
 namespace {
 
 constexpr int BT = GDN_CHUNK;
-constexpr int LDT = BT + 8; /* T, P rows (bf16): 144 bytes, conflict-free ldmatrix */
 constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
 
-/* One stage: q, k, T hi, T lo, P, then v [64][16 NWS + 8] bf16, then
- * prep's per-token factors wd, wk, wq [64] f32. After the stages: per
- * compute warp its o staging [64][LDO] bf16; then the mbarriers.
- * mma.sync form (WG false): q, k [64][KP+8], T, P [64][72], padded rows
- * for conflict-free ldmatrix. wgmma form (WG, 4 compute warps = one
- * warpgroup): q, k as KP / 64 swizzled [64][64] tiles, T, P one swizzled
- * [64][64] tile each (wgmma.cuh), every tile 1024-byte aligned. A summary
- * (SUM) has no q, P, wq or o staging: its stages are about 40% smaller. */
-template <int KP, int NWS, bool WG, bool SUM = false> struct FusedLayout {
-    static constexpr int LDK = KP + 8;
-    static constexpr int ROWS = 16 * NWS;
+/* One stage: q, k as KP / 64 swizzled [64][64] tiles, T hi, T lo, P one
+ * swizzled [64][64] tile each (wgmma.cuh's 128-byte swizzle: conflict-free
+ * ldmatrix rows, the wgmma form's operands, and the tensor copies' layout),
+ * every tile 1024-byte aligned; then v [64][ROWS + 8] bf16 and prep's
+ * per-token factors wd, wk, wq [64] f32. After the stages: per compute
+ * warp (per pair in the pair form) its o staging [64][LDO] bf16; then the
+ * mbarriers. A summary (SUM) has no q, P, wq or o staging: its stages are
+ * about 40% smaller. */
+template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct FusedLayout {
+    static constexpr int ROWS = 16 * NWS / (PAIR ? 2 : 1);
     static constexpr int LDV = ROWS + 8;
-    static constexpr int QK_BYTES = WG ? BT * KP * 2 : BT * LDK * 2;
-    static constexpr int TP_BYTES = WG ? BT * BT * 2 : BT * LDT * 2;
+    static constexpr int QK_BYTES = BT * KP * 2;
+    static constexpr int TP_BYTES = BT * BT * 2;
     static constexpr int Q = 0;
     static constexpr int KC = Q + (SUM ? 0 : QK_BYTES);
-    /* v after k in the mma.sync form (its layout before the wgmma form),
-     * after P in the wgmma form (T and P stay 1024-byte aligned) */
-    static constexpr int TM = KC + QK_BYTES + (WG ? 0 : BT * LDV * 2);
+    static constexpr int TM = KC + QK_BYTES;
     static constexpr int TL = TM + TP_BYTES;
     static constexpr int PM = TL + TP_BYTES;
-    static constexpr int VS = WG ? PM + (SUM ? 0 : TP_BYTES) : KC + QK_BYTES;
-    static constexpr int WD = (WG ? VS + BT * LDV * 2 : PM + (SUM ? 0 : TP_BYTES));
+    static constexpr int VS = PM + (SUM ? 0 : TP_BYTES);
+    static constexpr int WD = VS + BT * LDV * 2;
     static constexpr int WK = WD + BT * 4;
     static constexpr int WQ = WK + BT * 4;
-    static constexpr int ALIGN = WG ? 1024 : 16;
+    static constexpr int ALIGN = 1024;
     static constexpr int STAGE = (WQ + (SUM ? 0 : BT * 4) + ALIGN - 1) / ALIGN * ALIGN;
     static constexpr int WARP_BYTES = SUM ? 0 : BT * LDO * 2;
+    /* the pair form (see pair_chunks): a pair's o staging, then its
+     * exchange tiles: S halves (KP / 32 k-steps), U' (2 blocks), D and D'
+     * (2 each), a warp's A fragments as [..][32 lanes] uint4 */
+    static constexpr int PAIR_X = (2 * (KP / 32) + 4 + 8) * 32 * 16;
+    static constexpr int PAIR_BYTES = BT * LDO * 2 + PAIR_X;
+    static constexpr int COMPUTE_BYTES = PAIR ? NWS / 2 * PAIR_BYTES : NWS * WARP_BYTES;
+    static_assert(!PAIR || (NWS == 4 && !WG && !SUM), "pairs: 4 mma.sync compute warps");
     static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0 && VS % 16 == 0, "16-byte pieces");
-    static_assert(!WG || (NWS == 4 && KP % 64 == 0 && TM % 1024 == 0), "wgmma tiles");
+    static_assert(KP % 64 == 0 && TM % 1024 == 0 && VS % 1024 == 0, "1024-byte aligned tiles");
+    static_assert(!WG || NWS == 4, "wgmma: one warpgroup");
     /* byte offset of q / k element (t, c) (c a multiple of 8) in its tile */
     static __device__ __forceinline__ uint32_t qk_at(int t, int c) {
-        return WG ? (uint32_t)((c >> 6) * (BT * 128)) + sw128_offset(t, c & 63)
-                  : (uint32_t)(t * LDK + c) * 2;
+        return (uint32_t)((c >> 6) * (BT * 128)) + sw128_offset(t, c & 63);
     }
     /* byte offset of T / P element (t, s) (s a multiple of 8) */
-    static __device__ __forceinline__ uint32_t tp_at(int t, int s) {
-        return WG ? sw128_offset(t, s) : (uint32_t)(t * LDT + s) * 2;
+    static __device__ __forceinline__ uint32_t tp_at(int t, int s) { return sw128_offset(t, s); }
+    /* this lane's x4 ldmatrix row address (byte offset) of n-tiles 2 jj,
+     * 2 jj + 1 by k-step kk from a q / k (or, tp, T / P) tile: rows are the
+     * n index (B[k][n] = tile[n][k]) */
+    static __device__ __forceinline__ uint32_t b_at(int lane, int jj, int kk, bool tp = false) {
+        const int t = 16 * jj + (lane & 7) + ((lane >> 4) << 3), c = 16 * kk + ((lane >> 3) & 1) * 8;
+        return tp ? tp_at(t, c) : qk_at(t, c);
+    }
+    /* the same, transposed (ldmatrix.trans) from k: k-step kk (rows = tokens),
+     * n-tiles 2 np, 2 np + 1 (columns of K) */
+    static __device__ __forceinline__ uint32_t bt_at(int lane, int kk, int np) {
+        return qk_at(16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7), 16 * np + (lane >> 4) * 8);
     }
     /* with the slack to align the stages */
-    static int bytes(int stages) {
-        return (WG ? ALIGN : 0) + stages * STAGE + NWS * WARP_BYTES + 2 * stages * 8;
-    }
+    static int bytes(int stages) { return ALIGN + stages * STAGE + COMPUTE_BYTES + 2 * stages * 8; }
 };
 
 /* The producer warp (part of nparts): chunk c of the sequence into stage
- * slot; with two, part 0 loads q and k, part 1 the rest. Rows past
- * the chunk's end and columns past K, V are zero-filled (never read from
- * global). Prep leaves T's and P's blocks above the diagonal unwritten.
+ * slot, arriving on its full barrier bar; with two, part 0 loads q and k,
+ * part 1 the rest. Rows past the chunk's end and columns past K, V are
+ * zero-filled (never read from global). In the mma.sync form with
+ * P.tma_in (sm_90), a whole chunk's q, k, T and P come by tensor copies
+ * that one lane issues (a partial chunk's rows past its end would be the
+ * next sequence's: those keep the per-lane copies, which zero them); that
+ * lane is then one more arrival (kernel's init count).
+ * Prep leaves T's and P's blocks above the diagonal unwritten.
  * The mma.sync form loads whole tiles and never reads those blocks
  * (loading only the others made it 13% slower at q35_t8k, unexplained);
  * the wgmma form loads only the others and keeps zeros there (its
  * products run whole rows: trimming them was slower). */
-template <int KP, int NWS, bool WG, bool SUM>
-__device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, const SeqSpan &sq, int c,
-                                           int h, int kh, int row0, int lane, int part, int nparts) {
-    using L = FusedLayout<KP, NWS, WG, SUM>;
+template <int KP, int NWS, bool WG, bool SUM, bool PAIR>
+__device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const FusedParams &P, const SeqSpan &sq,
+                                           int c, int h, int kh, int row0, int lane, int part, int nparts) {
+    using L = FusedLayout<KP, NWS, WG, SUM, PAIR>;
     const int64_t t0 = sq.bos + (int64_t)c * BT;
     const int len = (int)min((int64_t)BT, sq.eos - t0);
     const int64_t rs_k = (int64_t)P.Hk * P.K, rs_v = (int64_t)P.Hv * P.V;
     const __nv_bfloat16 *qg = P.q + (t0 * P.Hk + kh) * P.K, *kg = P.k + (t0 * P.Hk + kh) * P.K;
     constexpr int CPR = KP / 8; /* 16-byte pieces a q / k row */
-    if (part == 0) {
+    const int64_t ti = (sq.hoff + c) * P.Hv + h; /* prep's tile */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const bool tma = !WG && P.tma_in && len == BT;
+#else
+    constexpr bool tma = false;
+#endif
+    if (part == 0 && !WG && P.tma_in && lane == 0) {
+        if (tma) {
+            constexpr uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (SUM ? 2 : 3) * L::TP_BYTES;
+            mbar_arrive_expect_tx(bar, bytes);
+#pragma unroll
+            for (int b = 0; b < KP / 64; b++) {
+                if (!SUM) tma_load_3d(st + L::Q + b * BT * 128, &P.tmap_q, bar, 64 * b, kh, (int)t0);
+                tma_load_3d(st + L::KC + b * BT * 128, &P.tmap_k, bar, 64 * b, kh, (int)t0);
+            }
+            tma_load_3d(st + L::TM, &P.tmap_t, bar, 0, 0, (int)(ti * BT));
+            tma_load_3d(st + L::TL, &P.tmap_tl, bar, 0, 0, (int)(ti * BT));
+            if (!SUM) tma_load_3d(st + L::PM, &P.tmap_p, bar, 0, 0, (int)(ti * BT));
+        } else {
+            mbar_arrive(bar);
+        }
+    }
+    if (part == 0 && !tma) {
 #pragma unroll 4
         for (int i = lane; i < BT * CPR; i += 32) {
             const int t = i / CPR, cc = (i % CPR) * 8;
@@ -151,8 +203,8 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
             if (!SUM) cp_async16(st + L::Q + at, qg + off, ok ? 16 : 0); /* (no o: no q) */
             cp_async16(st + L::KC + at, kg + off, ok ? 16 : 0);
         }
-        if (nparts > 1) return;
     }
+    if (part == 0 && nparts > 1) return;
     __nv_bfloat16 *vs = reinterpret_cast<__nv_bfloat16 *>(st + L::VS);
     constexpr int CPV = L::ROWS / 8;
     const __nv_bfloat16 *vg = P.v + (t0 * P.Hv + h) * P.V + row0;
@@ -162,9 +214,9 @@ __device__ __forceinline__ void load_stage(uint8_t *st, const FusedParams &P, co
         const bool ok = t < len && row0 + cc < P.V;
         cp_async16(vs + t * L::LDV + cc, ok ? vg + t * rs_v + cc : vg, ok ? 16 : 0);
     }
-    const int64_t tile = ((sq.hoff + c) * P.Hv + h) * (int64_t)(BT * BT);
+    const int64_t tile = ti * (BT * BT);
 #pragma unroll 4
-    for (int i = lane; i < BT * 8; i += 32) {
+    for (int i = lane; i < BT * 8 && !tma; i += 32) {
         const int t = i >> 3, cc = (i & 7) * 8;
         if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
         const uint32_t at = L::tp_at(t, cc);
@@ -195,25 +247,18 @@ __device__ __forceinline__ void acc_to_a(uint32_t a[4], const float (&c0)[4], co
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-/* Row-pair offset of this lane's x4 ldmatrix of n-tiles (2 jj, 2 jj + 1)
- * by k-step kk, from a [rows = n][cols = k] tile of pitch ld: the B
- * fragments of both n-tiles (non-transposed: B[k][n] = tile[n][k]). */
-__device__ __forceinline__ int b_rows_off(int lane, int jj, int kk, int ld) {
-    return (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * ld + 16 * kk + ((lane >> 3) & 1) * 8;
-}
-
-/* A warp's 16 rows of S (from r0, all K columns) into the [rows][K]
- * state (or [K][rows] with kv) at dst; rows past `rows` and columns past
- * K are not stored. */
+/* A warp's 16 rows of S (from r0; columns k0 .. k0 + 8 NT - 1) into the
+ * [rows][K] state (or [K][rows] with kv) at dst; rows past `rows` and
+ * columns past K are not stored. */
 template <int NT>
 __device__ __forceinline__ void store_rows(float *dst, const float (&S)[NT][4], int kv, int rows, int K,
-                                           int r0, int lane) {
+                                           int r0, int lane, int k0 = 0) {
     const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const int v = r0 + gid + 8 * (e >> 1), k = 8 * j + 2 * tig + (e & 1);
+            const int v = r0 + gid + 8 * (e >> 1), k = k0 + 8 * j + 2 * tig + (e & 1);
             if (v < rows && k < K) dst[state_index(kv, rows, K, v, k)] = S[j][e];
         }
 }
@@ -328,27 +373,295 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
     __syncwarp();
 }
 
+/* ---- the pair form (mma.sync, 32 rows a block, four compute warps) ----
+ * With 32 rows a block and one block a multiprocessor (q35: 32 heads x 4
+ * row tiles = 128 blocks), two compute warps leave two of the four
+ * schedulers idle and each warp's mma.sync chain bounds the chunk. Here
+ * two warps share 16 rows: warp R of a pair takes the token blocks
+ * {0, 3} (R = 0) or {1, 2} (R = 1) of every token-parallel product (S q^T,
+ * S k^T, U', D^T, O2: the triangular ones balance at 5 of 10 blocks each)
+ * and the columns [R K / 2, (R + 1) K / 2) of the update. Each warp keeps
+ * the f32 state of its half only; the products that reduce over K take
+ * the other half's bf16 A fragments from shared memory, published after
+ * every update. U', D and D' fragments are exchanged likewise, with three
+ * 64-thread barriers a chunk. Every accumulator sums the same products in
+ * the same order as in the one-warp forms, so the bits are theirs. */
+template <int KP> struct PairCtx {
+    const FusedParams &P;
+    uint8_t *smem;
+    uint64_t *full, *empty;
+    int stages, c0, c1;
+    SeqSpan sq;
+    int h, r0, vl, pair, lane;
+    uint8_t *pb; /* the pair's o staging, then its exchange tiles */
+};
+
+template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairCtx<KP> &C, const SegmentPlan &sp) {
+    using L = FusedLayout<KP, 4, false, false, true>;
+    constexpr int NT = KP / 8, NH = NT / 2, KH = KP / 32; /* own n-tiles, own k-steps */
+    constexpr int J0 = R ? 1 : 0, J1 = R ? 2 : 3;           /* own token blocks */
+    constexpr int O0 = R ? 0 : 1, O1 = R ? 3 : 2;           /* the partner's */
+    const FusedParams &P = C.P;
+    const int lane = C.lane, gid = lane >> 2, tig = lane & 3, r0 = C.r0;
+    const int bar = 1 + C.pair;
+    __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(C.pb);
+    uint4 *xs = reinterpret_cast<uint4 *>(C.pb + BT * LDO * 2); /* [2][KH][32] */
+    uint4 *xu = xs + 2 * KH * 32;                                /* [2][2][32] */
+    uint4 *xd = xu + 2 * 2 * 32;                                 /* [2][4][32]: D, D, D', D' */
+    auto put = [&](uint4 *x, int i, const uint32_t (&a)[4]) { x[i * 32 + lane] = make_uint4(a[0], a[1], a[2], a[3]); };
+    auto get = [&](uint32_t (&a)[4], const uint4 *x, int i) {
+        const uint4 w = x[i * 32 + lane];
+        a[0] = w.x, a[1] = w.y, a[2] = w.z, a[3] = w.w;
+    };
+
+    float S[NH][4]; /* columns 8 (R NH + j) + ... */
+#pragma unroll
+    for (int j = 0; j < NH; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int v = r0 + gid + 8 * (e >> 1), k = 8 * (R * NH + j) + 2 * tig + (e & 1);
+            S[j][e] = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
+        }
+    uint32_t so[KH][4]; /* the partner's half as A fragments */
+    auto publish = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < KH; kk++) {
+            uint32_t a[4];
+            acc_to_a(a, S[2 * kk], S[2 * kk + 1]);
+            put(xs, R * KH + kk, a);
+        }
+    };
+    publish();
+    named_barrier(bar, 64);
+#pragma unroll
+    for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
+
+    for (int c = C.c0; c < C.c1; c++) {
+        const int i = c - C.c0, slot = i % C.stages;
+        const uint8_t *st = C.smem + slot * L::STAGE;
+        const uint8_t *qs = st + L::Q;
+        const uint8_t *ks = st + L::KC;
+        const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
+        const uint8_t *ts = st + L::TM;
+        const uint8_t *tl = st + L::TL;
+        const uint8_t *ps = st + L::PM;
+        const float *wd = reinterpret_cast<const float *>(st + L::WD);
+        const float *wk = reinterpret_cast<const float *>(st + L::WK);
+        const float *wq = reinterpret_cast<const float *>(st + L::WQ);
+        const int64_t t0 = C.sq.bos + (int64_t)c * BT;
+        const int len = (int)min((int64_t)BT, C.sq.eos - t0);
+        const bool tma = P.tma_o && len == BT;
+
+        if (P.chunk_states)
+            store_rows(P.chunk_states + ((C.sq.hoff + c) * P.Hv + C.h) * P.V * P.K, S, P.kv, P.V, P.K, r0, lane,
+                       8 * R * NH);
+        mbar_wait(C.full + slot, (uint32_t)((i / C.stages) & 1));
+
+        /* O1 = S q^T, X = S k^T over the own token blocks, all K */
+        float O[2][2][4], X[2][2][4];
+#pragma unroll
+        for (int b = 0; b < 2; b++)
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) O[b][s][e] = X[b][s][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KP / 16; kk++) {
+            uint32_t a[4];
+            if (kk / KH == R) acc_to_a(a, S[2 * (kk - R * KH)], S[2 * (kk - R * KH) + 1]);
+            else
+#pragma unroll
+                for (int e = 0; e < 4; e++) a[e] = so[kk - (1 - R) * KH][e];
+#pragma unroll
+            for (int b = 0; b < 2; b++) {
+                uint32_t bq[4], bk[4];
+                const uint32_t off = L::b_at(lane, b ? J1 : J0, kk);
+                ldmatrix_x4(bq, qs + off);
+                ldmatrix_x4(bk, ks + off);
+                mma_bf16_16816(O[b][0], a, bq);
+                mma_bf16_16816(O[b][1], a, bq + 2);
+                mma_bf16_16816(X[b][0], a, bk);
+                mma_bf16_16816(X[b][1], a, bk + 2);
+            }
+        }
+
+        /* U' = V^T - X diag(ks gamma) and O1 scaled, own blocks; then the
+         * partner's U' */
+        uint32_t ua[4][4];
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const int jj = b ? J1 : J0;
+            uint32_t vt[4];
+            ldmatrix_x4_trans(vt, vs + (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * L::LDV + C.vl +
+                                      ((lane >> 3) & 1) * 8);
+            float u[2][4];
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                const int t = 8 * (2 * jj + s) + 2 * tig;
+                const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s]));
+                const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&vt[2 * s + 1]));
+                const float k0 = wk[t], k1 = wk[t + 1], q0 = wq[t], q1 = wq[t + 1];
+                u[s][0] = lo.x - X[b][s][0] * k0;
+                u[s][1] = lo.y - X[b][s][1] * k1;
+                u[s][2] = hi.x - X[b][s][2] * k0;
+                u[s][3] = hi.y - X[b][s][3] * k1;
+                O[b][s][0] *= q0;
+                O[b][s][1] *= q1;
+                O[b][s][2] *= q0;
+                O[b][s][3] *= q1;
+            }
+            acc_to_a(ua[jj], u[0], u[1]);
+            put(xu, R * 2 + b, ua[jj]);
+        }
+        named_barrier(bar, 64); /* B1: U' */
+        get(ua[O0], xu, (1 - R) * 2 + 0);
+        get(ua[O1], xu, (1 - R) * 2 + 1);
+
+        /* D^T = U' (T lo + T hi)^T for the own blocks (k-steps kk <= jj) */
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const int jj = b ? J1 : J0;
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) X[b][s][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk <= jj; kk++) {
+                uint32_t bt[4], bl[4];
+                const uint32_t off = L::b_at(lane, jj, kk, true);
+                ldmatrix_x4(bl, tl + off);
+                ldmatrix_x4(bt, ts + off);
+                mma_bf16_16816(X[b][0], ua[kk], bl);
+                mma_bf16_16816(X[b][1], ua[kk], bl + 2);
+                mma_bf16_16816(X[b][0], ua[kk], bt);
+                mma_bf16_16816(X[b][1], ua[kk], bt + 2);
+            }
+        }
+        /* D and D' = D diag(ks exp(G_L - G)) fragments, own blocks; then
+         * the partner's */
+        uint32_t da[4][4], dp[4][4];
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const int jj = b ? J1 : J0;
+            acc_to_a(da[jj], X[b][0], X[b][1]);
+            float d[2][4];
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                const int t = 8 * (2 * jj + s) + 2 * tig;
+                const float f0 = wd[t], f1 = wd[t + 1];
+                d[s][0] = X[b][s][0] * f0;
+                d[s][1] = X[b][s][1] * f1;
+                d[s][2] = X[b][s][2] * f0;
+                d[s][3] = X[b][s][3] * f1;
+            }
+            acc_to_a(dp[jj], d[0], d[1]);
+            put(xd, R * 4 + b, da[jj]);
+            put(xd, R * 4 + 2 + b, dp[jj]);
+        }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (R == 0 && lane == 0 && P.tma_o) bulk_wait_read<0>(); /* the staging tile is free */
+#endif
+        named_barrier(bar, 64); /* B2: D, D' (and the staging tile) */
+        get(da[O0], xd, (1 - R) * 4 + 0);
+        get(da[O1], xd, (1 - R) * 4 + 1);
+        get(dp[O0], xd, (1 - R) * 4 + 2);
+        get(dp[O1], xd, (1 - R) * 4 + 3);
+
+        /* S = gamma_L S + D'^T k, own columns */
+        const float gL = wk[len - 1] / wd[len - 1];
+#pragma unroll
+        for (int j = 0; j < NH; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) S[j][e] *= gL;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+            for (int n = 0; n < NH / 2; n++) {
+                uint32_t bk[4];
+                const int np = R * (NH / 2) + n;
+                ldmatrix_x4_trans(bk, ks + L::bt_at(lane, kk, np));
+                mma_bf16_16816(S[2 * n], dp[kk], bk);
+                mma_bf16_16816(S[2 * n + 1], dp[kk], bk + 2);
+            }
+        /* O += D^T P^T, own blocks */
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const int jj = b ? J1 : J0;
+#pragma unroll
+            for (int kk = 0; kk <= jj; kk++) {
+                uint32_t bp[4];
+                ldmatrix_x4(bp, ps + L::b_at(lane, jj, kk, true));
+                mma_bf16_16816(O[b][0], da[kk], bp);
+                mma_bf16_16816(O[b][1], da[kk], bp + 2);
+            }
+        }
+        mbar_arrive(C.empty + slot); /* the stage is read */
+
+        /* o of the own tokens into the pair's staging tile, the new half
+         * published; the tile leaves by one tensor store (whole chunks,
+         * sm_90) or by each warp's rows */
+        const int pitch = tma ? 16 : LDO;
+#pragma unroll
+        for (int b = 0; b < 2; b++)
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int t = 8 * (2 * (b ? J1 : J0) + s) + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
+                    ost[t * pitch + v] = __float2bfloat16(O[b][s][e]);
+                }
+        publish();
+        if (tma) fence_proxy_async_smem();
+        named_barrier(bar, 64); /* B3: staging, S halves */
+#pragma unroll
+        for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (tma) {
+            if (R == 0 && lane == 0 && r0 < P.V) {
+                tma_store_3d(&P.tmap_o, ost, r0, C.h, (int)t0);
+                bulk_commit();
+            }
+            continue;
+        }
+#endif
+        __nv_bfloat16 *og = P.o + (t0 * P.Hv + C.h) * P.V + r0;
+#pragma unroll
+        for (int x = lane; x < 64; x += 32) { /* own 32 tokens x two 8-value halves */
+            const int tl8 = x >> 1, half = (x & 1) * 8;
+            const int t = 16 * (tl8 < 16 ? J0 : J1) + (tl8 & 15);
+            if (t < len && r0 + half < P.V)
+                *reinterpret_cast<uint4 *>(og + t * (int64_t)P.Hv * P.V + half) =
+                    *reinterpret_cast<const uint4 *>(ost + t * LDO + half);
+        }
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (R == 0 && lane == 0 && P.tma_o) bulk_wait<0>(); /* the pair's tensor stores are done */
+#endif
+    if (sp.end) store_rows(sp.end, S, sp.end_kv, sp.end_rows, P.K, r0, lane, 8 * R * NH);
+}
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GDN_FUSED_WGMMA 1 /* this compilation has the wgmma form's products */
 #else
 #define GDN_FUSED_WGMMA 0
 #endif
 
-/* SUM: the split path's summary launch (state only: no q, P or o). */
-template <int KP, int NWS, bool WG, bool SUM>
+/* SUM: the split path's summary launch (state only: no q, P or o).
+ * PAIR: the pair form (pair_chunks). */
+template <int KP, int NWS, bool WG, bool SUM, bool PAIR>
 __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kernel(const __grid_constant__ FusedParams P, int stages,
                                                                      int slices, int segs, int npw) {
-    using L = FusedLayout<KP, NWS, WG, SUM>;
+    using L = FusedLayout<KP, NWS, WG, SUM, PAIR>;
     constexpr int NT = KP / 8; /* n-tiles of S's columns */
     extern __shared__ __align__(128) uint8_t smem_raw[];
     if (WG && !GDN_FUSED_WGMMA) { /* the host launches WG only where built (wgmma_built) */
         __trap();
     }
-    /* the wgmma form's tiles want 1024-byte alignment (bytes() has the slack) */
-    uint8_t *smem = smem_raw + (WG ? (L::ALIGN - (smem_addr(smem_raw) & (L::ALIGN - 1))) & (L::ALIGN - 1) : 0);
+    /* the swizzled tiles want 1024-byte alignment (bytes() has the slack) */
+    uint8_t *smem = smem_raw + ((L::ALIGN - (smem_addr(smem_raw) & (L::ALIGN - 1))) & (L::ALIGN - 1));
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gid = lane >> 2, tig = lane & 3;
-    uint64_t *full = reinterpret_cast<uint64_t *>(smem + stages * L::STAGE + NWS * L::WARP_BYTES);
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + stages * L::STAGE + L::COMPUTE_BYTES);
     uint64_t *empty = full + stages;
 
     unsigned b = blockIdx.x;
@@ -367,7 +680,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 
     if (threadIdx.x == 0)
         for (int i = 0; i < stages; i++) {
-            mbar_init(full + i, 32 * npw);
+            mbar_init(full + i, 32 * npw + (!WG && P.tma_in ? 1 : 0)); /* + the tensor copies' lane */
             mbar_init(empty + i, 32 * NWS);
         }
     if (WG) { /* zeros above T's and P's diagonal blocks, never loaded */
@@ -389,11 +702,20 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
         for (int c = sp.c0; c < sp.c1; c++) {
             const int i = c - sp.c0, slot = i % stages;
             if (i >= stages) mbar_wait(empty + slot, (uint32_t)((i / stages - 1) & 1));
-            load_stage<KP, NWS, WG, SUM>(smem + slot * L::STAGE, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
+            load_stage<KP, NWS, WG, SUM, PAIR>(smem + slot * L::STAGE, full + slot, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
             mbar_arrive_cp_async(full + slot);
         }
         cp_async_commit();
         cp_async_wait<0>(); /* no copy outlives its issuing thread */
+        return;
+    }
+
+    if constexpr (PAIR) {
+        PairCtx<KP> pc{P, smem, full, empty, stages, sp.c0, sp.c1, sq, h, row0 + 16 * (warp >> 1),
+                       16 * (warp >> 1), warp >> 1, lane,
+                       smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
+        if (warp & 1) pair_chunks<KP, 1>(pc, sp);
+        else pair_chunks<KP, 0>(pc, sp);
         return;
     }
 
@@ -419,12 +741,12 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     for (int c = sp.c0; c < sp.c1; c++) {
         const int i = c - sp.c0, slot = i % stages;
         const uint8_t *st = smem + slot * L::STAGE;
-        const __nv_bfloat16 *qs = reinterpret_cast<const __nv_bfloat16 *>(st + L::Q);
-        const __nv_bfloat16 *ks = reinterpret_cast<const __nv_bfloat16 *>(st + L::KC);
+        const uint8_t *qs = st + L::Q;
+        const uint8_t *ks = st + L::KC;
         const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
-        const __nv_bfloat16 *ts = reinterpret_cast<const __nv_bfloat16 *>(st + L::TM);
-        const __nv_bfloat16 *tl = reinterpret_cast<const __nv_bfloat16 *>(st + L::TL);
-        const __nv_bfloat16 *ps = reinterpret_cast<const __nv_bfloat16 *>(st + L::PM);
+        const uint8_t *ts = st + L::TM;
+        const uint8_t *tl = st + L::TL;
+        const uint8_t *ps = st + L::PM;
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
         const float *wq = reinterpret_cast<const float *>(st + L::WQ);
@@ -467,7 +789,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int jj = 0; jj < 4; jj++) {
                     uint32_t bq[4], bk[4];
-                    const int off = b_rows_off(lane, jj, kk, L::LDK);
+                    const uint32_t off = L::b_at(lane, jj, kk);
                     if (!SUM) ldmatrix_x4(bq, qs + off);
                     ldmatrix_x4(bk, ks + off);
                     if (!SUM) {
@@ -536,7 +858,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int kk = 0; kk <= jj; kk++) {
                     uint32_t bt[4], bl[4];
-                    const int off = b_rows_off(lane, jj, kk, LDT);
+                    const uint32_t off = L::b_at(lane, jj, kk, true);
                     ldmatrix_x4(bl, tl + off);
                     ldmatrix_x4(bt, ts + off);
                     mma_bf16_16816(X[2 * jj], ua[kk], bl);
@@ -598,8 +920,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
             for (int np = 0; np < KP / 16; np++) {
                 uint32_t bk[4];
-                ldmatrix_x4_trans(bk, ks + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * L::LDK +
-                                          16 * np + (lane >> 4) * 8);
+                ldmatrix_x4_trans(bk, ks + L::bt_at(lane, kk, np));
                 mma_bf16_16816(S[2 * np], dp[kk], bk);
                 mma_bf16_16816(S[2 * np + 1], dp[kk], bk + 2);
             }
@@ -613,7 +934,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int kk = 0; kk <= jj; kk++) {
                     uint32_t bp[4];
-                    ldmatrix_x4(bp, ps + b_rows_off(lane, jj, kk, LDT));
+                    ldmatrix_x4(bp, ps + L::b_at(lane, jj, kk, true));
                     mma_bf16_16816(O[2 * jj], da[kk], bp);
                     mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
                 }
@@ -632,9 +953,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 
 /* One launch over `units` segments (N x segs, or a varlen batch's) x Hv
  * heads x the row tiles of `rows` rows (V, or V + K in a summary). */
-template <int KP, int NWS, bool WG, bool SUM>
+template <int KP, int NWS, bool WG, bool SUM, bool PAIR = false>
 gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int segs, int rows, cudaStream_t stream) {
-    using L = FusedLayout<KP, NWS, WG, SUM>;
+    using L = FusedLayout<KP, NWS, WG, SUM, PAIR>;
     const int slices = (rows + L::ROWS - 1) / L::ROWS;
     /* three stages where they fit, but two for the 32-row mma.sync blocks
      * (H100, three rounds in one job, ms: q35_t32k 1.319-1.322 -> 1.299-
@@ -642,7 +963,7 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
      * lose with two, q397_t8k 0.455 -> 0.469) and for a summary, so that two
      * of its blocks share a multiprocessor (its launch bounds ask for that) */
     int stages = 2;
-    if (!SUM && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
+    if (!SUM && !PAIR && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)
@@ -653,11 +974,11 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
     if (blocks > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT, "chunk_fused: %lld blocks exceed the grid",
                         (long long)blocks);
-    auto kern = chunk_fused_kernel<KP, NWS, WG, SUM>;
+    auto kern = chunk_fused_kernel<KP, NWS, WG, SUM, PAIR>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     /* producer warps: two (q, k / the rest) for 4 compute warps, else one
      * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
-    const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 ? 2 : 1, {1, 2});
+    const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
     kern<<<(unsigned)blocks, 32 * (NWS + npw), bytes, stream>>>(P, stages, slices, segs, npw);
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
     return GDN_SUCCESS;
@@ -680,7 +1001,7 @@ bool wgmma_built(const gdn_context *ctx) {
     if (ctx->cc_major != 9) return false;
     static const bool built = [] {
         cudaFuncAttributes fa;
-        if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true, false>) != cudaSuccess) {
+        if (cudaFuncGetAttributes(&fa, chunk_fused_kernel<128, 4, true, false, false>) != cudaSuccess) {
             (void)cudaGetLastError();
             return false;
         }
@@ -723,6 +1044,14 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
     int nws = heads * ((rows + 31) / 32) > sms && heads * ((rows + 63) / 64) >= sms ? 4 : 2;
     if (nws == 4 && !(k64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
+    if constexpr (!SUM) { /* 32-row blocks: the pair form where it fits */
+        const bool pair_fits = (size_t)(k64 ? FusedLayout<64, 4, false, false, true>::bytes(2)
+                                            : FusedLayout<128, 4, false, false, true>::bytes(2)) <=
+                               ctx->smem_optin;
+        if (nws == 2 && pair_fits && env_override("GDN_CUDA_FUSED_PAIRS", 1, {0, 1}) == 1)
+            return k64 ? launch<64, 4, false, SUM, true>(ctx, P, N, segs, rows, stream)
+                       : launch<128, 4, false, SUM, true>(ctx, P, N, segs, rows, stream);
+    }
     if (k64)
         return nws == 4 ? launch<64, 4, false, SUM>(ctx, P, N, segs, rows, stream)
                         : launch<64, 2, false, SUM>(ctx, P, N, segs, rows, stream);

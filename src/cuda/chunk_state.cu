@@ -1302,6 +1302,14 @@ bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t h
                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
+/* prep's T / P tiles ([tiles][64][64] bf16) as a map of whole swizzled
+ * tiles (the fused pass's inputs); box row 64 i is tile i's. */
+bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles) {
+    if (tiles > INT32_MAX / BT) return false; /* row coordinates are int32 */
+    return encode_bf16_map(m, base, tiles * BT, 1, BT, BT, CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V) {
     return encode_bf16_map(m, o, tokens, Hv, V, 16, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
