@@ -274,7 +274,7 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.tma_o = 0;
     if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_O", 1, {0, 1}) == 1)
         F.tma_o = encode_o_map(&F.tmap_o, a->o, tokens, p->Hv, (int)p->V);
-    /* sm_90: the mma.sync form's whole-chunk inputs by tensor copies
+    /* sm_90: the fused pass's whole-chunk inputs by tensor copies
      * (GDN_CUDA_FUSED_TMA_IN=0 | 1); prep's tiles: NT Hv of them */
     F.tma_in = 0;
     if (ctx->cc_major >= 9 && tokens <= INT32_MAX && env_override("GDN_CUDA_FUSED_TMA_IN", 1, {0, 1}) == 1) {

@@ -240,8 +240,8 @@ struct FusedParams {
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
-    /* sm_90, mma.sync form: whole chunks' q, k, T hi, T lo and P by tensor
-     * copies (encode_tile_map, encode_tp_map) */
+    /* sm_90: whole chunks' q, k (and, mma.sync form, T hi, T lo and P) by
+     * tensor copies (encode_tile_map, encode_tp_map) */
     int tma_in;
     CUtensorMap tmap_q, tmap_k, tmap_t, tmap_tl, tmap_p;
 };

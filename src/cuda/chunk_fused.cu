@@ -54,13 +54,13 @@
  * memory; with the inputs below by tensor copies it ran q35_t8k in 0.309
  * ms against 0.350 (two warps), q35_t32k 1.165 against 1.296 (H100).
  *
- * Inputs (sm_90, mma.sync forms): a whole chunk's q, k, T and P arrive by
+ * Inputs (sm_90): a whole chunk's q, k, T and P arrive by
  * tensor copies that one producer lane issues into 128-byte swizzled
  * tiles; the per-lane cp.async copies before that kept the producer warp
  * issuing about 120 copies a chunk and bounded the pair form (q35_t8k
- * 0.430 ms with them, 0.309 without). The wgmma form keeps the per-lane
- * copies: it needs zeros above T's and P's diagonal blocks, which prep
- * does not write.
+ * 0.430 ms with them, 0.309 without). The wgmma form takes q and k
+ * so and keeps per-lane copies of T and P: it needs zeros above their
+ * diagonal blocks, which prep does not write.
  *
  * o (sm_90): a warp stages its 16 rows of a whole chunk as a dense
  * [64][16] tile and one lane writes it with a tensor store (TMA), waited
@@ -152,8 +152,8 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
 /* The producer warp (part of nparts): chunk c of the sequence into stage
  * slot, arriving on its full barrier bar; with two, part 0 loads q and k,
  * part 1 the rest. Rows past the chunk's end and columns past K, V are
- * zero-filled (never read from global). In the mma.sync form with
- * P.tma_in (sm_90), a whole chunk's q, k, T and P come by tensor copies
+ * zero-filled (never read from global). With P.tma_in (sm_90), a whole
+ * chunk's q and k (and T and P, mma.sync form) come by tensor copies
  * that one lane issues (a partial chunk's rows past its end would be the
  * next sequence's: those keep the per-lane copies, which zero them); that
  * lane is then one more arrival (kernel's init count).
@@ -173,22 +173,24 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     constexpr int CPR = KP / 8; /* 16-byte pieces a q / k row */
     const int64_t ti = (sq.hoff + c) * P.Hv + h; /* prep's tile */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const bool tma = !WG && P.tma_in && len == BT;
+    const bool tma = P.tma_in && len == BT;
 #else
     constexpr bool tma = false;
 #endif
-    if (part == 0 && !WG && P.tma_in && lane == 0) {
+    if (part == 0 && P.tma_in && lane == 0) {
         if (tma) {
-            constexpr uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (SUM ? 2 : 3) * L::TP_BYTES;
+            constexpr uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
             mbar_arrive_expect_tx(bar, bytes);
 #pragma unroll
             for (int b = 0; b < KP / 64; b++) {
                 if (!SUM) tma_load_3d(st + L::Q + b * BT * 128, &P.tmap_q, bar, 64 * b, kh, (int)t0);
                 tma_load_3d(st + L::KC + b * BT * 128, &P.tmap_k, bar, 64 * b, kh, (int)t0);
             }
-            tma_load_3d(st + L::TM, &P.tmap_t, bar, 0, 0, (int)(ti * BT));
-            tma_load_3d(st + L::TL, &P.tmap_tl, bar, 0, 0, (int)(ti * BT));
-            if (!SUM) tma_load_3d(st + L::PM, &P.tmap_p, bar, 0, 0, (int)(ti * BT));
+            if (!WG) { /* (the wgmma form: T, P per lane below, keeping its zeros) */
+                tma_load_3d(st + L::TM, &P.tmap_t, bar, 0, 0, (int)(ti * BT));
+                tma_load_3d(st + L::TL, &P.tmap_tl, bar, 0, 0, (int)(ti * BT));
+                if (!SUM) tma_load_3d(st + L::PM, &P.tmap_p, bar, 0, 0, (int)(ti * BT));
+            }
         } else {
             mbar_arrive(bar);
         }
@@ -216,7 +218,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     }
     const int64_t tile = ti * (BT * BT);
 #pragma unroll 4
-    for (int i = lane; i < BT * 8 && !tma; i += 32) {
+    for (int i = lane; i < BT * 8 && (WG || !tma); i += 32) {
         const int t = i >> 3, cc = (i & 7) * 8;
         if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
         const uint32_t at = L::tp_at(t, cc);
@@ -680,7 +682,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 
     if (threadIdx.x == 0)
         for (int i = 0; i < stages; i++) {
-            mbar_init(full + i, 32 * npw + (!WG && P.tma_in ? 1 : 0)); /* + the tensor copies' lane */
+            mbar_init(full + i, 32 * npw + (P.tma_in ? 1 : 0)); /* + the tensor copies' lane */
             mbar_init(empty + i, 32 * NWS);
         }
     if (WG) { /* zeros above T's and P's diagonal blocks, never loaded */
