@@ -92,6 +92,29 @@ namespace {
 constexpr int BT = GDN_CHUNK;
 constexpr int LDO = 24;     /* a warp's o staging rows: 16 values + pad */
 
+/* A lane's ldmatrix row offsets in a swizzled [64][64] tile, by k-step
+ * (or n-tile pair) mod 4: the part of every address that is neither a
+ * compile-time constant nor the stage's base. Computed once (the swizzle's
+ * XOR on every address cost about 150 integer instructions a warp a
+ * chunk). b: rows 16 jj + (lane & 7) + 8 (lane >> 4), column 8 of
+ * lane bit 3; t (ldmatrix.trans of k): rows 16 kk + 8 (lane bit 3) +
+ * (lane & 7), column 8 (lane >> 4). Row offsets 16 jj (16 kk) leave the
+ * swizzle's row phase unchanged, hence the constants. */
+struct LaneOffsets {
+    uint32_t b[4], t[4];
+};
+__device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
+    LaneOffsets lo;
+    const int rb = (lane & 7) + ((lane >> 4) << 3), cb = ((lane >> 3) & 1) * 8;
+    const int rt = ((lane >> 3) & 1) * 8 + (lane & 7), ct = (lane >> 4) * 8;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        lo.b[i] = sw128_offset(rb, 16 * i + cb);
+        lo.t[i] = sw128_offset(rt, 16 * i + ct);
+    }
+    return lo;
+}
+
 /* One stage: q, k as KP / 64 swizzled [64][64] tiles, T hi, T lo, P one
  * swizzled [64][64] tile each (wgmma.cuh's 128-byte swizzle: conflict-free
  * ldmatrix rows, the wgmma form's operands, and the tensor copies' layout),
@@ -134,16 +157,15 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
     /* byte offset of T / P element (t, s) (s a multiple of 8) */
     static __device__ __forceinline__ uint32_t tp_at(int t, int s) { return sw128_offset(t, s); }
     /* this lane's x4 ldmatrix row address (byte offset) of n-tiles 2 jj,
-     * 2 jj + 1 by k-step kk from a q / k (or, tp, T / P) tile: rows are the
-     * n index (B[k][n] = tile[n][k]) */
-    static __device__ __forceinline__ uint32_t b_at(int lane, int jj, int kk, bool tp = false) {
-        const int t = 16 * jj + (lane & 7) + ((lane >> 4) << 3), c = 16 * kk + ((lane >> 3) & 1) * 8;
-        return tp ? tp_at(t, c) : qk_at(t, c);
+     * 2 jj + 1 by k-step kk from a q / k (or T / P: kk < 4) tile: rows are
+     * the n index (B[k][n] = tile[n][k]); lo from lane_offsets */
+    static __device__ __forceinline__ uint32_t b_at(const LaneOffsets &lo, int jj, int kk) {
+        return (uint32_t)((kk >> 2) * (BT * 128) + jj * 2048) + lo.b[kk & 3];
     }
     /* the same, transposed (ldmatrix.trans) from k: k-step kk (rows = tokens),
      * n-tiles 2 np, 2 np + 1 (columns of K) */
-    static __device__ __forceinline__ uint32_t bt_at(int lane, int kk, int np) {
-        return qk_at(16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7), 16 * np + (lane >> 4) * 8);
+    static __device__ __forceinline__ uint32_t bt_at(const LaneOffsets &lo, int kk, int np) {
+        return (uint32_t)((np >> 2) * (BT * 128) + kk * 2048) + lo.t[np & 3];
     }
     /* with the slack to align the stages */
     static int bytes(int stages) { return ALIGN + stages * STAGE + COMPUTE_BYTES + 2 * stages * 8; }
@@ -406,6 +428,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
     const FusedParams &P = C.P;
     const int lane = C.lane, gid = lane >> 2, tig = lane & 3, r0 = C.r0;
     const int bar = 1 + C.pair;
+    const LaneOffsets lo = lane_offsets(lane);
     __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(C.pb);
     uint4 *xs = reinterpret_cast<uint4 *>(C.pb + BT * LDO * 2); /* [2][KH][32] */
     uint4 *xu = xs + 2 * KH * 32;                                /* [2][2][32] */
@@ -477,7 +500,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #pragma unroll
             for (int b = 0; b < 2; b++) {
                 uint32_t bq[4], bk[4];
-                const uint32_t off = L::b_at(lane, b ? J1 : J0, kk);
+                const uint32_t off = L::b_at(lo, b ? J1 : J0, kk);
                 ldmatrix_x4(bq, qs + off);
                 ldmatrix_x4(bk, ks + off);
                 mma_bf16_16816(O[b][0], a, bq);
@@ -530,7 +553,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #pragma unroll
             for (int kk = 0; kk <= jj; kk++) {
                 uint32_t bt[4], bl[4];
-                const uint32_t off = L::b_at(lane, jj, kk, true);
+                const uint32_t off = L::b_at(lo, jj, kk);
                 ldmatrix_x4(bl, tl + off);
                 ldmatrix_x4(bt, ts + off);
                 mma_bf16_16816(X[b][0], ua[kk], bl);
@@ -581,7 +604,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
             for (int n = 0; n < NH / 2; n++) {
                 uint32_t bk[4];
                 const int np = R * (NH / 2) + n;
-                ldmatrix_x4_trans(bk, ks + L::bt_at(lane, kk, np));
+                ldmatrix_x4_trans(bk, ks + L::bt_at(lo, kk, np));
                 mma_bf16_16816(S[2 * n], dp[kk], bk);
                 mma_bf16_16816(S[2 * n + 1], dp[kk], bk + 2);
             }
@@ -592,7 +615,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #pragma unroll
             for (int kk = 0; kk <= jj; kk++) {
                 uint32_t bp[4];
-                ldmatrix_x4(bp, ps + L::b_at(lane, jj, kk, true));
+                ldmatrix_x4(bp, ps + L::b_at(lo, jj, kk));
                 mma_bf16_16816(O[b][0], da[kk], bp);
                 mma_bf16_16816(O[b][1], da[kk], bp + 2);
             }
@@ -739,6 +762,8 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
         }
     __nv_bfloat16 *ost = reinterpret_cast<__nv_bfloat16 *>(smem + stages * L::STAGE + warp * L::WARP_BYTES);
     const int vl = 16 * warp; /* this warp's rows in the stage's v tile */
+    const LaneOffsets lo = lane_offsets(lane);
+    (void)lo;
 
     for (int c = sp.c0; c < sp.c1; c++) {
         const int i = c - sp.c0, slot = i % stages;
@@ -791,7 +816,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int jj = 0; jj < 4; jj++) {
                     uint32_t bq[4], bk[4];
-                    const uint32_t off = L::b_at(lane, jj, kk);
+                    const uint32_t off = L::b_at(lo, jj, kk);
                     if (!SUM) ldmatrix_x4(bq, qs + off);
                     ldmatrix_x4(bk, ks + off);
                     if (!SUM) {
@@ -860,7 +885,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int kk = 0; kk <= jj; kk++) {
                     uint32_t bt[4], bl[4];
-                    const uint32_t off = L::b_at(lane, jj, kk, true);
+                    const uint32_t off = L::b_at(lo, jj, kk);
                     ldmatrix_x4(bl, tl + off);
                     ldmatrix_x4(bt, ts + off);
                     mma_bf16_16816(X[2 * jj], ua[kk], bl);
@@ -922,7 +947,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
             for (int np = 0; np < KP / 16; np++) {
                 uint32_t bk[4];
-                ldmatrix_x4_trans(bk, ks + L::bt_at(lane, kk, np));
+                ldmatrix_x4_trans(bk, ks + L::bt_at(lo, kk, np));
                 mma_bf16_16816(S[2 * np], dp[kk], bk);
                 mma_bf16_16816(S[2 * np + 1], dp[kk], bk + 2);
             }
@@ -936,7 +961,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #pragma unroll
                 for (int kk = 0; kk <= jj; kk++) {
                     uint32_t bp[4];
-                    ldmatrix_x4(bp, ps + L::b_at(lane, jj, kk, true));
+                    ldmatrix_x4(bp, ps + L::b_at(lo, jj, kk));
                     mma_bf16_16816(O[2 * jj], da[kk], bp);
                     mma_bf16_16816(O[2 * jj + 1], da[kk], bp + 2);
                 }
