@@ -408,7 +408,8 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
  * the f32 state of its half only; the products that reduce over K take
  * the other half's bf16 A fragments from shared memory, published after
  * every update. U', D and D' fragments are exchanged likewise, with three
- * 64-thread barriers a chunk. Every accumulator sums the same products in
+ * 64-thread barriers a chunk (unaligned: the two warps run different
+ * instantiations, so they meet at different instructions). Every accumulator sums the same products in
  * the same order as in the one-warp forms, so the bits are theirs. */
 template <int KP> struct PairCtx {
     const FusedParams &P;
@@ -457,7 +458,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         }
     };
     publish();
-    named_barrier(bar, 64);
+    named_barrier_unaligned(bar, 64);
 #pragma unroll
     for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
 
@@ -538,7 +539,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
             acc_to_a(ua[jj], u[0], u[1]);
             put(xu, R * 2 + b, ua[jj]);
         }
-        named_barrier(bar, 64); /* B1: U' */
+        named_barrier_unaligned(bar, 64); /* B1: U' */
         get(ua[O0], xu, (1 - R) * 2 + 0);
         get(ua[O1], xu, (1 - R) * 2 + 1);
 
@@ -586,7 +587,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         if (R == 0 && lane == 0 && P.tma_o) bulk_wait_read<0>(); /* the staging tile is free */
 #endif
-        named_barrier(bar, 64); /* B2: D, D' (and the staging tile) */
+        named_barrier_unaligned(bar, 64); /* B2: D, D' (and the staging tile) */
         get(da[O0], xd, (1 - R) * 4 + 0);
         get(da[O1], xd, (1 - R) * 4 + 1);
         get(dp[O0], xd, (1 - R) * 4 + 2);
@@ -637,7 +638,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
                 }
         publish();
         if (tma) fence_proxy_async_smem();
-        named_barrier(bar, 64); /* B3: staging, S halves */
+        named_barrier_unaligned(bar, 64); /* B3: staging, S halves */
 #pragma unroll
         for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -101,6 +101,13 @@ __device__ __forceinline__ void named_barrier(int id, int count) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+/* The same without .aligned (barrier.sync): for warps that reach it from
+ * different instructions (bar.sync requires every participant at the
+ * same one; compute-sanitizer's synccheck flags it otherwise). */
+__device__ __forceinline__ void named_barrier_unaligned(int id, int count) {
+    asm volatile("barrier.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 /* mbarrier (sm_80+): a shared-memory barrier that completes a phase when
  * `count` arrivals have come; waiters name the phase by its parity. */
 __device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
