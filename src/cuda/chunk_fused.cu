@@ -271,6 +271,27 @@ __device__ __forceinline__ void acc_to_a(uint32_t a[4], const float (&c0)[4], co
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
+/* D^T's n-tiles 2 jj, 2 jj + 1 (x0, x1) = U' (T lo + T hi)^T over the
+ * k-steps kk <= jj (T lower triangular), lo then hi each k-step: the
+ * order both mma.sync forms sum in (the wgmma form's too). */
+template <class L>
+__device__ __forceinline__ void dt_block(float (&x0)[4], float (&x1)[4], const uint32_t (&ua)[4][4],
+                                         const uint8_t *tl, const uint8_t *ts, const LaneOffsets &lo, int jj) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) x0[e] = x1[e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk <= jj; kk++) {
+        uint32_t bt[4], bl[4];
+        const uint32_t off = L::b_at(lo, jj, kk);
+        ldmatrix_x4(bl, tl + off);
+        ldmatrix_x4(bt, ts + off);
+        mma_bf16_16816(x0, ua[kk], bl);
+        mma_bf16_16816(x1, ua[kk], bl + 2);
+        mma_bf16_16816(x0, ua[kk], bt);
+        mma_bf16_16816(x1, ua[kk], bt + 2);
+    }
+}
+
 /* A warp's 16 rows of S (from r0; columns k0 .. k0 + 8 NT - 1) into the
  * [rows][K] state (or [K][rows] with kv) at dst; rows past `rows` and
  * columns past K are not stored. */
@@ -545,24 +566,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 
         /* D^T = U' (T lo + T hi)^T for the own blocks (k-steps kk <= jj) */
 #pragma unroll
-        for (int b = 0; b < 2; b++) {
-            const int jj = b ? J1 : J0;
-#pragma unroll
-            for (int s = 0; s < 2; s++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) X[b][s][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk <= jj; kk++) {
-                uint32_t bt[4], bl[4];
-                const uint32_t off = L::b_at(lo, jj, kk);
-                ldmatrix_x4(bl, tl + off);
-                ldmatrix_x4(bt, ts + off);
-                mma_bf16_16816(X[b][0], ua[kk], bl);
-                mma_bf16_16816(X[b][1], ua[kk], bl + 2);
-                mma_bf16_16816(X[b][0], ua[kk], bt);
-                mma_bf16_16816(X[b][1], ua[kk], bt + 2);
-            }
-        }
+        for (int b = 0; b < 2; b++) dt_block<L>(X[b][0], X[b][1], ua, tl, ts, lo, b ? J1 : J0);
         /* D and D' = D diag(ks exp(G_L - G)) fragments, own blocks; then
          * the partner's */
         uint32_t da[4][4], dp[4][4];
@@ -878,22 +882,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 #endif
         } else {
 #pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) X[j][e] = 0.f;
-#pragma unroll
-            for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-                for (int kk = 0; kk <= jj; kk++) {
-                    uint32_t bt[4], bl[4];
-                    const uint32_t off = L::b_at(lo, jj, kk);
-                    ldmatrix_x4(bl, tl + off);
-                    ldmatrix_x4(bt, ts + off);
-                    mma_bf16_16816(X[2 * jj], ua[kk], bl);
-                    mma_bf16_16816(X[2 * jj + 1], ua[kk], bl + 2);
-                    mma_bf16_16816(X[2 * jj], ua[kk], bt);
-                    mma_bf16_16816(X[2 * jj + 1], ua[kk], bt + 2);
-                }
+            for (int jj = 0; jj < 4; jj++) dt_block<L>(X[2 * jj], X[2 * jj + 1], ua, tl, ts, lo, jj);
         }
 
         /* A fragments of D^T (for O2) and of D'^T = D^T diag(ks exp(G_L - G)) */
