@@ -773,9 +773,9 @@ static void check_row_tiles(gdn_context *ctx) {
  * 16 rows the same way; nor the pair form (GDN_CUDA_FUSED_PAIRS: two
  * warps share 16 rows by token blocks and state columns, the default for
  * 32-row blocks); nor how its inputs arrive (GDN_CUDA_FUSED_TMA_IN:
- * tensor copies or per-lane copies); nor its product form (mma.sync, or Hopper's wgmma
- * over 64-row blocks, also chosen from the batch's size: both sum each
- * 16-deep k-step in the same order). Nor must prep's sharing of a key
+ * tensor copies or per-lane copies); nor its product form (mma.sync, or
+ * Hopper's wgmma over 64-row blocks, also chosen from the batch's size:
+ * both sum each 16-deep k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
  * block each value head), checked with both head maps. Forced through
  * GDN_CUDA_FUSED=1, unless the runner has set it. */

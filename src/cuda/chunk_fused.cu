@@ -21,8 +21,9 @@
  * A block is NWS compute warps (16 NWS rows of one value head) and one or
  * two producer warps that stream each chunk's q, k, the block's v columns,
  * T, P and gates into a ring of stages by cp.async (mbarriers full / empty,
- * as the state kernel's producer form). The compute warps meet nowhere:
- * each waits on full, reads the stage, and arrives on empty.
+ * as the state kernel's producer form). The compute warps meet nowhere
+ * (but in the pair form below): each waits on full, reads the stage, and
+ * arrives on empty.
  *
  * What bounds it (H100, q35_t8k, 271 us, 2.1 us a chunk): the compute
  * warps, one a scheduler, always busy: stalls are mostly fixed-latency
@@ -430,19 +431,20 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
  * the other half's bf16 A fragments from shared memory, published after
  * every update. U', D and D' fragments are exchanged likewise, with three
  * 64-thread barriers a chunk (unaligned: the two warps run different
- * instantiations, so they meet at different instructions). Every accumulator sums the same products in
- * the same order as in the one-warp forms, so the bits are theirs. */
-template <int KP> struct PairCtx {
+ * instantiations, so they meet at different instructions). Every
+ * accumulator sums the same products in the same order as in the one-warp
+ * forms, so the bits are theirs. */
+struct PairCtx {
     const FusedParams &P;
     uint8_t *smem;
     uint64_t *full, *empty;
     int stages, c0, c1;
     SeqSpan sq;
-    int h, r0, vl, pair, lane;
-    uint8_t *pb; /* the pair's o staging, then its exchange tiles */
+    int h, r0, pair, lane; /* r0: the pair's first row (its v columns start 16 pair in) */
+    uint8_t *pb;           /* the pair's o staging, then its exchange tiles */
 };
 
-template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairCtx<KP> &C, const SegmentPlan &sp) {
+template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairCtx &C, const SegmentPlan &sp) {
     using L = FusedLayout<KP, 4, false, false, true>;
     constexpr int NT = KP / 8, NH = NT / 2, KH = KP / 32; /* own n-tiles, own k-steps */
     constexpr int J0 = R ? 1 : 0, J1 = R ? 2 : 3;           /* own token blocks */
@@ -539,7 +541,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         for (int b = 0; b < 2; b++) {
             const int jj = b ? J1 : J0;
             uint32_t vt[4];
-            ldmatrix_x4_trans(vt, vs + (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * L::LDV + C.vl +
+            ldmatrix_x4_trans(vt, vs + (16 * jj + (lane & 7) + ((lane >> 4) << 3)) * L::LDV + 16 * C.pair +
                                       ((lane >> 3) & 1) * 8);
             float u[2][4];
 #pragma unroll
@@ -741,9 +743,8 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     }
 
     if constexpr (PAIR) {
-        PairCtx<KP> pc{P, smem, full, empty, stages, sp.c0, sp.c1, sq, h, row0 + 16 * (warp >> 1),
-                       16 * (warp >> 1), warp >> 1, lane,
-                       smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
+        PairCtx pc{P, smem, full, empty, stages, sp.c0, sp.c1, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
+                   smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
         if (warp & 1) pair_chunks<KP, 1>(pc, sp);
         else pair_chunks<KP, 0>(pc, sp);
         return;
