@@ -20,7 +20,7 @@
  *   solve   Tinv in f32 by blocks of 16: per block row i, forward
  *           substitution with (I + A_ii) on [I | A_i0 .. A_i,i-1] gives
  *           T_ii and Y_ik = T_ii A_ik (one lane per column); then
- *           T_ij = -sum_{k=j}^{i-1} Y_ik T_kj by block diagonals
+ *           T_ij = -sum_{k=j}^{i-1} Y_ik T_kj on tensor cores (split tf32)
  *   WY      T' = Tinv diag(d) split into bf16 hi + lo, so that T' k and
  *           T' v (k, v exact in bf16) are two tensor-core products each
  *           with about f32 accuracy; w, u rounded to bf16 only when stored
@@ -158,6 +158,16 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
     const __nv_bfloat16 h0 = __float2bfloat16(x0), h1 = __float2bfloat16(x1);
     hi = (uint32_t)__bfloat16_as_ushort(h0) | ((uint32_t)__bfloat16_as_ushort(h1) << 16);
     lo = pack_bf16x2(x0 - __bfloat162float(h0), x1 - __bfloat162float(h1));
+}
+
+/* x = big + small, both tf32 by truncation: big exact, small within 2^-10
+ * of itself (so x within about 2^-20); big big + big small + small big
+ * on tensor cores is then close to an f32 product. A NaN whose payload
+ * sits in the dropped bits becomes Inf in big, but x - big keeps it NaN. */
+__device__ __forceinline__ void split_tf32(float x, uint32_t &big, uint32_t &small) {
+    const uint32_t b = __float_as_uint(x) & 0xffffe000u;
+    big = b;
+    small = __float_as_uint(x - __uint_as_float(b)) & 0xffffe000u;
 }
 
 /* MINB blocks a multiprocessor by the launch bound: 3 keeps 80 registers a
@@ -427,38 +437,43 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         }
         __syncthreads();
 
-        /* ---- 5. off-diagonal blocks of Tinv, diagonal d = i - j at a time:
-         * T_ij = -sum_{k=j}^{i-1} Y_ik T_kj. 128 threads a block (2 rows x 1
-         * column each), the block index warp-uniform ---- */
-        for (int d = 1; d < 4; d++) {
-            for (int u = tid; u < (4 - d) * 128; u += NTHREADS) {
-                const int i = d + (u >> 7), j = i - d;
-                const int cc = u & 15, r = ((u >> 4) & 7) * 2;
-                float acc0 = 0.f, acc1 = 0.f;
+        /* ---- 5. off-diagonal blocks of Tinv: T_ij = -sum_{k=j}^{i-1} Y_ik
+         * T_kj on tensor cores in split tf32 (see split_tf32: about 2^-20
+         * relative, far below the bf16 hi + lo that T is stored as). Warp
+         * w < 6 owns columns 8 (w % 2) .. + 8 of column block j = w / 2 and
+         * walks i = j + 1 .. 3 down them: every T_kj it reads is its own
+         * (or step 4's), so no barrier between the block diagonals (H100,
+         * q35_t8k: the 2 x 1 FFMA form was a quarter of prep's
+         * instructions) ---- */
+        if (warp < 6) {
+            const int j = warp >> 1, c8 = 16 * j + 8 * (warp & 1);
+            for (int i = j + 1; i < 4; i++) {
+                float big[4] = {0.f, 0.f, 0.f, 0.f}, cross[4] = {0.f, 0.f, 0.f, 0.f};
                 for (int k = j; k < i; k++) {
-                    const float *y = A + (16 * i + r) * LDF + 16 * k;
-                    const float *tc = Ti + 16 * k * LDF + 16 * j + cc;
 #pragma unroll
-                    for (int s = 0; s < 16; s += 4) {
-                        const float4 ya = *reinterpret_cast<const float4 *>(y + s);
-                        const float4 yb = *reinterpret_cast<const float4 *>(y + LDF + s);
-                        const float t0v = tc[s * LDF], t1v = tc[(s + 1) * LDF];
-                        const float t2v = tc[(s + 2) * LDF], t3v = tc[(s + 3) * LDF];
-                        acc0 = fmaf(ya.x, t0v, acc0);
-                        acc1 = fmaf(yb.x, t0v, acc1);
-                        acc0 = fmaf(ya.y, t1v, acc0);
-                        acc1 = fmaf(yb.y, t1v, acc1);
-                        acc0 = fmaf(ya.z, t2v, acc0);
-                        acc1 = fmaf(yb.z, t2v, acc1);
-                        acc0 = fmaf(ya.w, t3v, acc0);
-                        acc1 = fmaf(yb.w, t3v, acc1);
+                    for (int ks = 0; ks < 16; ks += 8) {
+                        const float *y = A + (16 * i + gid) * LDF + 16 * k + ks + tig;
+                        const float *t = Ti + (16 * k + ks + tig) * LDF + c8 + gid;
+                        uint32_t ab[4], as[4], bb[2], bsm[2];
+                        split_tf32(y[0], ab[0], as[0]);
+                        split_tf32(y[8 * LDF], ab[1], as[1]);
+                        split_tf32(y[4], ab[2], as[2]);
+                        split_tf32(y[8 * LDF + 4], ab[3], as[3]);
+                        split_tf32(t[0], bb[0], bsm[0]);
+                        split_tf32(t[4 * LDF], bb[1], bsm[1]);
+                        mma_tf32_1688(big, ab, bb);
+                        mma_tf32_1688(cross, ab, bsm);
+                        mma_tf32_1688(cross, as, bb);
                     }
                 }
-                Ti[(16 * i + r) * LDF + 16 * j + cc] = -acc0;
-                Ti[(16 * i + r + 1) * LDF + 16 * j + cc] = -acc1;
+                float *dst = Ti + (16 * i + gid) * LDF + c8 + 2 * tig;
+                *reinterpret_cast<float2 *>(dst) = make_float2(-(big[0] + cross[0]), -(big[1] + cross[1]));
+                *reinterpret_cast<float2 *>(dst + 8 * LDF) =
+                    make_float2(-(big[2] + cross[2]), -(big[3] + cross[3]));
+                __syncwarp(); /* T_ij is read by this warp's next row block */
             }
-            __syncthreads();
         }
+        __syncthreads();
 
         if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
             const int j = lane * 2;
