@@ -288,6 +288,10 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
      * final launch; a varlen batch's by the device's segment offsets */
     F.segments = l.segments;
     const bool varlen = l.vs.segments > a->N;
+    /* the first fused launch follows prep directly (a varlen batch has the
+     * chunk-offset scan between them): a programmatic dependent launch,
+     * sm_90 (GDN_CUDA_FUSED_PDL=0 | 1) */
+    F.pdl = ctx->cc_major >= 9 && !varlen && env_override("GDN_CUDA_FUSED_PDL", 1, {0, 1}) == 1;
     if (varlen || F.segments > 1) {
         F.h_start = reinterpret_cast<float *>(ws + l.scratch);
         F.seg_summary = reinterpret_cast<float *>(ws + l.seg_summary);
@@ -301,6 +305,7 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
             F.seg_chunks = (int)gdn_ceil_div(gdn_ceil_div(p->T, GDN_CHUNK), F.segments);
         }
         if ((st = launch_chunk_fused(ctx, F, true, stream, l.vs.segments)) != GDN_SUCCESS) return st;
+        F.pdl = 0; /* the final launch reads the combine's start states in every warp */
         if ((varlen || F.segments > 2) &&
             (st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
                                          (int)p->V, varlen ? 0 : F.segments, stream, F.seg_off)) != GDN_SUCCESS)

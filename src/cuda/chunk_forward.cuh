@@ -244,6 +244,12 @@ struct FusedParams {
      * tensor copies (encode_tile_map, encode_tp_map) */
     int tma_in;
     CUtensorMap tmap_q, tmap_k, tmap_t, tmap_tl, tmap_p;
+    /* host: launch as prep's programmatic dependent (sm_90). The kernel's
+     * producers wait for prep before their first copy in any case (a
+     * no-op without the launch attribute); no other warp reads prep's
+     * output, so a launch whose compute warps read an earlier kernel's
+     * output (the combine's start states) must not set it. */
+    int pdl;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes

@@ -199,6 +199,9 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
      * every value head of that key head in turn: k, q, their norms and
      * the products k k^T, q k^T (which depend on the key head only) are
      * loaded and computed once for all of them. */
+    /* the fused pass may launch now: its blocks take multiprocessors as
+     * prep's last ones leave, and wait for the whole of prep (pdl_wait) */
+    if constexpr (TP) pdl_trigger();
     const int share = SHARED ? P.group : 1; /* a constant 1 keeps S, QK out of the loop's registers */
     const unsigned grid_heads = share > 1 ? Hk : Hv;
     const int64_t c = blockIdx.x / grid_heads;

@@ -210,6 +210,22 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #endif
 }
 
+/* Programmatic dependent launch (sm_90; no-ops before): a kernel lets
+ * the next launch in its stream start (pdl_trigger), and that launch
+ * waits for this one to finish and its writes to be visible (pdl_wait)
+ * before it reads them. Without the launch attribute the wait returns at
+ * once, the stream having ordered the kernels already. */
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
