@@ -478,20 +478,22 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         }
         __syncthreads();
 
-        if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64 rows */
-            const int j = lane * 2;
-            const float2 b2 = *reinterpret_cast<const float2 *>(bs + j); /* hoisted: see step 3 */
+        if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64
+                             * rows: 4 columns a lane, two rows a warp at a time */
+            const int j = (lane & 15) * 4;
+            const float4 b4 = *reinterpret_cast<const float4 *>(bs + j); /* hoisted: see step 3 */
             const int64_t tile = (c * Hv + h) * (int64_t)(BT * BT) + j;
             __nv_bfloat16 *th = P.tmat + tile, *tl = P.tlo + tile;
 #pragma unroll
-            for (int r = 0; r < BT / NW; r++) {
-                const int i = warp + r * NW;
+            for (int r = 0; r < BT / (2 * NW); r++) {
+                const int i = 2 * warp + (lane >> 4) + 2 * NW * r;
                 if ((j >> 4) <= (i >> 4)) {
-                    const float2 t = *reinterpret_cast<const float2 *>(Ti + i * LDF + j);
-                    uint32_t hi, lo;
-                    split_pair(t.x * b2.x, t.y * b2.y, hi, lo);
-                    *reinterpret_cast<uint32_t *>(th + i * BT) = hi;
-                    *reinterpret_cast<uint32_t *>(tl + i * BT) = lo;
+                    const float4 t = *reinterpret_cast<const float4 *>(Ti + i * LDF + j);
+                    uint2 hi, lo;
+                    split_pair(t.x * b4.x, t.y * b4.y, hi.x, lo.x);
+                    split_pair(t.z * b4.z, t.w * b4.w, hi.y, lo.y);
+                    *reinterpret_cast<uint2 *>(th + i * BT) = hi;
+                    *reinterpret_cast<uint2 *>(tl + i * BT) = lo;
                 }
             }
         }
