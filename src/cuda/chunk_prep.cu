@@ -64,6 +64,15 @@ __host__ __device__ inline int smem_bytes(int K, int V, bool v_late, bool tp = f
            (tp ? 6 : 4) * BT * 4;
 }
 
+/* 2^x on the special-function unit (ex2.approx.ftz: about 2 ulp; 0 below
+ * 2^-126). A's and P's gates exp(G_i - G_j) as 2^(G_i log2 e - G_j log2 e):
+ * the scaling adds an error of the size that G's own rounding has. */
+constexpr float LOG2E = 1.4426950408889634f;
+__device__ __forceinline__ float exp2_sfu(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ float softplus_f32(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
 /* Rows [0, len) of a chunk into a [64][ld] tile, the rest (rows >= len,
@@ -358,32 +367,33 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 #pragma unroll
             for (int a = 0; a < 2; a++) {
                 if (a == 1 && !s_two) break;
-                float kj[2][2], gj[2][2];
+                float kj[2][2], gj[2][2]; /* gj in log2 units */
 #pragma unroll
                 for (int n = 0; n < 2; n++) {
                     const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
                     const float2 k2 = *reinterpret_cast<const float2 *>(kss + j);
                     const float2 g2 = *reinterpret_cast<const float2 *>(Gs + j);
-                    kj[n][0] = k2.x, kj[n][1] = k2.y, gj[n][0] = g2.x, gj[n][1] = g2.y;
+                    kj[n][0] = k2.x, kj[n][1] = k2.y, gj[n][0] = g2.x * LOG2E, gj[n][1] = g2.y * LOG2E;
                 }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     const int i = mt * 16 + gid + hf * 8;
                     const bool row_ok = i < len;
-                    const float bi = bs[i] * kss[i], gi = Gs[i];
+                    const float bi = bs[i] * kss[i], gi = Gs[i] * LOG2E;
                     const float qi = TP ? P.scale * dws[i] : 0.f;
                     float2 out[2];
                     uint32_t pw[2];
 #pragma unroll
                     for (int n = 0; n < 2; n++) {
                         const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
-                        const float e0 = expf(gi - gj[n][0]), e1 = expf(gi - gj[n][1]);
-                        out[n].x = row_ok && j < i ? bi * kj[n][0] * S[a][n][2 * hf] * e0 : 0.f;
-                        out[n].y = row_ok && j + 1 < i ? bi * kj[n][1] * S[a][n][2 * hf + 1] * e1 : 0.f;
+                        /* ks_j exp(G_i - G_j), shared by A and P */
+                        const float e0 = kj[n][0] * exp2_sfu(gi - gj[n][0]);
+                        const float e1 = kj[n][1] * exp2_sfu(gi - gj[n][1]);
+                        out[n].x = row_ok && j < i ? bi * S[a][n][2 * hf] * e0 : 0.f;
+                        out[n].y = row_ok && j + 1 < i ? bi * S[a][n][2 * hf + 1] * e1 : 0.f;
                         if constexpr (TP) { /* P[i][j], the diagonal included */
-                            const float p0 = row_ok && j <= i ? qi * kj[n][0] * QK[TP ? a : 0][n][2 * hf] * e0 : 0.f;
-                            const float p1 =
-                                row_ok && j + 1 <= i ? qi * kj[n][1] * QK[TP ? a : 0][n][2 * hf + 1] * e1 : 0.f;
+                            const float p0 = row_ok && j <= i ? qi * QK[TP ? a : 0][n][2 * hf] * e0 : 0.f;
+                            const float p1 = row_ok && j + 1 <= i ? qi * QK[TP ? a : 0][n][2 * hf + 1] * e1 : 0.f;
                             pw[n] = pack_bf16x2(p0, p1);
                         }
                     }
