@@ -373,11 +373,30 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
     return s;
 }
 
+/* Two 8-token groups of a warp's O^T fragments (rows v = gid, gid + 8;
+ * columns the tokens ta + 2 tig, + 1 and tb + ...) into a [t][pitch] bf16
+ * tile, transposed: one stmatrix on sm_90 where 16 two-byte stores were. */
+__device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const float (&xa)[4], const float (&xb)[4],
+                                         int ta, int tb, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const int m = lane >> 3; /* the matrix this lane addresses: (group, v half) */
+    stmatrix_x4_trans(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + (m & 1) * 8, pack_bf16x2(xa[0], xa[1]),
+                      pack_bf16x2(xa[2], xa[3]), pack_bf16x2(xb[0], xb[1]), pack_bf16x2(xb[2], xb[3]));
+#else
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int t = 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
+        tile[(ta + t) * pitch + v] = __float2bfloat16(xa[e]);
+        tile[(tb + t) * pitch + v] = __float2bfloat16(xb[e]);
+    }
+#endif
+}
+
 /* A warp's 16 rows of o for one chunk (tokens t0 .. t0 + len - 1) through
  * its staging tile ost, as 16-byte stores. */
 __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][4], const FusedParams &P,
                                         int64_t t0, int len, int h, int r0, int lane) {
-    const int gid = lane >> 2, tig = lane & 3;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (P.tma_o) { /* the staging tile is free once the last tensor store has read it */
         if (lane == 0) bulk_wait_read<0>();
@@ -385,12 +404,7 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
     }
     if (P.tma_o && len == BT) { /* a whole chunk: a dense [64][16] tile, one tensor store */
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int t = 8 * j + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
-                ost[t * 16 + v] = __float2bfloat16(O[j][e]);
-            }
+        for (int j = 0; j < 8; j += 2) stage_ot(ost, 16, O[j], O[j + 1], 8 * j, 8 * j + 8, lane);
         fence_proxy_async_smem();
         __syncwarp();
         if (lane == 0 && r0 < P.V) { /* values past V are outside the map */
@@ -401,12 +415,7 @@ __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][
     }
 #endif
 #pragma unroll
-    for (int j = 0; j < 8; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int t = 8 * j + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
-            ost[t * LDO + v] = __float2bfloat16(O[j][e]);
-        }
+    for (int j = 0; j < 8; j += 2) stage_ot(ost, LDO, O[j], O[j + 1], 8 * j, 8 * j + 8, lane);
     __syncwarp();
     __nv_bfloat16 *og = P.o + (t0 * P.Hv + h) * P.V + r0;
 #pragma unroll
@@ -634,14 +643,10 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
          * sm_90) or by each warp's rows */
         const int pitch = tma ? 16 : LDO;
 #pragma unroll
-        for (int b = 0; b < 2; b++)
-#pragma unroll
-            for (int s = 0; s < 2; s++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int t = 8 * (2 * (b ? J1 : J0) + s) + 2 * tig + (e & 1), v = gid + 8 * (e >> 1);
-                    ost[t * pitch + v] = __float2bfloat16(O[b][s][e]);
-                }
+        for (int b = 0; b < 2; b++) {
+            const int tb = 16 * (b ? J1 : J0);
+            stage_ot(ost, pitch, O[b][0], O[b][1], tb, tb + 8, lane);
+        }
         publish();
         if (tma) fence_proxy_async_smem();
         named_barrier_unaligned(bar, 64); /* B3: staging, S halves */
