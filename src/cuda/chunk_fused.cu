@@ -393,6 +393,17 @@ __device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const f
 #endif
 }
 
+/* A place in the ring of stages: the slot and the parity of its use,
+ * stepped once a chunk (a runtime % and / by the stage count were about
+ * 20 instructions a warp a chunk on the pair form's chain). */
+struct Ring {
+    int slot = 0;
+    uint32_t phase = 0;
+    __device__ __forceinline__ void next(int stages) {
+        if (++slot == stages) slot = 0, phase ^= 1u;
+    }
+};
+
 /* A warp's 16 rows of o for one chunk (tokens t0 .. t0 + len - 1) through
  * its staging tile ost, as 16-byte stores. */
 __device__ __forceinline__ void store_o(__nv_bfloat16 *ost, const float (&O)[8][4], const FusedParams &P,
@@ -494,8 +505,9 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #pragma unroll
     for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
 
-    for (int c = C.c0; c < C.c1; c++) {
-        const int i = c - C.c0, slot = i % C.stages;
+    Ring ring;
+    for (int c = C.c0; c < C.c1; c++, ring.next(C.stages)) {
+        const int slot = ring.slot;
         const uint8_t *st = C.smem + slot * L::STAGE;
         const uint8_t *qs = st + L::Q;
         const uint8_t *ks = st + L::KC;
@@ -513,7 +525,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         if (P.chunk_states)
             store_rows(P.chunk_states + ((C.sq.hoff + c) * P.Hv + C.h) * P.V * P.K, S, P.kv, P.V, P.K, r0, lane,
                        8 * R * NH);
-        mbar_wait(C.full + slot, (uint32_t)((i / C.stages) & 1));
+        mbar_wait(C.full + slot, ring.phase);
 
         /* O1 = S q^T, X = S k^T over the own token blocks, all K */
         float O[2][2][4], X[2][2][4];
@@ -609,7 +621,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         get(dp[O1], xd, (1 - R) * 4 + 3);
 
         /* S = gamma_L S + D'^T k, own columns */
-        const float gL = wk[len - 1] / wd[len - 1];
+        const float gL = __fdividef(wk[len - 1], wd[len - 1]); /* as in the main loop */
 #pragma unroll
         for (int j = 0; j < NH; j++)
 #pragma unroll
@@ -737,9 +749,10 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 
     if (warp >= NWS) { /* the producer(s) */
         pdl_wait(); /* prep's tiles and factors (see FusedParams::pdl) */
-        for (int c = sp.c0; c < sp.c1; c++) {
-            const int i = c - sp.c0, slot = i % stages;
-            if (i >= stages) mbar_wait(empty + slot, (uint32_t)((i / stages - 1) & 1));
+        Ring ring;
+        for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
+            const int slot = ring.slot;
+            if (c - sp.c0 >= stages) mbar_wait(empty + slot, ring.phase ^ 1u);
             load_stage<KP, NWS, WG, SUM, PAIR>(smem + slot * L::STAGE, full + slot, P, sq, c, h, kh, row0, lane, warp - NWS, npw);
             mbar_arrive_cp_async(full + slot);
         }
@@ -777,8 +790,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     const LaneOffsets lo = lane_offsets(lane);
     (void)lo;
 
-    for (int c = sp.c0; c < sp.c1; c++) {
-        const int i = c - sp.c0, slot = i % stages;
+    Ring ring;
+    for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
+        const int slot = ring.slot;
         const uint8_t *st = smem + slot * L::STAGE;
         const uint8_t *qs = st + L::Q;
         const uint8_t *ks = st + L::KC;
@@ -796,7 +810,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
 
         if (!SUM && P.chunk_states) /* the state at this chunk's start */
             store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P.kv, P.V, P.K, r0, lane);
-        mbar_wait(full + slot, (uint32_t)((i / stages) & 1));
+        mbar_wait(full + slot, ring.phase);
 
         /* O1 = S q^T and X = S k^T, 16 rows x 64 tokens each */
         float O[8][4], X[8][4];
@@ -911,9 +925,11 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
         }
 
         /* S = gamma_L S + D'^T k (k columns by ldmatrix.trans) */
-        /* exp(G_L) = wk / wd at the last token (ks > 0): at most an ulp or
-         * two from exp(G_L), exact without l2norm (ks = 1) */
-        const float gL = wk[len - 1] / wd[len - 1];
+        /* exp(G_L) = wk / wd at the last token (ks > 0), by the fast
+         * division (wd = ks there: 1 without l2norm, else at most 1e3 and
+         * never subnormal, where __fdividef is within 2 ulp): a few ulp from
+         * exp(G_L), exact without l2norm */
+        const float gL = __fdividef(wk[len - 1], wd[len - 1]);
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
