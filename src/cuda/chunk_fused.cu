@@ -491,13 +491,15 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
             const int v = r0 + gid + 8 * (e >> 1), k = 8 * (R * NH + j) + 2 * tig + (e & 1);
             S[j][e] = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
         }
-    uint32_t so[KH][4]; /* the partner's half as A fragments */
+    /* the partner's half and the own half as A fragments; the own half's
+     * are kept from publishing S to the next chunk's S k^T, S q^T (S does
+     * not change between) */
+    uint32_t so[KH][4], sa[KH][4];
     auto publish = [&]() {
 #pragma unroll
         for (int kk = 0; kk < KH; kk++) {
-            uint32_t a[4];
-            acc_to_a(a, S[2 * kk], S[2 * kk + 1]);
-            put(xs, R * KH + kk, a);
+            acc_to_a(sa[kk], S[2 * kk], S[2 * kk + 1]);
+            put(xs, R * KH + kk, sa[kk]);
         }
     };
     publish();
@@ -538,10 +540,8 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #pragma unroll
         for (int kk = 0; kk < KP / 16; kk++) {
             uint32_t a[4];
-            if (kk / KH == R) acc_to_a(a, S[2 * (kk - R * KH)], S[2 * (kk - R * KH) + 1]);
-            else
 #pragma unroll
-                for (int e = 0; e < 4; e++) a[e] = so[kk - (1 - R) * KH][e];
+            for (int e = 0; e < 4; e++) a[e] = kk / KH == R ? sa[kk - R * KH][e] : so[kk - (1 - R) * KH][e];
 #pragma unroll
             for (int b = 0; b < 2; b++) {
                 uint32_t bq[4], bk[4];
