@@ -997,13 +997,15 @@ template <int KP, int NWS, bool WG, bool SUM, bool PAIR = false>
 gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int segs, int rows, cudaStream_t stream) {
     using L = FusedLayout<KP, NWS, WG, SUM, PAIR>;
     const int slices = (rows + L::ROWS - 1) / L::ROWS;
-    /* three stages where they fit, but two for the 32-row mma.sync blocks
+    /* three stages where they fit, but two for the 32-row one-warp blocks
      * (H100, three rounds in one job, ms: q35_t32k 1.319-1.322 -> 1.299-
      * 1.300, q35_t8k 0.348-0.349 -> 0.346-0.349; the 64-row wgmma blocks
-     * lose with two, q397_t8k 0.455 -> 0.469) and for a summary, so that two
-     * of its blocks share a multiprocessor (its launch bounds ask for that) */
+     * lose with two, q397_t8k 0.455 -> 0.469; the pair form gains with
+     * three, four rounds: q35_t8k 0.287 -> 0.282, q35_t32k 1.074 -> 1.071)
+     * and for a summary, so that two of its blocks share a multiprocessor
+     * (its launch bounds ask for that) */
     int stages = 2;
-    if (!SUM && !PAIR && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
+    if (!SUM && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)
