@@ -71,6 +71,12 @@
  * stores (a sequence's last, partial chunk; sm_80) hold their source and
  * address registers until the store issues, which at 240 registers
  * serialised them (ncu: long-scoreboard waits on the address registers).
+ * The staging is by stmatrix.trans on sm_90 (stage_ot), where 16 two-byte
+ * stores a group pair were.
+ *
+ * Launch (sm_90): as prep's programmatic dependent (FusedParams::pdl), so
+ * blocks start on multiprocessors that prep's last blocks leave; only the
+ * producers wait for prep (pdl_wait), the only warps that read its output.
  *
  * Split sequences (FusedParams): the summary launch is this kernel with
  * SUM set: no q, P, o products or loads, so its stages are 43 KB and its
