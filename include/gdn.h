@@ -304,6 +304,11 @@ GDN_API gdn_status gdn_recurrent_forward(gdn_context *ctx, const gdn_problem *p,
  * (CUDA; the CPU backend needs none). It may be NULL when the size is 0.
  * The CUDA workspace holds the per-chunk intermediates, the largest being
  * the bf16 chunk-start states (NT * Hv * V * K * 2 bytes).
+ *
+ * The outputs (o, final_state, chunk_states) must not overlap any input
+ * or the workspace: the CUDA kernels read the inputs while other blocks
+ * write the outputs, and the output pass may start before the per-chunk
+ * pass has finished reading the inputs (sm_90).
  */
 GDN_API gdn_status gdn_chunk_forward_workspace_size(gdn_context *ctx, const gdn_problem *p,
                                                     const gdn_forward_options *opts,
