@@ -777,7 +777,9 @@ static void check_row_tiles(gdn_context *ctx) {
  * Hopper's wgmma over 64-row blocks, also chosen from the batch's size:
  * both sum each 16-deep k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
- * block each value head), checked with both head maps. Forced through
+ * block each value head), checked with both head maps; nor the
+ * programmatic launch after prep (GDN_CUDA_FUSED_PDL) or a two-deep ring
+ * where three fit (GDN_CUDA_FUSED_STAGES=2). Forced through
  * GDN_CUDA_FUSED=1, unless the runner has set it. */
 static void check_fused_knobs(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED")) return;
@@ -787,7 +789,7 @@ static void check_fused_knobs(gdn_context *ctx) {
     const fw_case tiled = {C_LONG, 1, 200, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
                            OPT_QWEN | OPT_SIG};
     static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"}, *const wg[] = {"0", "1"};
-    static const char *const off_on[] = {"0", "1"};
+    static const char *const off_on[] = {"0", "1"}, *const two[] = {"2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     check_env_bits(ctx, &c, 4343, "GDN_CUDA_FUSED_WARPS", warps, 2);
     check_env_bits(ctx, &c, 4348, "GDN_CUDA_FUSED_PAIRS", off_on, 2);
@@ -798,6 +800,8 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &tiled, 4347, "GDN_CUDA_FUSED_WGMMA", wg, 2);
     check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", no_share, 1);
     check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
+    check_env_bits(ctx, &tiled, 4352, "GDN_CUDA_FUSED_PDL", off_on, 2);
+    check_env_bits(ctx, &tiled, 4353, "GDN_CUDA_FUSED_STAGES", two, 1);
     unsetenv("GDN_CUDA_FUSED");
 }
 
