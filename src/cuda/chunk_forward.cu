@@ -29,7 +29,7 @@ namespace {
 /* Segments whose 64-row blocks (Hv ceil(V / 64) a segment) fill the
  * multiprocessors: the most a split gives one sequence. */
 int split_smax(const gdn_context *ctx, const gdn_problem *p) {
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
 }
 
@@ -64,7 +64,7 @@ VarlenSplit varlen_split(const gdn_context *ctx, const gdn_problem *p) {
     const int64_t N = gdn_problem_num_seqs(p);
     VarlenSplit v{0, 16, N};
     if (!p->cu_seqlens || N <= 0 || !chunk_fused_supported(ctx, p)) return v;
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     /* few heads only: where one sequence's 32-row tiles fill half of the
      * multiprocessors (use_fused's rule) a split only adds the summary's
      * work (H100, q35_t8k as a varlen batch of one, split in two: 0.384
@@ -244,7 +244,7 @@ bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
     const gdn_problem *p = a->p;
     const uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->o;
     if (!chunk_fused_supported(ctx, p) || al % 16 != 0) return false;
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     const bool plan = 2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms || chunk_state_splits(ctx, p);
     return env_override("GDN_CUDA_FUSED", plan ? 1 : 0, {0, 1}) == 1;
 }

@@ -464,7 +464,7 @@ struct PairCtx {
     const FusedParams &P;
     uint8_t *smem;
     uint64_t *full, *empty;
-    int stages, c0, c1;
+    int stages;
     SeqSpan sq;
     int h, r0, pair, lane; /* r0: the pair's first row (its v columns start 16 pair in) */
     uint8_t *pb;           /* the pair's o staging, then its exchange tiles */
@@ -514,7 +514,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
     for (int kk = 0; kk < KH; kk++) get(so[kk], xs, (1 - R) * KH + kk);
 
     Ring ring;
-    for (int c = C.c0; c < C.c1; c++, ring.next(C.stages)) {
+    for (int c = sp.c0; c < sp.c1; c++, ring.next(C.stages)) {
         const int slot = ring.slot;
         const uint8_t *st = C.smem + slot * L::STAGE;
         const uint8_t *qs = st + L::Q;
@@ -768,7 +768,7 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     }
 
     if constexpr (PAIR) {
-        PairCtx pc{P, smem, full, empty, stages, sp.c0, sp.c1, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
+        PairCtx pc{P, smem, full, empty, stages, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
                    smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
         if (warp & 1) pair_chunks<KP, 1>(pc, sp);
         else pair_chunks<KP, 0>(pc, sp);
@@ -1082,7 +1082,7 @@ template <bool SUM>
 gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows,
                        cudaStream_t stream) {
     const bool k64 = P.K <= 64;
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     const int64_t heads = N * P.Hv; /* chains of row tiles (N: the launch's segments) */
     /* The wgmma form (Hopper) where its 64-row blocks fill at least 3/4 of
      * the multiprocessors: it reads each B operand from shared memory once

@@ -350,7 +350,7 @@ int choose_bv(const gdn_context *ctx, const OutputParams &P, bool vec) {
     if (!vec || P.V <= 64) return 64;
     const int64_t t64 = (P.V + 63) / 64, t128 = (P.V + 127) / 128;
     if (t64 != 2 * t128) return 64;
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     const int bv = P.NT * P.Hv * t128 >= 2 * (int64_t)sms ? 128 : 64;
     return env_override("GDN_CUDA_OUTPUT_BV", bv, {64, 128}); /* force the column tile */
 }

@@ -1043,7 +1043,7 @@ Plan make_plan(const gdn_context *ctx, const gdn_problem *p, bool per_seq) {
     pl.kp = p->K <= 64 ? 64 : p->K <= 128 ? 128 : 256;
     pl.vec = p->K % 8 == 0 && p->V % 8 == 0;
     const int64_t N = gdn_problem_num_seqs(p);
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     const int64_t blocks32 = N * p->Hv * gdn_ceil_div(p->V, 32);
     const int64_t blocks64 = N * p->Hv * gdn_ceil_div(p->V, 64);
     /* Rows a block: 64 (four row groups, eight warps, sharing each chunk's

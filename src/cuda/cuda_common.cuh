@@ -50,6 +50,10 @@ inline int env_override(const char *name, int current, int lo, int hi) {
 
 namespace gdn {
 
+/* The device's multiprocessors for launch-shape rules (the context's
+ * count; an H100's 132 where the driver gave none). */
+inline int sm_count(const gdn_context *ctx) { return ctx->sm_count > 0 ? ctx->sm_count : 132; }
+
 /* Workspace carving: every piece starts 256-byte aligned. */
 inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 

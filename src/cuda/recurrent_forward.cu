@@ -513,7 +513,7 @@ gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream)
     P.in_vec = RUN >= 4 && P.K % RUN == 0 && qk % (2 * RUN) == 0;
     /* Warps a block: enough for V, then fewer while the grid would leave
      * multiprocessors idle (small N: more, smaller blocks). */
-    const int sms = ctx->sm_count > 0 ? ctx->sm_count : 132;
+    const int sms = sm_count(ctx);
     const int64_t heads = N * P.Hv;
     if (heads > INT32_MAX)
         return gdn_fail(ctx, GDN_ERROR_INVALID_ARGUMENT,
