@@ -169,16 +169,6 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t &hi, uin
     lo = pack_bf16x2(x0 - __bfloat162float(h0), x1 - __bfloat162float(h1));
 }
 
-/* x = big + small, both tf32 by truncation: big exact, small within 2^-10
- * of itself (so x within about 2^-20); big big + big small + small big
- * on tensor cores is then close to an f32 product. A NaN whose payload
- * sits in the dropped bits becomes Inf in big, but x - big keeps it NaN. */
-__device__ __forceinline__ void split_tf32(float x, uint32_t &big, uint32_t &small) {
-    const uint32_t b = __float_as_uint(x) & 0xffffe000u;
-    big = b;
-    small = __float_as_uint(x - __uint_as_float(b)) & 0xffffe000u;
-}
-
 /* MINB blocks a multiprocessor by the launch bound: 3 keeps 80 registers a
  * thread, 4 caps them at 64 (a few bytes of spill) for 32 warps where
  * shared memory allows four blocks. */

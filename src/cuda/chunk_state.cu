@@ -847,43 +847,53 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
     if (out) store_state(out + base, rows_k, kv);
 }
 
-/* h_start[s+1] = h_start[s] P_s + b_s, in f32, for s = 1..S-2 (h_start[1],
+/* h_start[s+1] = h_start[s] P_s + b_s for s = 1..S-2 (h_start[1],
  * segment 0's end, comes from the lead blocks of the summary launch).
- * One block per (sequence, head, 8 state rows), which it keeps in shared
- * memory across the segments. The P_s do not depend on the serial chain,
- * so they stream through a COMBINE_STAGES-deep cp.async ring of
- * COMBINE_JB-row tiles, all segments' tiles one sequence (H100, tp8_t64k:
- * 143 us with one tile loaded, then used, at a time: the chain waited on
- * a load per tile). Thread (r, l) owns row r's column pairs 2l + 32i, so a
- * warp reads 128 contiguous bytes of a P_s row and two broadcast h values
- * per step. Each output is b + sum_j h[j] P[j][c], j ascending, by fmaf. */
-constexpr int COMBINE_ROWS = 8;
-constexpr int COMBINE_THREADS = 128;
+ * One block of 8 warps per (sequence, head, 16 state rows), which it keeps
+ * in shared memory across the segments; warp w computes columns
+ * [w KP/8, (w+1) KP/8) of each product on tensor cores in split tf32
+ * (split_tf32: about 2^-20 relative, an f32 product's accuracy), the
+ * big x big products and the two cross terms in separate accumulators
+ * (two short chains). The P_s do not depend on the serial chain, so they
+ * stream through a COMBINE_STAGES-deep cp.async ring of COMBINE_JB-row
+ * tiles, all segments' tiles one sequence (H100, tp8_t64k: 143 us with one
+ * tile loaded, then used, at a time). H100, tp8_t64k's six steps: 47 us
+ * as 8-row blocks of 128 threads in f32 FFMA (one warp a scheduler and
+ * half the instructions index arithmetic), 34 us so (ncu, caches flushed).
+ * Each step still costs about 5 us there; not yet found why (neither the
+ * FFMAs nor a deeper ring were it). */
+constexpr int COMBINE_ROWS = 16;
+constexpr int COMBINE_THREADS = 256;
 constexpr int COMBINE_JB = 16;     /* rows of P_s a ring stage */
+/* ring depth (H100, tp8_t64k: a whole P_s and a tile more, 87 KB at K =
+ * 128, was no faster than four) */
 constexpr int COMBINE_STAGES = 4;
 
-/* Shared memory of combine_kernel<KP>: the ring, then h. */
+/* Shared memory of combine_kernel<KP>: the ring ([JB][KP + 8] a stage:
+ * conflict-free B fragments), then h ([16][KP + 4]: conflict-free A
+ * fragments). */
 constexpr size_t combine_smem_bytes(int kp) {
-    return ((size_t)COMBINE_STAGES * COMBINE_JB * kp + COMBINE_ROWS * (kp + 1)) * sizeof(float);
+    return ((size_t)COMBINE_STAGES * COMBINE_JB * (kp + 8) + COMBINE_ROWS * (kp + 4)) * sizeof(float);
 }
 
 template <int KP>
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_constant__ Params P) {
-    constexpr int CP = KP / 32;  /* column pairs a thread */
-    constexpr int HLD = KP + 1;  /* hs pitch: a warp's two rows in different banks */
-    constexpr int JB = COMBINE_JB, TILE = JB * KP;
-    static_assert(COMBINE_THREADS == COMBINE_ROWS * 16, "16 threads a row");
+    constexpr int PLD = KP + 8, HLD = KP + 4;
+    constexpr int JB = COMBINE_JB, TILE = JB * PLD, STAGES = COMBINE_STAGES;
+    constexpr int JT = KP / JB; /* P_s tiles a step (rows past K zero) */
+    constexpr int NT = KP / 64; /* 8-column n-tiles a warp */
+    static_assert(COMBINE_THREADS == 256 && KP % 64 == 0, "8 warps over KP columns");
     extern __shared__ __align__(16) float cs[];
-    float *ring = cs;                           /* [STAGES][JB][KP], zero past K */
-    float *hs = cs + COMBINE_STAGES * TILE;     /* [COMBINE_ROWS][HLD], zero past K */
+    float *ring = cs;                   /* [STAGES][JB][PLD], zero past K */
+    float *hs = cs + STAGES * TILE;     /* [COMBINE_ROWS][HLD], zero past K and V */
     const int N = P.N, K = P.K, V = P.V;
     const int tiles = (V + COMBINE_ROWS - 1) / COMBINE_ROWS;
     const int tile = blockIdx.x % tiles;
     const int64_t head = blockIdx.x / tiles; /* n * Hv + h */
     const int row0 = tile * COMBINE_ROWS;
-    const int tid = threadIdx.x, r = tid / 16, l = tid % 16;
-    const bool row_ok = row0 + r < V;
-    const int jtiles = (K + JB - 1) / JB;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int c0 = warp * (KP / 8);
     /* segment s + 1's entries: segment-major, or by sequence (varlen) */
     int steps = P.segments - 2;    /* s = 1..S-2, as step s - 1 */
     int64_t first = head, stride = (int64_t)N * P.Hv;
@@ -894,30 +904,30 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
         stride = P.Hv;
     }
     if (steps <= 0) return; /* (a varlen sequence of one or two segments) */
-    const int ntiles = steps * jtiles;  /* (step, rows j0..) in order */
+    const int ntiles = steps * JT;  /* (step, rows j0..) in order */
     auto seg_base = [&](int s) { return P.summary + (first + s * stride) * (V + K) * K; };
     auto start = [&](int s) { return P.h_start + (first + s * stride) * V * K; };
     /* tile i of P_s into its stage; 16-byte copies where rows stay aligned */
     auto issue = [&](int i) {
-        const float *Pm = seg_base(i / jtiles) + (int64_t)V * K;
-        const int j0 = (i % jtiles) * JB;
-        float *dst = ring + (i % COMBINE_STAGES) * TILE;
+        const float *Pm = seg_base(i / JT) + (int64_t)V * K;
+        const int j0 = (i % JT) * JB;
+        float *dst = ring + (i % STAGES) * TILE;
         if (K % 4 == 0) {
-            for (int e = 4 * tid; e < TILE; e += 4 * COMBINE_THREADS) {
-                const int jj = e / KP, c = e % KP;
+            for (int e = tid; e < JB * KP / 4; e += COMBINE_THREADS) {
+                const int jj = e / (KP / 4), c = (e % (KP / 4)) * 4;
                 const bool ok = j0 + jj < K && c < K;
-                cp_async16(dst + e, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 16 : 0);
+                cp_async16(dst + jj * PLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 16 : 0);
             }
         } else {
-            for (int e = tid; e < TILE; e += COMBINE_THREADS) {
+            for (int e = tid; e < JB * KP; e += COMBINE_THREADS) {
                 const int jj = e / KP, c = e % KP;
                 const bool ok = j0 + jj < K && c < K;
-                cp_async4(dst + e, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 4 : 0);
+                cp_async4(dst + jj * PLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 4 : 0);
             }
         }
     };
 #pragma unroll
-    for (int i = 0; i < COMBINE_STAGES - 1; i++) {
+    for (int i = 0; i < STAGES - 1; i++) {
         if (i < ntiles) issue(i);
         cp_async_commit();
     }
@@ -925,60 +935,71 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
         const int rr = i / KP, c = i % KP;
         hs[rr * HLD + c] = row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f;
     }
-    /* b_s of this thread's outputs; the next segment's is loaded a segment
+    /* element e of n-tile t of a C fragment: row gid + 8 (e >> 1), column
+     * c0 + 8 t + 2 tig + (e & 1) */
+    auto frag_at = [&](int t, int e, int &row, int &c) {
+        row = row0 + gid + 8 * (e >> 1);
+        c = c0 + 8 * t + 2 * tig + (e & 1);
+    };
+    /* b_s of this thread's outputs; the next segment's is loaded a step
      * ahead, off the chain */
-    auto load_b = [&](int s, float (&b)[CP][2]) {
+    auto load_b = [&](int s, float (&b)[NT][4]) {
         const float *bs = seg_base(s);
 #pragma unroll
-        for (int i = 0; i < CP; i++)
+        for (int t = 0; t < NT; t++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = 2 * l + 32 * i + e;
-                b[i][e] = row_ok && c < K ? bs[(int64_t)(row0 + r) * K + c] : 0.f;
+            for (int e = 0; e < 4; e++) {
+                int row, c;
+                frag_at(t, e, row, c);
+                b[t][e] = row < V && c < K ? bs[(int64_t)row * K + c] : 0.f;
             }
     };
-    float acc[CP][2], bnext[CP][2];
-    if (ntiles > 0) load_b(0, bnext);
-    for (int i = 0; i < ntiles; i++) {
-        const int s = i / jtiles, jt = i % jtiles, j0 = jt * JB;
-        if (jt == 0) {
+    float big[NT][4], cross[NT][4], bnext[NT][4];
+    load_b(0, bnext);
+    int i = 0; /* tile */
+    for (int s = 0; s < steps; s++) {
 #pragma unroll
-            for (int a = 0; a < CP; a++) acc[a][0] = bnext[a][0], acc[a][1] = bnext[a][1];
-            if (s + 1 < steps) load_b(s + 1, bnext);
-        }
-        cp_async_wait<COMBINE_STAGES - 2>();
-        __syncthreads(); /* tile i landed for all; tile i - 1's stage and hs writes done */
-        if (i + COMBINE_STAGES - 1 < ntiles) issue(i + COMBINE_STAGES - 1);
-        cp_async_commit();
-        const float *ps = ring + (i % COMBINE_STAGES) * TILE;
-        auto step = [&](int jj) {
-            const float h = hs[r * HLD + j0 + jj];
+        for (int t = 0; t < NT; t++)
 #pragma unroll
-            for (int a = 0; a < CP; a++) {
-                const float2 p = *reinterpret_cast<const float2 *>(ps + jj * KP + 2 * l + 32 * a);
-                acc[a][0] = fmaf(h, p.x, acc[a][0]);
-                acc[a][1] = fmaf(h, p.y, acc[a][1]);
-            }
-        };
-        if (j0 + JB <= K) { /* whole tiles unrolled: their reads issue ahead of the fmafs */
+            for (int e = 0; e < 4; e++) big[t][e] = bnext[t][e], cross[t][e] = 0.f;
+        if (s + 1 < steps) load_b(s + 1, bnext);
+        for (int jt = 0; jt < JT; jt++, i++) {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads(); /* tile i landed for all; tile i - 1's stage and the hs writes done */
+            if (i + STAGES - 1 < ntiles) issue(i + STAGES - 1);
+            cp_async_commit();
+            const float *ps = ring + (i % STAGES) * TILE;
 #pragma unroll
-            for (int jj = 0; jj < JB; jj++) step(jj);
-        } else {
-            for (int jj = 0; jj < K - j0; jj++) step(jj);
-        }
-        if (jt == jtiles - 1) {
-            __syncthreads(); /* every read of hs done */
+            for (int ks = 0; ks < JB; ks += 8) {
+                const float *hp = hs + gid * HLD + jt * JB + ks + tig;
+                uint32_t ab[4], as[4];
+                split_tf32(hp[0], ab[0], as[0]);
+                split_tf32(hp[8 * HLD], ab[1], as[1]);
+                split_tf32(hp[4], ab[2], as[2]);
+                split_tf32(hp[8 * HLD + 4], ab[3], as[3]);
 #pragma unroll
-            for (int a = 0; a < CP; a++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int c = 2 * l + 32 * a + e;
-                    if (c < K) {
-                        hs[r * HLD + c] = acc[a][e];
-                        if (row_ok) start(s + 1)[(int64_t)(row0 + r) * K + c] = acc[a][e];
-                    }
+                for (int t = 0; t < NT; t++) {
+                    const float *pp = ps + (ks + tig) * PLD + c0 + 8 * t + gid;
+                    uint32_t bb[2], bsm[2];
+                    split_tf32(pp[0], bb[0], bsm[0]);
+                    split_tf32(pp[4 * PLD], bb[1], bsm[1]);
+                    mma_tf32_1688(big[t], ab, bb);
+                    mma_tf32_1688(cross[t], ab, bsm);
+                    mma_tf32_1688(cross[t], as, bb);
                 }
+            }
         }
+        __syncthreads(); /* every read of hs done */
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int row, c;
+                frag_at(t, e, row, c);
+                const float x = big[t][e] + cross[t][e];
+                hs[(row - row0) * HLD + c] = x;
+                if (row < V && c < K) start(s + 1)[(int64_t)row * K + c] = x;
+            }
     }
     cp_async_wait<0>();
 }
@@ -989,7 +1010,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
  * P.h_start; P.K picks the kernel's padded K). */
 template <int KP> gdn_status launch_combine_kp(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
     const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-    const size_t bytes = combine_smem_bytes(KP); /* 20-81 KB */
+    const size_t bytes = combine_smem_bytes(KP); /* 23-84 KB */
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)bytes));
     combine_kernel<KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(P);

@@ -264,6 +264,16 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* x = big + small, both tf32 by truncation: big exact, small within 2^-10
+ * of itself (so x within about 2^-20); big big + big small + small big
+ * on tensor cores is then close to an f32 product. A NaN whose payload
+ * sits in the dropped bits becomes Inf in big, but x - big keeps it NaN. */
+__device__ __forceinline__ void split_tf32(float x, uint32_t &big, uint32_t &small) {
+    const uint32_t b = __float_as_uint(x) & 0xffffe000u;
+    big = b;
+    small = __float_as_uint(x - __uint_as_float(b)) & 0xffffe000u;
+}
+
 /* D += A B on tensor cores, m16n8k8 with tf32 inputs (f32 bit patterns
  * whose low 13 bits are zero). Not volatile: the compiler may schedule it. */
 __device__ __forceinline__ void mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2]) {
