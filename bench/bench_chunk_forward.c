@@ -15,7 +15,8 @@
  * written. Inputs are cheap uniform random values (the kernels have no
  * data-dependent paths). With GDN_BENCH_VARLEN=1 in the environment each
  * shape's B rows go in as one varlen batch (cu_seqlens, with its device
- * copy), the form serving engines call. */
+ * copy), the form serving engines call. GDN_BENCH_SHAPE=name:B:T:Hk:Hv:K
+ * runs that one shape (K = V) instead of the table. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -137,8 +138,22 @@ int main(int argc, char **argv) {
     gdn_forward_options opts;
     gdn_forward_options_init(&opts);
     opts.l2norm_qk = 1;
-    for (unsigned si = 0; si < sizeof SHAPES / sizeof SHAPES[0]; si++) {
-        const shape *sh = &SHAPES[si];
+    shape custom = {0};
+    char custom_name[32];
+    const char *cs = getenv("GDN_BENCH_SHAPE");
+    if (cs && *cs) {
+        if (sscanf(cs, "%31[^:]:%lld:%lld:%lld:%lld:%lld", custom_name, (long long *)&custom.B,
+                   (long long *)&custom.T, (long long *)&custom.Hk, (long long *)&custom.Hv,
+                   (long long *)&custom.K) != 6 ||
+            custom.B < 1 || custom.T < 1 || custom.Hk < 1 || custom.Hv < custom.Hk || custom.K < 1) {
+            fprintf(stderr, "GDN_BENCH_SHAPE: want name:B:T:Hk:Hv:K (positive, Hv >= Hk), got '%s'\n", cs);
+            return 2;
+        }
+        custom.name = custom_name;
+    }
+    const unsigned nshapes = custom.name ? 1 : sizeof SHAPES / sizeof SHAPES[0];
+    for (unsigned si = 0; si < nshapes; si++) {
+        const shape *sh = custom.name ? &custom : &SHAPES[si];
         if (only && strcmp(only, sh->name)) continue;
         const int64_t K = sh->K, V = sh->K, BT = sh->B * sh->T, N = sh->B;
         gdn_problem p;
