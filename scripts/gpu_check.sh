@@ -46,8 +46,8 @@ if has test; then
   # every CUDA case through them as well
   # and both load schemes of that kernel wherever the plan would pick the other;
   # other split counts than the plan's for the long few-head cases;
-  # the fused forward (chosen only where one sequence's 32-row tiles fill
-  # half the multiprocessors, which one test case does) on every case it
+  # the forward's three kernels on every case (the plan takes the fused
+  # path wherever it applies), and the fused path forced on every case it
   # applies to, with both of its block sizes, both product forms and with
   # prep's per-value-head form
   for v in "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=64 test_chunk_forward_cuda" \
@@ -57,6 +57,7 @@ if has test; then
            "GDN_CUDA_ROWS_PER_BLOCK=64 GDN_CUDA_TMA=1 test_chunk_state_cuda" "GDN_CUDA_PRODUCER=0 test_chunk_forward_cuda" \
            "GDN_CUDA_PREP_V_LATE=1 test_chunk_forward_cuda" "GDN_CUDA_OUTPUT_BV=64 test_chunk_forward_cuda" \
            "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_state_cuda" "GDN_CUDA_ROWS_PER_BLOCK=128 test_chunk_forward_cuda" \
+           "GDN_CUDA_FUSED=0 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 test_chunk_forward_cuda" "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WARPS=4 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 GDN_CUDA_PREP_SHARE=0 test_chunk_forward_cuda" \
            "GDN_CUDA_FUSED=1 GDN_CUDA_FUSED_WGMMA=0 test_chunk_forward_cuda" \
@@ -96,6 +97,14 @@ if has sanitize; then
     echo "compute-sanitizer $tool ($envs): exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|passed' "$log" | tr '\n' ' ')"
     [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
   done
+  # the three-kernel forward (the plan keeps it only where the fused path
+  # does not apply: K or V above 128 or not multiples of 8, unaligned)
+  log="$OUT/sanitize_fused0_memcheck.log"
+  GDN_CUDA_FUSED=0 GDN_TEST_QUICK=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    $BUILD/tests/test_chunk_forward_cuda > "$log" 2>&1
+  rc=$?
+  echo "compute-sanitizer memcheck (GDN_CUDA_FUSED=0): exit $rc; $(grep -E 'ERROR SUMMARY|passed' "$log" | tr '\n' ' ')"
+  [ $rc -eq 0 ] || { fail=1; tail -20 "$log"; }
   # the fused forward (prep's T/P form and the fused pass), in both of the
   # fused pass's product forms (mma.sync; wgmma on sm_90)
   for wg in 0 1; do for tool in memcheck racecheck; do

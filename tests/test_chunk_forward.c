@@ -444,33 +444,45 @@ static void check_each_alone(gdn_context *ctx, const fw_case *c, uint64_t seed, 
     gdn_test_fw_inputs_free(&f);
 }
 
+/* B=2 x T of case cb vs the same tokens as varlen {0, T, 2T}: the same
+ * memory, the same bits. */
+static void check_rows_as_varlen(gdn_context *ctx, const fw_case *cb, uint64_t seed) {
+    fw_inputs f;
+    fw_out ob, ov;
+    if (!fw_setup(ctx, cb, seed, &f, &ob)) return;
+    fw_out_alloc(&ov, &f.in, 1, 1);
+    const int32_t cu2[] = {0, (int32_t)cb->T, (int32_t)(2 * cb->T)};
+    const gdn_problem saved = f.in.p;
+    f.in.p.B = 1;
+    f.in.p.T = 2 * cb->T;
+    f.in.p.cu_seqlens = cu2;
+    f.in.p.num_seqs = 2;
+    CHECK_STATUS(run_op(ctx, &f, &ov), GDN_SUCCESS, ctx);
+    f.in.p = saved;
+    CHECK(fw_out_equal(&ob, &ov), "B=2 x T=%lld differs from the same tokens as two varlen sequences",
+          (long long)cb->T);
+    fw_out_free(&ob);
+    fw_out_free(&ov);
+    gdn_test_fw_inputs_free(&f);
+}
+
 /* Each sequence of a varlen batch, computed alone, gives the same bits;
- * B=2 equals the same tokens as two varlen sequences. */
+ * B=2 equals the same tokens as two varlen sequences, also at a length
+ * that the CUDA fused path splits into three segments with few heads (25
+ * chunks), which is checked against the oracle too. */
 static void check_batch_invariance(gdn_context *ctx) {
     static const int32_t cu[] = {0, 0, 70, 71, 71, 200, 264};
     const fw_case c = {C_VARLEN, 1, 264, 1, 2, 64, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
                        OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE};
     check_each_alone(ctx, &c, 31, 0);
-    fw_inputs f;
-
-    /* B=2 x T=150 vs varlen {0,150,300}: the same memory, the same bits. */
     const fw_case cb = {C_VARLEN, 2, 150, 2, 4, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL,
                         0, 0};
-    fw_out ob, ov;
-    if (!fw_setup(ctx, &cb, 32, &f, &ob)) return;
-    fw_out_alloc(&ov, &f.in, 1, 1);
-    static const int32_t cu2[] = {0, 150, 300};
-    const gdn_problem saved = f.in.p;
-    f.in.p.B = 1;
-    f.in.p.T = 300;
-    f.in.p.cu_seqlens = cu2;
-    f.in.p.num_seqs = 2;
-    CHECK_STATUS(run_op(ctx, &f, &ov), GDN_SUCCESS, ctx);
-    f.in.p = saved;
-    CHECK(fw_out_equal(&ob, &ov), "B=2 differs from the same tokens as two varlen sequences");
-    fw_out_free(&ob);
-    fw_out_free(&ov);
-    gdn_test_fw_inputs_free(&f);
+    check_rows_as_varlen(ctx, &cb, 32);
+    if (quick) return;
+    const fw_case split3 = {C_LONG, 2, 1600, 2, 4, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL,
+                            0, OPT_L2 | OPT_SIG};
+    check_case(ctx, &split3, 33, 1);
+    check_rows_as_varlen(ctx, &split3, 34);
 }
 
 /* Prefix caching: a run resumed at chunk c with h0 = chunk_states[c] gives

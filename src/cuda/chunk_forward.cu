@@ -16,9 +16,10 @@
  *                               final_state, chunk_states (f32, if asked)
  *   output  q, k, h, v_new   -> o
  *
- * The path and the split of long sequences in the state stage are decided
- * from one sequence's shape (per_seq_split), so a sequence gets the same
- * bits alone or in a batch; every other stage works per chunk and head.
+ * The path, and the split of long sequences in either path (the state
+ * stage's per_seq_split, fused_segments), are decided from the shape and
+ * one sequence's length, so a sequence gets the same bits alone or in a
+ * batch; every other stage works per chunk and head.
  */
 #include "chunk_forward.cuh"
 #include "chunk_state.cuh"
@@ -33,28 +34,32 @@ int split_smax(const gdn_context *ctx, const gdn_problem *p) {
     return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
 }
 
-/* The fused path's split of one sequence (see FusedParams): where the
- * state stage would split it (few heads, long sequence, no varlen), as
- * many segments as put the final launch's 64-row blocks (Hv ceil(V / 64)
- * a segment) in one wave, each of at least 16 chunks; 1 = no split.
- * Decided from one sequence's shape (batch invariance).
- * GDN_CUDA_FUSED_SEGMENTS=1..64 forces the count (without varlen). */
+/* Few heads: one sequence's 32-row tiles (Hv ceil(V / 32)) fill less than
+ * half of the multiprocessors, so the fused path splits its sequences
+ * into segments that run side by side (fused_seq_segments). Many heads
+ * fill the machine without: a split only adds the summary's work (H100,
+ * q35_t8k as a varlen batch of one, split in two: 0.384 ms against 0.348
+ * unsplit). */
+bool few_heads(const gdn_context *ctx, const gdn_problem *p) {
+    return 2 * p->Hv * gdn_ceil_div(p->V, 32) < sm_count(ctx);
+}
+
+/* The fused path's split of one sequence of B rows (see FusedParams):
+ * with few heads, fused_seq_segments of its chunks, as a varlen batch
+ * splits each sequence (varlen_split), so a sequence gets the same bits
+ * in either form; 1 = no split. GDN_CUDA_FUSED_SEGMENTS=1..64 forces the
+ * count (without varlen). */
 int fused_segments(const gdn_context *ctx, const gdn_problem *p) {
     if (p->cu_seqlens || p->T <= 0 || !chunk_fused_supported(ctx, p)) return 1;
     const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
-    /* (where the state stage splits, nchunks >= 64 and smax >= 2) */
-    const int s = chunk_state_splits(ctx, p) ? fused_seq_segments(nchunks, split_smax(ctx, p), 16) : 1;
+    const int s = few_heads(ctx, p) ? fused_seq_segments(nchunks, split_smax(ctx, p), 16) : 1;
     return whole_segments(nchunks, env_override("GDN_CUDA_FUSED_SEGMENTS", s, 1, 64));
 }
 
 /* A varlen batch's split (FusedParams.seg_off): each sequence by
- * fused_seq_segments; segments == N where none splits. smax is what puts
- * a sequence's 64-row blocks in one wave, as fused_segments above. It
- * applies wherever a varlen batch takes the fused path; the plan sends
- * few-head varlen batches (the ones that split) to the three stages,
- * unsplit, unless GDN_CUDA_FUSED=1 (see use_fused).
- * GDN_CUDA_FUSED_MIN_SEG=1..16 lowers the chunks a segment must have (to
- * test the split on short sequences). */
+ * fused_seq_segments, with few heads as fused_segments; segments == N
+ * where none splits. GDN_CUDA_FUSED_MIN_SEG=1..16 lowers the chunks a
+ * segment must have (to test the split on short sequences). */
 struct VarlenSplit {
     int smax, min_seg;
     int64_t segments;
@@ -64,12 +69,7 @@ VarlenSplit varlen_split(const gdn_context *ctx, const gdn_problem *p) {
     const int64_t N = gdn_problem_num_seqs(p);
     VarlenSplit v{0, 16, N};
     if (!p->cu_seqlens || N <= 0 || !chunk_fused_supported(ctx, p)) return v;
-    const int sms = sm_count(ctx);
-    /* few heads only: where one sequence's 32-row tiles fill half of the
-     * multiprocessors (use_fused's rule) a split only adds the summary's
-     * work (H100, q35_t8k as a varlen batch of one, split in two: 0.384
-     * ms against 0.348 unsplit) */
-    if (2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms) return v;
+    if (!few_heads(ctx, p)) return v;
     v.smax = split_smax(ctx, p);
     v.min_seg = env_override("GDN_CUDA_FUSED_MIN_SEG", 16, 1, 16);
     if (v.smax < 2) return v;
@@ -226,27 +226,25 @@ gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forwar
 }
 
 /* The fused path (prep's T/P form, then one pass for state and output)
- * where it applies: K, V <= 128 and multiples of 8, 16-byte aligned q, k,
- * v, o. It runs each sequence's chunks in one chain per 32-row tile, so
- * it is chosen where a single sequence's tiles (Hv ceil(V / 32)) fill at
- * least half of the multiprocessors, or where the sequence is long enough
- * that it splits (fused_segments); else the three stages (tp8_t2k, 32
- * tiles: 0.092 ms fused against 0.074). Both tests look at one sequence's
- * shape, not at the batch, so a sequence takes the same path alone or in
- * a batch (batch invariance). A varlen batch with few heads takes the
- * three stages, unsplit, at any length: the path is one for the whole
- * batch, so it cannot follow each sequence's length, and the three stages
- * keep those sequences' bits equal to the same sequences given as B rows
- * of one length (test_chunk_forward checks that for short ones); the
- * fused path with its per-sequence split (varlen_split) is there with
- * GDN_CUDA_FUSED=1, which forces either path (1 only where it applies). */
+ * wherever it applies: K, V <= 128 and multiples of 8, 16-byte aligned q,
+ * k, v, o; else the three stages. With few heads it splits a sequence
+ * into segments (fused_segments, varlen_split) and prep gives each value
+ * head a block of its own. Since those two (session 18) it beats the
+ * three stages on every single sequence measured (H100, K = V = 128, ms,
+ * fused against three: Hk 2, Hv 8, T 1024 0.040 / 0.049, 2048 0.051 /
+ * 0.075, 8192 0.151 / 0.212; Hv 4, T 2048 0.051 / 0.063; Hk 8, Hv 16, T
+ * 2048 0.065 / 0.090), and runs within 2% of them on four such sequences
+ * of 2048 tokens, which fill the machine unsplit (B rows 0.127 / 0.125,
+ * varlen 0.136 / 0.133). The choice looks at the shape only, and the
+ * split at one sequence's length, the same way for B rows and varlen
+ * batches, so a sequence takes the same path and bits alone or in a
+ * batch (batch invariance). GDN_CUDA_FUSED=0 | 1 forces either path (1
+ * only where it applies). */
 bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
     const gdn_problem *p = a->p;
     const uintptr_t al = (uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->o;
     if (!chunk_fused_supported(ctx, p) || al % 16 != 0) return false;
-    const int sms = sm_count(ctx);
-    const bool plan = 2 * p->Hv * gdn_ceil_div(p->V, 32) >= sms || chunk_state_splits(ctx, p);
-    return env_override("GDN_CUDA_FUSED", plan ? 1 : 0, {0, 1}) == 1;
+    return env_override("GDN_CUDA_FUSED", 1, {0, 1}) == 1;
 }
 
 gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,

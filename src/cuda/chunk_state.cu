@@ -1339,10 +1339,6 @@ size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, b
     return make_plan(ctx, p, per_seq_split).scratch();
 }
 
-bool chunk_state_splits(const gdn_context *ctx, const gdn_problem *p) {
-    return make_plan(ctx, p, true).segments > 1;
-}
-
 gdn_status launch_segment_combine(gdn_context *ctx, const float *seg_summary, float *h_start, int N,
                                   int Hv, int K, int V, int segments, cudaStream_t stream,
                                   const int64_t *seg_off) {

@@ -31,9 +31,6 @@ struct StateArgs {
 
 /* Scratch (device bytes) run_chunk_state needs for problem p. */
 size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, bool per_seq_split);
-/* Whether the forward's state stage would cut p's sequences into
- * segments (the per-sequence rule: from T, Hv, V, not the batch). */
-bool chunk_state_splits(const gdn_context *ctx, const gdn_problem *p);
 gdn_status run_chunk_state(gdn_context *ctx, const gdn_problem *p, const StateArgs &a,
                            void *scratch, cudaStream_t stream);
 
