@@ -117,7 +117,7 @@ __host__ __device__ inline int whole_segments(int64_t nchunks, int64_t s) {
  * final launch's 32-row blocks (twice as many) fit in one wave; else 1.
  * H100, K = V = 128, ms: Hv 8 (smax 8) at 32 chunks, three segments
  * 0.051-0.055 against 0.063 unsplit, at 16 chunks 0.039-0.041 against
- * 0.041-0.043; Hv 16 (smax 4) at 32 chunks, three 0.096-0.100 against
+ * 0.041-0.043; Hv 16 (smax 4) at 32 chunks, three 0.095-0.100 against
  * 0.064-0.066 unsplit. */
 __host__ __device__ inline int fused_seq_segments(int64_t nchunks, int smax, int min_seg) {
     if (smax < 2 || min_seg < 1) return 1;
