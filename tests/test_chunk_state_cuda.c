@@ -245,6 +245,8 @@ int main(void) {
         {"split_t5000_kv_k64", 1, 5000, 1, 1, 64, 64, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         {"split_t4100_k256_noh0", 1, 4100, 1, 1, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, 1, 1, NULL, 0, 0, 0, 1},
         {"split_t6000_k100", 1, 6000, 1, 2, 100, 100, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, 1, 1, NULL, 0, 0, 0, 1},
+        /* K not a multiple of 4: the combine's 4-byte copies of P_s */
+        {"split_t6000_k50_v36", 1, 6000, 1, 1, 50, 36, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 1},
         /* more than 65535 blocks in one launch */
         {"grid_hv70000", 1, 2, 1, 70000, 16, 16, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, 1, 1, NULL, 0, 0, 0, 0},
     };
