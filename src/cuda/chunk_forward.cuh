@@ -213,15 +213,16 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
  *
  * Split sequences (few heads, from 24 chunks: fused_seq_segments): a
  * sequence's chunks are cut into `segments` runs of seg_chunks chunks
- * (the last one shorter) and the pass runs twice. The update is affine in the state, so
- * the summary launch (summary = true, segments 0 .. S-2) runs the state
- * part only: segment 0 from h0, its end into h_start[0]; segment s >= 1
- * over V + K rows, rows < V from zero with the real v (giving b_s) and
- * row V + j from the unit row e_j with v = 0 (row j of P_s), into
- * seg_summary[s-1], so that state_after = state_before P_s + b_s. The
- * combine (chunk_state.cu) chains h_start[s] = h_start[s-1] P_s + b_s,
- * and the final launch runs every segment from its start (h0 or
- * h_start[s-1]) with o, the last one writing final_state.
+ * (the last one shorter) and the pass runs twice. The update is affine
+ * in the state, so the summary launch (summary = true, segments 0 ..
+ * S-2) runs the state part only: segment 0 from h0, its end into
+ * h_start[0]; segment s >= 1 over V + K rows, rows < V from zero with the
+ * real v (giving b_s) and row V + j from the unit row e_j with v = 0 (row
+ * j of P_s), into seg_summary[s-1], so that state_after = state_before
+ * P_s + b_s. The combine (chunk_state.cu) chains h_start[s] =
+ * h_start[s-1] P_s + b_s, and the final launch runs every segment from
+ * its start (h0 or h_start[s-1]) with o, the last one writing
+ * final_state.
  *
  * Varlen batches (seg_off set): sequence n has its own S_n =
  * fused_seq_segments(its chunks, smax) (so its bits do not depend on the

@@ -701,20 +701,20 @@ gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t
     const bool vec = P.K % 8 == 0 && P.V % 8 == 0 && align % 16 == 0;
     /* the T/P form shares a key head's products among its value heads
      * where it has more than one and its blocks (one a chunk and key head,
-     * three a multiprocessor) still fill the machine; a smaller grid takes
-     * a block a value head, which spreads wider (H100, tp8_t2k's 64 shared
-     * blocks: prep 19.1 -> 12.4 us). Same bits either way;
-     * GDN_CUDA_PREP_SHARE=0 | 1 forces it. */
-    const bool fills = P.NT * P.Hk >= 3 * (int64_t)sm_count(ctx);
+     * SHARE_MINB a multiprocessor) still fill the machine; a smaller grid
+     * takes a block a value head, which spreads wider (H100, tp8_t2k's 64
+     * shared blocks: prep 19.1 -> 12.4 us). Same bits either way;
+     * GDN_CUDA_PREP_SHARE=0 | 1 forces it. Sharing: 3 blocks of 80
+     * registers (its S, QK live across the heads; H100, against 4 of 64
+     * with spills: q397_t8k 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451). */
+    constexpr int SHARE_MINB = 3;
+    const bool fills = P.NT * P.Hk >= SHARE_MINB * (int64_t)sm_count(ctx);
     const bool share = P.tmat && P.group > 1 && env_override("GDN_CUDA_PREP_SHARE", fills ? 1 : 0, {0, 1}) == 1;
     const unsigned blocks = (unsigned)(P.NT * (share ? P.Hk : P.Hv));
     if (P.tmat) { /* the fused path needs K, V multiples of 8: always vectors */
         if (!vec)
             return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_prep: T/P form without 16-byte rows");
-        /* sharing a key head: 3 blocks of 80 registers (its S, QK live
-         * across the heads; H100, against 4 of 64 with spills: q397_t8k
-         * 0.733 -> 0.725 ms, q35_t32k 1.459 -> 1.451) */
-        if (share) return launch_prep<true, 3, true, true>(ctx, P, v_late, blocks, bytes, stream);
+        if (share) return launch_prep<true, SHARE_MINB, true, true>(ctx, P, v_late, blocks, bytes, stream);
         if (env_override("GDN_CUDA_PREP_TP_MINB", minb, {3, 4}) == 4)
             return launch_prep<true, 4, true>(ctx, P, v_late, blocks, bytes, stream);
         return launch_prep<true, 3, true>(ctx, P, v_late, blocks, bytes, stream);
