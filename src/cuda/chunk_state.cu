@@ -854,38 +854,43 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
  * [w KP/8, (w+1) KP/8) of each product on tensor cores in split tf32
  * (split_tf32: about 2^-20 relative, an f32 product's accuracy), the
  * big x big products and the two cross terms in separate accumulators
- * (two short chains). The P_s do not depend on the serial chain, so they
- * stream through a COMBINE_STAGES-deep cp.async ring of COMBINE_JB-row
- * tiles, all segments' tiles one sequence (H100, tp8_t64k: 143 us with one
- * tile loaded, then used, at a time). H100, tp8_t64k's six steps: 47 us
- * as 8-row blocks of 128 threads in f32 FFMA (one warp a scheduler and
- * half the instructions index arithmetic), 34 us so (ncu, caches flushed).
- * Each step still costs about 5 us there; not yet found why (neither the
- * FFMAs nor a deeper ring were it). */
+ * (two short chains). h is kept split, big and small halves, in A
+ * fragment order: split once a step, not by every warp at every k-step,
+ * and a k-step's A fragments are two 16-byte loads.
+ * The P_s do not depend on the serial chain, and a warp reads only its
+ * own columns of them, so each warp streams its [K][KP/8] slices through
+ * a ring of its own (tiles of COMBINE_JB rows, all segments' tiles one
+ * sequence) and meets the other warps only twice a step, to exchange h.
+ * What bounds it is instructions (ncu, H100, tp8_t64k's six steps: about
+ * 1600 a warp a step, issued on 45% of the cycles by two warps a
+ * scheduler): 47 us as 8-row blocks in f32 FFMA, 34 us with one ring a
+ * block and a __syncthreads a tile, 27 us with a ring a warp. */
 constexpr int COMBINE_ROWS = 16;
 constexpr int COMBINE_THREADS = 256;
-constexpr int COMBINE_JB = 16;     /* rows of P_s a ring stage */
-/* ring depth (H100, tp8_t64k: a whole P_s and a tile more, 87 KB at K =
- * 128, was no faster than four) */
-constexpr int COMBINE_STAGES = 4;
+constexpr int COMBINE_JB = 16; /* rows of P_s a ring tile */
+/* a warp's ring depth, dividing a step's tiles so that a tile's slot is
+ * its place in the step: four (H100, K = 128: four and eight timed the
+ * same), two at K = 256, so that the block fits the 99 KB of sm_86/89 */
+__host__ __device__ constexpr int combine_stages(int kp) { return kp > 128 ? 2 : 4; }
+/* a warp's ring row pitch: its KP/8 columns plus a pad that makes the B
+ * fragment reads conflict-free (4 tig rows on banks 0, 8, 16, 24 apart) */
+__host__ __device__ constexpr int combine_cld(int kp) { return kp / 8 == 8 ? 8 : kp / 8 + 8; }
 
-/* Shared memory of combine_kernel<KP>: the ring ([JB][KP + 8] a stage:
- * conflict-free B fragments), then h ([16][KP + 4]: conflict-free A
- * fragments). */
+/* Shared memory of combine_kernel<KP>: the 8 warps' rings, then h's big
+ * and small halves ([KP / 8][32 lanes][4] each). */
 constexpr size_t combine_smem_bytes(int kp) {
-    return ((size_t)COMBINE_STAGES * COMBINE_JB * (kp + 8) + COMBINE_ROWS * (kp + 4)) * sizeof(float);
+    return ((size_t)8 * combine_stages(kp) * COMBINE_JB * combine_cld(kp) + 2 * COMBINE_ROWS * kp) * 4;
 }
 
 template <int KP>
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_constant__ Params P) {
-    constexpr int PLD = KP + 8, HLD = KP + 4;
-    constexpr int JB = COMBINE_JB, TILE = JB * PLD, STAGES = COMBINE_STAGES;
+    constexpr int CW = KP / 8, CLD = combine_cld(KP);
+    constexpr int JB = COMBINE_JB, TILE = JB * CLD, STAGES = combine_stages(KP);
     constexpr int JT = KP / JB; /* P_s tiles a step (rows past K zero) */
-    constexpr int NT = KP / 64; /* 8-column n-tiles a warp */
+    constexpr int NT = CW / 8;  /* 8-column n-tiles a warp */
     static_assert(COMBINE_THREADS == 256 && KP % 64 == 0, "8 warps over KP columns");
+    static_assert(JT % STAGES == 0 && (JB * CW / 4) % 32 == 0, "a tile's slot is its place in the step");
     extern __shared__ __align__(16) float cs[];
-    float *ring = cs;                   /* [STAGES][JB][PLD], zero past K */
-    float *hs = cs + STAGES * TILE;     /* [COMBINE_ROWS][HLD], zero past K and V */
     const int N = P.N, K = P.K, V = P.V;
     const int tiles = (V + COMBINE_ROWS - 1) / COMBINE_ROWS;
     const int tile = blockIdx.x % tiles;
@@ -893,7 +898,10 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
     const int row0 = tile * COMBINE_ROWS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    const int c0 = warp * (KP / 8);
+    const int c0 = warp * CW;
+    float *ring = cs + warp * STAGES * TILE; /* this warp's [STAGES][JB][CLD], zero past K */
+    uint32_t *hb = reinterpret_cast<uint32_t *>(cs + 8 * STAGES * TILE); /* zero past K, V */
+    uint32_t *hsm = hb + COMBINE_ROWS * KP;
     /* segment s + 1's entries: segment-major, or by sequence (varlen) */
     int steps = P.segments - 2;    /* s = 1..S-2, as step s - 1 */
     int64_t first = head, stride = (int64_t)N * P.Hv;
@@ -904,102 +912,102 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
         stride = P.Hv;
     }
     if (steps <= 0) return; /* (a varlen sequence of one or two segments) */
-    const int ntiles = steps * JT;  /* (step, rows j0..) in order */
     auto seg_base = [&](int s) { return P.summary + (first + s * stride) * (V + K) * K; };
     auto start = [&](int s) { return P.h_start + (first + s * stride) * V * K; };
-    /* tile i of P_s into its stage; 16-byte copies where rows stay aligned */
-    auto issue = [&](int i) {
-        const float *Pm = seg_base(i / JT) + (int64_t)V * K;
-        const int j0 = (i % JT) * JB;
-        float *dst = ring + (i % STAGES) * TILE;
+    /* tile jt of step s (this warp's columns of P_s) into its stage;
+     * 16-byte copies where rows stay aligned */
+    auto issue = [&](int s, int jt) {
+        const float *Pm = seg_base(s) + (int64_t)V * K;
+        const int j0 = jt * JB;
+        float *dst = ring + (jt % STAGES) * TILE;
         if (K % 4 == 0) {
-            for (int e = tid; e < JB * KP / 4; e += COMBINE_THREADS) {
-                const int jj = e / (KP / 4), c = (e % (KP / 4)) * 4;
-                const bool ok = j0 + jj < K && c < K;
-                cp_async16(dst + jj * PLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 16 : 0);
+#pragma unroll
+            for (int m = 0; m < JB * CW / 128; m++) {
+                const int e = lane + 32 * m, jj = e / (CW / 4), c = (e % (CW / 4)) * 4;
+                const bool ok = j0 + jj < K && c0 + c < K;
+                cp_async16(dst + jj * CLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c0 + c : Pm, ok ? 16 : 0);
             }
         } else {
-            for (int e = tid; e < JB * KP; e += COMBINE_THREADS) {
-                const int jj = e / KP, c = e % KP;
-                const bool ok = j0 + jj < K && c < K;
-                cp_async4(dst + jj * PLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c : Pm, ok ? 4 : 0);
+            for (int e = lane; e < JB * CW; e += 32) {
+                const int jj = e / CW, c = e % CW;
+                const bool ok = j0 + jj < K && c0 + c < K;
+                cp_async4(dst + jj * CLD + c, ok ? Pm + (int64_t)(j0 + jj) * K + c0 + c : Pm, ok ? 4 : 0);
             }
         }
     };
 #pragma unroll
-    for (int i = 0; i < STAGES - 1; i++) {
-        if (i < ntiles) issue(i);
+    for (int jt = 0; jt < STAGES - 1; jt++) {
+        issue(0, jt);
         cp_async_commit();
     }
+    /* h (r, c) as element r >> 3 + 2 (c bit 2) of lane 4 (r & 7) + (c & 3)
+     * of k-step c >> 3: the m16n8k8 A fragment */
+    auto put_h = [&](int r, int c, float x) {
+        const int at = ((c >> 3) * 32 + (r & 7) * 4 + (c & 3)) * 4 + (r >> 3) + 2 * ((c >> 2) & 1);
+        split_tf32(x, hb[at], hsm[at]);
+    };
     for (int i = tid; i < COMBINE_ROWS * KP; i += COMBINE_THREADS) {
         const int rr = i / KP, c = i % KP;
-        hs[rr * HLD + c] = row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f;
+        put_h(rr, c, row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f);
     }
-    /* element e of n-tile t of a C fragment: row gid + 8 (e >> 1), column
-     * c0 + 8 t + 2 tig + (e & 1) */
-    auto frag_at = [&](int t, int e, int &row, int &c) {
-        row = row0 + gid + 8 * (e >> 1);
-        c = c0 + 8 * t + 2 * tig + (e & 1);
+    /* f(t, e, row, c) for element e of n-tile t of this thread's C
+     * fragments: row gid + 8 (e >> 1), column c0 + 8 t + 2 tig + (e & 1) */
+    auto each_frag = [&](auto &&f) {
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) f(t, e, row0 + gid + 8 * (e >> 1), c0 + 8 * t + 2 * tig + (e & 1));
     };
     /* b_s of this thread's outputs; the next segment's is loaded a step
      * ahead, off the chain */
     auto load_b = [&](int s, float (&b)[NT][4]) {
         const float *bs = seg_base(s);
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int row, c;
-                frag_at(t, e, row, c);
-                b[t][e] = row < V && c < K ? bs[(int64_t)row * K + c] : 0.f;
-            }
+        each_frag([&](int t, int e, int row, int c) { b[t][e] = row < V && c < K ? bs[(int64_t)row * K + c] : 0.f; });
     };
     float big[NT][4], cross[NT][4], bnext[NT][4];
     load_b(0, bnext);
-    int i = 0; /* tile */
+    __syncthreads(); /* h written */
+    const uint4 *hb4 = reinterpret_cast<const uint4 *>(hb) + lane, *hs4 = reinterpret_cast<const uint4 *>(hsm) + lane;
     for (int s = 0; s < steps; s++) {
 #pragma unroll
         for (int t = 0; t < NT; t++)
 #pragma unroll
             for (int e = 0; e < 4; e++) big[t][e] = bnext[t][e], cross[t][e] = 0.f;
         if (s + 1 < steps) load_b(s + 1, bnext);
-        for (int jt = 0; jt < JT; jt++, i++) {
+#pragma unroll
+        for (int jt = 0; jt < JT; jt++) {
             cp_async_wait<STAGES - 2>();
-            __syncthreads(); /* tile i landed for all; tile i - 1's stage and the hs writes done */
-            if (i + STAGES - 1 < ntiles) issue(i + STAGES - 1);
+            __syncwarp(); /* the tile landed for the warp; the previous tile's stage read */
+            constexpr int AHEAD = STAGES - 1;
+            if (jt + AHEAD < JT) issue(s, jt + AHEAD);
+            else if (s + 1 < steps) issue(s + 1, jt + AHEAD - JT);
             cp_async_commit();
-            const float *ps = ring + (i % STAGES) * TILE;
+            const float *ps = ring + (jt % STAGES) * TILE;
 #pragma unroll
             for (int ks = 0; ks < JB; ks += 8) {
-                const float *hp = hs + gid * HLD + jt * JB + ks + tig;
-                uint32_t ab[4], as[4];
-                split_tf32(hp[0], ab[0], as[0]);
-                split_tf32(hp[8 * HLD], ab[1], as[1]);
-                split_tf32(hp[4], ab[2], as[2]);
-                split_tf32(hp[8 * HLD + 4], ab[3], as[3]);
+                const int kk = (jt * JB + ks) / 8;
+                const uint4 hbv = hb4[kk * 32], hsv = hs4[kk * 32];
+                const uint32_t ab[4] = {hbv.x, hbv.y, hbv.z, hbv.w}, as[4] = {hsv.x, hsv.y, hsv.z, hsv.w};
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
-                    const float *pp = ps + (ks + tig) * PLD + c0 + 8 * t + gid;
+                    const float *pp = ps + (ks + tig) * CLD + 8 * t + gid;
                     uint32_t bb[2], bsm[2];
                     split_tf32(pp[0], bb[0], bsm[0]);
-                    split_tf32(pp[4 * PLD], bb[1], bsm[1]);
+                    split_tf32(pp[4 * CLD], bb[1], bsm[1]);
                     mma_tf32_1688(big[t], ab, bb);
                     mma_tf32_1688(cross[t], ab, bsm);
                     mma_tf32_1688(cross[t], as, bb);
                 }
             }
         }
-        __syncthreads(); /* every read of hs done */
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int row, c;
-                frag_at(t, e, row, c);
-                const float x = big[t][e] + cross[t][e];
-                hs[(row - row0) * HLD + c] = x;
-                if (row < V && c < K) start(s + 1)[(int64_t)row * K + c] = x;
-            }
+        __syncthreads(); /* every read of h done */
+        float *next = start(s + 1);
+        each_frag([&](int t, int e, int row, int c) {
+            const float x = big[t][e] + cross[t][e];
+            put_h(row - row0, c, x);
+            if (row < V && c < K) next[(int64_t)row * K + c] = x;
+        });
+        __syncthreads(); /* h written */
     }
     cp_async_wait<0>();
 }
@@ -1010,7 +1018,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_c
  * P.h_start; P.K picks the kernel's padded K). */
 template <int KP> gdn_status launch_combine_kp(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
     const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-    const size_t bytes = combine_smem_bytes(KP); /* 23-84 KB */
+    const size_t bytes = combine_smem_bytes(KP); /* 24-72 KB */
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)bytes));
     combine_kernel<KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(P);
