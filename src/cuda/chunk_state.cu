@@ -861,10 +861,12 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
  * own columns of them, so each warp streams its [K][KP/8] slices through
  * a ring of its own (tiles of COMBINE_JB rows, all segments' tiles one
  * sequence) and meets the other warps only twice a step, to exchange h.
- * What bounds it is instructions (ncu, H100, tp8_t64k's six steps: about
- * 1600 a warp a step, issued on 45% of the cycles by two warps a
- * scheduler): 47 us as 8-row blocks in f32 FFMA, 34 us with one ring a
- * block and a __syncthreads a tile, 27 us with a ring a warp. */
+ * H100, tp8_t64k's six steps (ncu, warm caches): 35 us with one ring a
+ * block and a __syncthreads a tile; 27 with a ring a warp (then about
+ * 1600 instructions a warp a step, issued on 45% of the cycles); 23 so.
+ * What is left is each step's serial chain (tile, split, three dependent
+ * mma a k-step), about 3 us: a whole step of tiles in flight was no
+ * faster. */
 constexpr int COMBINE_ROWS = 16;
 constexpr int COMBINE_THREADS = 256;
 constexpr int COMBINE_JB = 16; /* rows of P_s a ring tile */
