@@ -884,8 +884,10 @@ constexpr size_t combine_smem_bytes(int kp) {
     return ((size_t)8 * combine_stages(kp) * COMBINE_JB * combine_cld(kp) + 2 * COMBINE_ROWS * kp) * 4;
 }
 
+/* (one block a multiprocessor in the bounds: without it ptxas held
+ * KP = 128 to 128 registers and spilled 16 bytes) */
 template <int KP>
-__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(const __grid_constant__ Params P) {
+__global__ void __launch_bounds__(COMBINE_THREADS, 1) combine_kernel(const __grid_constant__ Params P) {
     constexpr int CW = KP / 8, CLD = combine_cld(KP);
     constexpr int JB = COMBINE_JB, TILE = JB * CLD, STAGES = combine_stages(KP);
     constexpr int JT = KP / JB; /* P_s tiles a step (rows past K zero) */
