@@ -950,9 +950,20 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1) combine_kernel(const __gri
         const int at = ((c >> 3) * 32 + (r & 7) * 4 + (c & 3)) * 4 + (r >> 3) + 2 * ((c >> 2) & 1);
         split_tf32(x, hb[at], hsm[at]);
     };
-    for (int i = tid; i < COMBINE_ROWS * KP; i += COMBINE_THREADS) {
-        const int rr = i / KP, c = i % KP;
-        put_h(rr, c, row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f);
+    { /* all of a thread's loads first, then the splits: as one loop of load
+       * and store each element waited out its own L2 round trip */
+        constexpr int PER = COMBINE_ROWS * KP / COMBINE_THREADS;
+        float x[PER];
+#pragma unroll
+        for (int m = 0; m < PER; m++) {
+            const int i = tid + m * COMBINE_THREADS, rr = i / KP, c = i % KP;
+            x[m] = row0 + rr < V && c < K ? start(0)[(int64_t)(row0 + rr) * K + c] : 0.f;
+        }
+#pragma unroll
+        for (int m = 0; m < PER; m++) {
+            const int i = tid + m * COMBINE_THREADS;
+            put_h(i / KP, i % KP, x[m]);
+        }
     }
     /* f(t, e, row, c) for element e of n-tile t of this thread's C
      * fragments: row gid + 8 (e >> 1), column c0 + 8 t + 2 tig + (e & 1) */
