@@ -863,7 +863,9 @@ __global__ void __launch_bounds__(L::NTHREADS, L::MIN_BLOCKS) chunk_state_kernel
  * sequence) and meets the other warps only twice a step, to exchange h.
  * H100, tp8_t64k's six steps (ncu, warm caches): 35 us with one ring a
  * block and a __syncthreads a tile; 27 with a ring a warp (then about
- * 1600 instructions a warp a step, issued on 45% of the cycles); 23 so.
+ * 1600 instructions a warp a step, issued on 45% of the cycles); 23 so
+ * (21 once the launch bounds freed its registers and a thread's first
+ * loads of h went out together).
  * What is left is each step's serial chain (tile, split, three dependent
  * mma a k-step), about 3 us: a whole step of tiles in flight was no
  * faster. */
