@@ -15,7 +15,8 @@
  *
  *  - Each thread owns a fixed tile of the state, RT rows x CT columns, in
  *    f32 registers: 128 bytes of pool a thread (32 f32 or 64 bf16
- *    elements; 256 bytes in the KV layout with K > 128, see below). The
+ *    elements; 64 bytes for an f32 VK pool with 64 < K <= 128; 256 bytes
+ *    in the KV layout with K > 128, see below). The
  *    tile is loaded once, kept across all T_n tokens of the sequence and
  *    stored once (rounded to bf16, nearest even, for a bf16 pool), plus
  *    once per token into state_history when asked. There is no shared
@@ -33,9 +34,10 @@
  *  - Loads and stores of the state are 16-byte vectors along the pool's
  *    contiguous dimension, laid out so that the lanes of a warp cover whole
  *    32-byte sectors:
- *      VK ([V][K], K contiguous): LC = 8 lanes (16 for K > 128) share a
- *        row and read consecutive 16-byte pieces of it (128 or 256
- *        contiguous bytes a row an instruction); the other lanes of the
+ *      VK ([V][K], K contiguous): LC = 8 lanes (16 for K > 128, or for an
+ *        f32 pool with K > 64) share a row and read consecutive 16-byte
+ *        pieces of it (128 or 256 contiguous bytes a row an instruction);
+ *        the other lanes of the
  *        warp take other rows. Column of tile element b:
  *        (b / VEC) * VEC * LC + lc * VEC + b % VEC.
  *      KV ([K][V], V contiguous, holds S^T): a thread holds RT consecutive
@@ -47,7 +49,7 @@
  *    Tiles (KP = K padded to 64, 128 or 256; WR = RT * LR rows a warp):
  *      pool layout KP   LC LR CT RT WR      pool layout KP   LC LR CT RT WR
  *      f32  VK     64    8  4  8  4 16      bf16 VK     64    8  4  8  8 32
- *      f32  VK    128    8  4 16  2  8      bf16 VK    128    8  4 16  4 16
+ *      f32  VK    128   16  2  8  2  4      bf16 VK    128    8  4 16  4 16
  *      f32  VK    256   16  2 16  2  4      bf16 VK    256   16  2 16  4  8
  *      f32  KV     64    8  4  8  4 16      bf16 KV     64    8  4  8  8 32
  *      f32  KV    128   16  2  8  4  8      bf16 KV    128   16  2  8  8 16
@@ -63,7 +65,7 @@
  *    1D grid; a block is 1 to 4 warps. The host halves the warps a block
  *    while the grid has fewer blocks than multiprocessors, so that small
  *    N still spreads over the machine: N = 1, Hv = 32, K = V = 128 runs
- *    256 blocks of 2 warps (16 rows) with an f32 pool, 256 blocks of one
+ *    256 blocks of 4 warps (16 rows) with an f32 pool, 256 blocks of one
  *    warp (16 rows) with a bf16 pool.
  *  - Registers: launch bounds cap them (see Geo::MIN_BLOCKS) so that at
  *    least 6 blocks of 128 threads fit a multiprocessor with an f32 pool
@@ -121,9 +123,11 @@ struct RecParams {
 template <typename E, int KP, bool KV, bool VECS> struct Geo {
     static constexpr int ESIZE = (int)sizeof(E);
     static constexpr int VE = 16 / ESIZE; /* elements of a 16-byte vector */
+    /* f32 VK vectors at KP = 128: 64 bytes a thread (see MIN_BLOCKS) */
+    static constexpr bool HALF = ESIZE == 4 && !KV && VECS && KP == 128;
     /* state elements a thread: 128 bytes; 256 for KV vectors with KP = 256 */
-    static constexpr int ELEMS = (128 / ESIZE) * (KV && KP == 256 && VECS ? 2 : 1);
-    static constexpr int LC = KV ? KP / 8 : (KP == 256 ? 16 : 8); /* lanes sharing a row */
+    static constexpr int ELEMS = HALF ? 16 : (128 / ESIZE) * (KV && KP == 256 && VECS ? 2 : 1);
+    static constexpr int LC = KV ? KP / 8 : (KP == 256 || HALF ? 16 : 8); /* lanes sharing a row */
     static constexpr int CT = KP / LC;                             /* columns a thread */
     static constexpr int RT = ELEMS / CT;                          /* rows a thread */
     static constexpr int LR = 32 / LC;                             /* lanes along the rows */
@@ -136,14 +140,18 @@ template <typename E, int KP, bool KV, bool VECS> struct Geo {
     static_assert(WR <= 32, "o padding rows: one pass");
     /* Blocks of 128 threads a multiprocessor should hold: a register cap
      * for ptxas (6: 80 registers, 4: 128, 3: 168, 2: 255). f32 VK vector
-     * tiles fit in 80 without spilling (KV ones need more: 4 blocks):
-     * 96 KB of state loads in flight a multiprocessor
+     * tiles fit in 80 without spilling (KV ones need more: 4 blocks)
      * (measured on an H100: 0.5-1% faster at N = 32..8192 than the 128
      * registers of 4 blocks; 8 blocks, 64 registers, spills and is 8-18%
-     * slower). 64-element bf16 vector tiles need about 140; the element-wise
-     * path and the 128-element tiles get 255. */
+     * slower). At KP = 128 the f32 VK tile is 64 bytes (HALF): 2 rows of 8
+     * columns, 48 KB of state loads in flight a multiprocessor. H100, one
+     * job against the 128-byte tile, us: N = 1 3.58 -> 3.52, N = 32 47.9 ->
+     * 48.3, N = 64 93.4 -> 93.2, N = 256 364.3 -> 361.9, N = 8192 11548 ->
+     * 11448; the same tile at 8 blocks (64 registers) gained less at large N
+     * (11505), 32 bytes a thread lost 3%. 64-element bf16 vector tiles need
+     * about 140; the element-wise path and the 128-element tiles get 255. */
     static constexpr int MIN_BLOCKS =
-        !VECS || ELEMS == 128 ? 2 : ESIZE == 4 && ELEMS == 32 ? (KV ? 4 : 6) : 3;
+        !VECS || ELEMS == 128 ? 2 : ESIZE == 4 && (ELEMS == 32 || HALF) ? (KV ? 4 : 6) : 3;
 };
 
 /* Sum over the lanes that share a row: an xor butterfly over the lane
