@@ -13,7 +13,8 @@
  *    vector, 1..256), misaligned pointers (the element-wise path on aligned
  *    sizes, scalar q/k loads), batch decode without cu_seqlens, identity
  *    indices (NULL), empty sequences, longer sequences (up to 40 tokens),
- *    an all-padding call, NaN containment;
+ *    an all-padding call, NaN containment, decode steps back to back on
+ *    one pool without host synchronisation (the programmatic launch);
  *  - large launches: 4096 sequences (16384 and 131072 blocks), and the
  *    largest f32 pool of the production head shape that fits the card;
  *  - the CUDA-only argument rules.
@@ -262,6 +263,118 @@ done:
     free(hist2);
     dev_free(&d);
     rf_problem_free(&r);
+}
+
+/* Decode steps back to back on one pool with no host synchronisation
+ * between them (on sm_90 each step is a programmatic dependent launch of
+ * the one before, which starts while that one's last blocks run and must
+ * wait before it touches the pool or o): f32 and bf16 pools in the VK
+ * layout, six steps alternating two input sets. The pool and every step's
+ * o must have the same bits as the same steps with a synchronisation after
+ * each; the f32 run is also checked against the CPU backend taking the
+ * same steps (a bf16 pool's roundings may part the backends by more than
+ * one ulp after a few steps, so it is not). */
+enum { B2B_STEPS = 6 };
+
+/* The steps from pool0 (o poisoned first); sync: after every step. */
+static int b2b_run(dev_problem d[2], const rf_problem *r, gdn_dtype dt, void *o_dev[B2B_STEPS],
+                   int sync, gdn_bf16 *o, void *pool) {
+    if (gdn_dev_upload(d[0].ptr[D_POOL], r->pool0, d[0].bytes[D_POOL]) != 0) die("upload pool");
+    for (int s = 0; s < B2B_STEPS; s++)
+        if (gdn_dev_fill(o_dev[s], 0xFF, d[0].bytes[D_O]) != 0) die("poison o");
+    if (gdn_dev_sync() != 0) die("sync");
+    int ok = 1;
+    for (int s = 0; s < B2B_STEPS && ok; s++) {
+        const dev_problem *in = &d[s % 2];
+        ok = CHECK_STATUS(gdn_recurrent_forward(gpu_ctx, &in->p, in->opts_arg, in->ptr[D_Q],
+                                                in->ptr[D_K], in->ptr[D_V], in->ptr[D_G],
+                                                in->ptr[D_BETA], d[0].ptr[D_POOL], dt, r->P, NULL,
+                                                o_dev[s], NULL),
+                          GDN_SUCCESS, gpu_ctx);
+        if (sync && gdn_dev_sync() != 0) die("after a step");
+    }
+    if (gdn_dev_sync() != 0) die("after the steps");
+    if (gdn_dev_download(pool, d[0].ptr[D_POOL], d[0].bytes[D_POOL]) != 0) die("download");
+    for (int s = 0; s < B2B_STEPS; s++)
+        if (gdn_dev_download(o + s * (d[0].bytes[D_O] / 2), o_dev[s], d[0].bytes[D_O]) != 0)
+            die("download");
+    return ok;
+}
+
+static void check_back_to_back(void) {
+    for (int bf = 0; bf < 2; bf++) {
+        const rf_case c = {.Hk = 16, .Hv = 32, .K = 128, .V = 128, .variant = 1,
+                           .dtype = bf ? GDN_DTYPE_BF16 : GDN_DTYPE_F32, .N = quick ? 16 : 256,
+                           .T = 1, .identity = 1};
+        const char *name = bf ? "bf16" : "f32";
+        rf_problem r[2];
+        if (!rf_problem_make(&r[0], &c, 9100 + bf, RF_FOR_CUDA_TEST)) return;
+        if (!rf_problem_make(&r[1], &c, 9200 + bf, RF_FOR_CUDA_TEST)) {
+            rf_problem_free(&r[0]);
+            return;
+        }
+        dev_problem d[2];
+        dev_make(&d[0], &r[0], &c);
+        dev_make(&d[1], &r[1], &c);
+        const gdn_problem *p = &r[0].in.p;
+        const int64_t n_o = r[0].tokens * p->Hv * p->V, n_pool = r[0].P * r[0].S;
+        const size_t pool_bytes = (size_t)n_pool * r[0].elem,
+                     o_bytes = (size_t)(B2B_STEPS * n_o) * 2;
+        gdn_bf16 *o = gdn_test_alloc(B2B_STEPS * n_o, 2), *o_s = gdn_test_alloc(B2B_STEPS * n_o, 2);
+        gdn_bf16 *o_c = gdn_test_alloc(n_o, 2);
+        void *pool = gdn_test_alloc(n_pool, r[0].elem), *pool_s = gdn_test_alloc(n_pool, r[0].elem);
+        void *pool_c = gdn_test_alloc(n_pool, r[0].elem);
+        void *o_dev[B2B_STEPS] = {0};
+        for (int s = 0; s < B2B_STEPS; s++)
+            if (gdn_dev_alloc(&o_dev[s], d[0].bytes[D_O]) != 0) die("cudaMalloc");
+        const int ran = b2b_run(d, &r[0], c.dtype, o_dev, 1, o_s, pool_s) &&
+                        b2b_run(d, &r[0], c.dtype, o_dev, 0, o, pool);
+        const int same =
+            ran && memcmp(pool, pool_s, pool_bytes) == 0 && memcmp(o, o_s, o_bytes) == 0;
+        CHECK(!ran || same, "back to back, %s pool: states or o differ from the synchronised steps",
+              name);
+        double worst_o = 0, c_s = 0;
+        const int vs_cpu = !bf && ran;
+        if (vs_cpu) { /* the f32 steps against the CPU backend */
+            memcpy(pool_c, r[0].pool0, pool_bytes);
+            for (int s = 0; s < B2B_STEPS; s++) {
+                const rf_problem *in = &r[s % 2];
+                if (!CHECK_STATUS(gdn_recurrent_forward(cpu_ctx, p, in->opts_arg, in->in.q,
+                                                        in->in.k, in->in.v, in->in.g, in->in.beta,
+                                                        pool_c, c.dtype, r[0].P, NULL, o_c, NULL),
+                                  GDN_SUCCESS, cpu_ctx))
+                    break;
+                double x_o = 0;
+                cmp_cpu(o + s * n_o, o_c, 2, n_o, &x_o, NULL);
+                CHECK(x_o <= RF_BOUND_EXCESS,
+                      "back to back, f32, step %d: o vs CPU %.3e (rms units) beyond one bf16 ulp",
+                      s, x_o);
+                worst_o = fmax(worst_o, x_o);
+            }
+            /* summation orders part the f32 states a little more each step */
+            c_s = cmp_cpu(pool, pool_c, 4, n_pool, NULL, NULL);
+            CHECK(c_s <= B2B_STEPS * BOUND_CPU_F32, "back to back, f32: states vs CPU %.3e > %.1e",
+                  c_s, B2B_STEPS * BOUND_CPU_F32);
+        }
+        printf("  back to back: %d steps, N=%lld, %s pool: %s a sync after each step%s", B2B_STEPS,
+               (long long)c.N, name,
+               !ran   ? "failed; not compared with"
+               : same ? "same bits as with"
+                      : "DIFFERENT from",
+               vs_cpu ? "" : "\n");
+        if (vs_cpu) printf("; vs CPU o excess %.1e, states %.2e rel\n", worst_o, c_s);
+        for (int s = 0; s < B2B_STEPS; s++) gdn_dev_free(o_dev[s]);
+        free(o);
+        free(o_s);
+        free(o_c);
+        free(pool);
+        free(pool_s);
+        free(pool_c);
+        dev_free(&d[0]);
+        dev_free(&d[1]);
+        rf_problem_free(&r[0]);
+        rf_problem_free(&r[1]);
+    }
 }
 
 /* ---- the case lists ---- */
@@ -542,6 +655,7 @@ int main(void) {
     if (!quick) check_largest_pool();
     check_all_padding();
     check_nan_containment();
+    check_back_to_back();
     check_cuda_rules();
     printf("worst vs fp64: o %.2e (excess %.1e), f32 state/history %.2e, bf16 excess %.1e\n",
            worst_seen.o_rel, worst_seen.o_excess, worst_seen.f32, worst_seen.bf16_excess);
