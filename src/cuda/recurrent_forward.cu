@@ -15,8 +15,8 @@
  *
  *  - Each thread owns a fixed tile of the state, RT rows x CT columns, in
  *    f32 registers: 128 bytes of pool a thread (32 f32 or 64 bf16
- *    elements; 64 bytes for an f32 VK pool with 64 < K <= 128; 256 bytes
- *    in the KV layout with K > 128, see below). The
+ *    elements; 64 bytes on the f32 VK vector path with 64 < K <= 128;
+ *    256 bytes in the KV layout with K > 128, see below). The
  *    tile is loaded once, kept across all T_n tokens of the sequence and
  *    stored once (rounded to bf16, nearest even, for a bf16 pool), plus
  *    once per token into state_history when asked. There is no shared
@@ -34,10 +34,10 @@
  *  - Loads and stores of the state are 16-byte vectors along the pool's
  *    contiguous dimension, laid out so that the lanes of a warp cover whole
  *    32-byte sectors:
- *      VK ([V][K], K contiguous): LC = 8 lanes (16 for K > 128, or for an
- *        f32 pool with K > 64) share a row and read consecutive 16-byte
- *        pieces of it (128 or 256 contiguous bytes a row an instruction);
- *        the other lanes of the
+ *      VK ([V][K], K contiguous): LC = 8 lanes (16 for K > 128, and on
+ *        the f32 vector path for K > 64) share a row and read consecutive
+ *        16-byte pieces of it (128 or 256 contiguous bytes a row an
+ *        instruction); the other lanes of the
  *        warp take other rows. Column of tile element b:
  *        (b / VEC) * VEC * LC + lc * VEC + b % VEC.
  *      KV ([K][V], V contiguous, holds S^T): a thread holds RT consecutive
@@ -57,7 +57,8 @@
  *    The vector path needs the contiguous dimension (K for VK, V for KV)
  *    to be a multiple of the vector (4 f32, 8 bf16) and the pool (and
  *    state_history) 16-byte aligned; otherwise the same tiles (128 bytes
- *    a thread also for KV, K > 128) are moved element by element: the
+ *    a thread also for KV, K > 128, and for f32 VK at KP = 128, whose
+ *    tile there is 8 16 16 2 8) are moved element by element: the
  *    generic path, any K, V in 1..256, lanes still reading consecutive
  *    elements. q and k come as 8- or 16-byte vectors when K and their
  *    alignment allow, else element by element.
