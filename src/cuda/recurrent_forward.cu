@@ -58,7 +58,7 @@
  *    to be a multiple of the vector (4 f32, 8 bf16) and the pool (and
  *    state_history) 16-byte aligned; otherwise the same tiles (128 bytes
  *    a thread also for KV, K > 128, and for f32 VK at KP = 128, whose
- *    tile there is 8 16 16 2 8) are moved element by element: the
+ *    tile there is 8 4 16 2 8) are moved element by element: the
  *    generic path, any K, V in 1..256, lanes still reading consecutive
  *    elements. q and k come as 8- or 16-byte vectors when K and their
  *    alignment allow, else element by element.
