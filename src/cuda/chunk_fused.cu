@@ -1027,16 +1027,9 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
     /* producer warps: two (q, k / the rest) for 4 compute warps, else one
      * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
     const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3(32 * (NWS + npw));
-    cfg.dynamicSmemBytes = (size_t)bytes;
-    cfg.stream = stream;
     cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = P.pdl ? 1 : 0;
+    const cudaLaunchConfig_t cfg =
+        launch_config((unsigned)blocks, 32 * (NWS + npw), (size_t)bytes, stream, P.pdl, &attr);
     GDN_CUDA_TRY(ctx, cudaLaunchKernelEx(&cfg, kern, P, stages, slices, segs, npw));
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
     return GDN_SUCCESS;

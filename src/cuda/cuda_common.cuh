@@ -230,6 +230,24 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+/* A launch configuration for cudaLaunchKernelEx; with pdl, a programmatic
+ * dependent launch (the kernel must pdl_wait before touching what the
+ * kernel before it writes or reads). The configuration points at *attr,
+ * which must outlive the launch call. */
+inline cudaLaunchConfig_t launch_config(unsigned grid, unsigned block, size_t smem, cudaStream_t stream,
+                                        bool pdl, cudaLaunchAttribute *attr) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr->val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cfg;
+}
+
 /* ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses
  * of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {

@@ -555,15 +555,9 @@ gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream)
      * with: N = 1 3.51 -> 3.27, N = 32 48.1 -> 47.45, N = 64 92.7 -> 92.1,
      * N = 8192 unchanged; bf16 N = 32 30.1 -> 29.55, N = 1 3.70 -> 3.72.
      * Not for KV: its N = 1 went 3.30 -> 4.35 (not understood). */
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3(warps * 32);
-    cfg.stream = stream;
+    const bool pdl = ctx->cc_major >= 9 && !KV && env_override("GDN_CUDA_RECURRENT_PDL", 1, {0, 1}) == 1;
     cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = ctx->cc_major >= 9 && !KV && env_override("GDN_CUDA_RECURRENT_PDL", 1, {0, 1}) == 1;
+    const cudaLaunchConfig_t cfg = launch_config((unsigned)blocks, warps * 32, 0, stream, pdl, &attr);
     GDN_CUDA_TRY(ctx, cudaLaunchKernelEx(&cfg, recurrent_kernel<E, KP, KV, VECS>, P));
     GDN_CUDA_CHECK_LAUNCH(ctx, "recurrent_kernel");
     return GDN_SUCCESS;
