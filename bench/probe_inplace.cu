@@ -17,6 +17,9 @@
 #include <cstdlib>
 
 #include "bench_util.h"
+#include "cuda_common.cuh" /* smem_addr, named_barrier, the mbarrier and bulk-group helpers */
+
+using namespace gdn;
 
 template <int PER, int TH = 128>
 __global__ void __launch_bounds__(TH) scale(const float4 *x, float4 *y, float a) {
@@ -30,27 +33,6 @@ __global__ void __launch_bounds__(TH) scale(const float4 *x, float4 *y, float a)
     for (int i = 0; i < PER; i++) y[base + i * TH] = v[i];
 }
 
-__device__ __forceinline__ uint32_t saddr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void bar_init(uint64_t *b, int n) {
-    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(saddr(b)), "r"(n) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(uint64_t *b) {
-    asm volatile("{ .reg .b64 st; mbarrier.arrive.shared.b64 st, [%0]; }" ::"r"(saddr(b)) : "memory");
-}
-__device__ __forceinline__ void bar_expect(uint64_t *b, uint32_t bytes) {
-    asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }" ::"r"(saddr(b)),
-                 "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void bar_wait(uint64_t *b, uint32_t parity) {
-    asm volatile("{ .reg .pred p; W: mbarrier.try_wait.parity.shared.b64 p, [%0], %1; @!p bra W; }" ::"r"(
-                     saddr(b)),
-                 "r"(parity)
-                 : "memory");
-}
-
 template <int TILE, int STAGES>
 __global__ void __launch_bounds__(160) bulk_scale(float *x, unsigned tiles, float a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* bulk copies: sm_90 */
@@ -58,7 +40,7 @@ __global__ void __launch_bounds__(160) bulk_scale(float *x, unsigned tiles, floa
     __shared__ uint64_t full[STAGES], empty[STAGES];
     const int tid = threadIdx.x;
     if (tid == 0) {
-        for (int s = 0; s < STAGES; s++) bar_init(&full[s], 1), bar_init(&empty[s], 1);
+        for (int s = 0; s < STAGES; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -67,11 +49,11 @@ __global__ void __launch_bounds__(160) bulk_scale(float *x, unsigned tiles, floa
         unsigned i = 0;
         for (unsigned t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
             const int s = i % STAGES;
-            if (i >= STAGES) bar_wait(&empty[s], ((i / STAGES) - 1) & 1);
-            bar_expect(&full[s], TILE);
+            if (i >= STAGES) mbar_wait(&empty[s], ((i / STAGES) - 1) & 1);
+            mbar_arrive_expect_tx(&full[s], TILE);
             asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             saddr(ring + s * TILE)),
-                         "l"((const char *)x + (size_t)t * TILE), "r"(TILE), "r"(saddr(&full[s]))
+                             smem_addr(ring + s * TILE)),
+                         "l"((const char *)x + (size_t)t * TILE), "r"(TILE), "r"(smem_addr(&full[s]))
                          : "memory");
         }
         return;
@@ -79,7 +61,7 @@ __global__ void __launch_bounds__(160) bulk_scale(float *x, unsigned tiles, floa
     unsigned i = 0;
     for (unsigned t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
         const int s = i % STAGES;
-        bar_wait(&full[s], (i / STAGES) & 1);
+        mbar_wait(&full[s], (i / STAGES) & 1);
         float4 *p = reinterpret_cast<float4 *>(ring + s * TILE);
 #pragma unroll
         for (int j = tid; j < TILE / 16; j += 128) {
@@ -87,19 +69,19 @@ __global__ void __launch_bounds__(160) bulk_scale(float *x, unsigned tiles, floa
             v.x *= a, v.y *= a, v.z *= a, v.w *= a;
             p[j] = v;
         }
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        asm volatile("bar.sync 1, 128;" ::: "memory");
+        fence_proxy_async_smem();
+        named_barrier(1, 128);
         if (tid == 0) {
             asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(
                              (char *)x + (size_t)t * TILE),
-                         "r"(saddr(p)), "r"(TILE)
+                         "r"(smem_addr(p)), "r"(TILE)
                          : "memory");
-            asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-            asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
-            if (i >= 1) bar_arrive(&empty[(i - 1) % STAGES]);
+            bulk_commit();
+            bulk_wait_read<1>();
+            if (i >= 1) mbar_arrive(&empty[(i - 1) % STAGES]);
         }
     }
-    if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+    if (tid == 0) bulk_wait<0>();
 #else
     (void)x, (void)tiles, (void)a;
     __trap();
