@@ -273,12 +273,16 @@ done:
  * o must have the same bits as the same steps with a synchronisation after
  * each; the f32 run is also checked against the CPU backend taking the
  * same steps (a bf16 pool's roundings may part the backends by more than
- * one ulp after a few steps, so it is not). */
+ * one ulp after a few steps, so it is not). Two sizes: N = 2 in reversed
+ * slots (state_indices given), a grid that fits the GPU at once, whose
+ * blocks ask for their state rows into L2 before that wait, while the step
+ * before may still be writing them; and N = 256 (16 quick) in identity
+ * slots, several waves. */
 enum { B2B_STEPS = 6 };
 
 /* The steps from pool0 (o poisoned first); sync: after every step. */
-static int b2b_run(dev_problem d[2], const rf_problem *r, gdn_dtype dt, void *o_dev[B2B_STEPS],
-                   int sync, gdn_bf16 *o, void *pool) {
+static int b2b_run(dev_problem d[2], const rf_problem *r, gdn_dtype dt, const void *idx,
+                   void *o_dev[B2B_STEPS], int sync, gdn_bf16 *o, void *pool) {
     if (gdn_dev_upload(d[0].ptr[D_POOL], r->pool0, d[0].bytes[D_POOL]) != 0) die("upload pool");
     for (int s = 0; s < B2B_STEPS; s++)
         if (gdn_dev_fill(o_dev[s], 0xFF, d[0].bytes[D_O]) != 0) die("poison o");
@@ -288,7 +292,7 @@ static int b2b_run(dev_problem d[2], const rf_problem *r, gdn_dtype dt, void *o_
         const dev_problem *in = &d[s % 2];
         ok = CHECK_STATUS(gdn_recurrent_forward(gpu_ctx, &in->p, in->opts_arg, in->ptr[D_Q],
                                                 in->ptr[D_K], in->ptr[D_V], in->ptr[D_G],
-                                                in->ptr[D_BETA], d[0].ptr[D_POOL], dt, r->P, NULL,
+                                                in->ptr[D_BETA], d[0].ptr[D_POOL], dt, r->P, idx,
                                                 o_dev[s], NULL),
                           GDN_SUCCESS, gpu_ctx);
         if (sync && gdn_dev_sync() != 0) die("after a step");
@@ -302,10 +306,16 @@ static int b2b_run(dev_problem d[2], const rf_problem *r, gdn_dtype dt, void *o_
 }
 
 static void check_back_to_back(void) {
-    for (int bf = 0; bf < 2; bf++) {
+    for (int run = 0; run < 4; run++) {
+        const int bf = run & 1, small = run < 2;
         const rf_case c = {.Hk = 16, .Hv = 32, .K = 128, .V = 128, .variant = 1,
-                           .dtype = bf ? GDN_DTYPE_BF16 : GDN_DTYPE_F32, .N = quick ? 16 : 256,
-                           .T = 1, .identity = 1};
+                           .dtype = bf ? GDN_DTYPE_BF16 : GDN_DTYPE_F32,
+                           .N = small ? 2 : quick ? 16 : 256, .T = 1, .identity = 1};
+        const int32_t reversed[2] = {1, 0}; /* small: slot 1 - n */
+        void *idx_dev = NULL;
+        if (small && (gdn_dev_alloc(&idx_dev, sizeof reversed) != 0 ||
+                      gdn_dev_upload(idx_dev, reversed, sizeof reversed) != 0))
+            die("state_indices");
         const char *name = bf ? "bf16" : "f32";
         rf_problem r[2];
         if (!rf_problem_make(&r[0], &c, 9100 + bf, RF_FOR_CUDA_TEST)) return;
@@ -327,8 +337,8 @@ static void check_back_to_back(void) {
         void *o_dev[B2B_STEPS] = {0};
         for (int s = 0; s < B2B_STEPS; s++)
             if (gdn_dev_alloc(&o_dev[s], d[0].bytes[D_O]) != 0) die("cudaMalloc");
-        const int ran = b2b_run(d, &r[0], c.dtype, o_dev, 1, o_s, pool_s) &&
-                        b2b_run(d, &r[0], c.dtype, o_dev, 0, o, pool);
+        const int ran = b2b_run(d, &r[0], c.dtype, idx_dev, o_dev, 1, o_s, pool_s) &&
+                        b2b_run(d, &r[0], c.dtype, idx_dev, o_dev, 0, o, pool);
         const int same =
             ran && memcmp(pool, pool_s, pool_bytes) == 0 && memcmp(o, o_s, o_bytes) == 0;
         CHECK(!ran || same, "back to back, %s pool: states or o differ from the synchronised steps",
@@ -341,7 +351,8 @@ static void check_back_to_back(void) {
                 const rf_problem *in = &r[s % 2];
                 if (!CHECK_STATUS(gdn_recurrent_forward(cpu_ctx, p, in->opts_arg, in->in.q,
                                                         in->in.k, in->in.v, in->in.g, in->in.beta,
-                                                        pool_c, c.dtype, r[0].P, NULL, o_c, NULL),
+                                                        pool_c, c.dtype, r[0].P,
+                                                        small ? reversed : NULL, o_c, NULL),
                                   GDN_SUCCESS, cpu_ctx))
                     break;
                 double x_o = 0;
@@ -356,14 +367,15 @@ static void check_back_to_back(void) {
             CHECK(c_s <= B2B_STEPS * BOUND_CPU_F32, "back to back, f32: states vs CPU %.3e > %.1e",
                   c_s, B2B_STEPS * BOUND_CPU_F32);
         }
-        printf("  back to back: %d steps, N=%lld, %s pool: %s a sync after each step%s", B2B_STEPS,
-               (long long)c.N, name,
+        printf("  back to back: %d steps, N=%lld (%s slots), %s pool: %s a sync after each step%s",
+               B2B_STEPS, (long long)c.N, small ? "reversed" : "identity", name,
                !ran   ? "failed; not compared with"
                : same ? "same bits as with"
                       : "DIFFERENT from",
                vs_cpu ? "" : "\n");
         if (vs_cpu) printf("; vs CPU o excess %.1e, states %.2e rel\n", worst_o, c_s);
         for (int s = 0; s < B2B_STEPS; s++) gdn_dev_free(o_dev[s]);
+        gdn_dev_free(idx_dev);
         free(o);
         free(o_s);
         free(o_c);

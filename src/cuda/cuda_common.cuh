@@ -214,6 +214,16 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #endif
 }
 
+/* Asks for [p, p + bytes) to be brought into L2 (sm_90 bulk prefetch; a
+ * no-op before): p 16-byte aligned, bytes a multiple of 16. A hint only:
+ * nothing waits for it, and since every write lands in L2 (the point of
+ * coherence) a line prefetched before another kernel writes it is still
+ * read with its new value. */
+__device__ __forceinline__ void prefetch_l2_bulk(const void *p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
 /* Programmatic dependent launch (sm_90; no-ops before): a kernel lets
  * the next launch in its stream start (pdl_trigger), and that launch
  * waits for this one to finish and its writes to be visible (pdl_wait)
