@@ -94,6 +94,7 @@
  * are held as zeros and never stored; their k, q, v are zero, so they add
  * nothing to the dot products.
  */
+#include <atomic>
 #include <type_traits>
 
 #include "cuda_common.cuh"
@@ -537,6 +538,23 @@ recurrent_kernel(const RecParams P) {
 
 /* ---- host side ---- */
 
+/* Blocks of this kernel configuration a multiprocessor of ctx's device
+ * holds at `warps` warps a block. The occupancy query costs microseconds
+ * of host time, about a small step's GPU time, so it is asked once per
+ * device and block shape (devices past the table are asked every call). */
+template <typename E, int KP, bool KV, bool VECS>
+gdn_status resident_per_sm(gdn_context *ctx, int warps, int *per_sm) {
+    static std::atomic<int> known[16][3]; /* [device][warps 1, 2, 4]; 0: not asked yet */
+    const int w = warps == 1 ? 0 : warps == 2 ? 1 : 2;
+    const bool cached = ctx->device >= 0 && ctx->device < 16;
+    if (cached && (*per_sm = known[ctx->device][w].load(std::memory_order_relaxed)) > 0)
+        return GDN_SUCCESS;
+    GDN_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                          per_sm, recurrent_kernel<E, KP, KV, VECS>, warps * 32, 0));
+    if (cached) known[ctx->device][w].store(*per_sm, std::memory_order_relaxed);
+    return GDN_SUCCESS;
+}
+
 template <typename E, int KP, bool KV, bool VECS>
 gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream) {
     using G = Geo<E, KP, KV, VECS>;
@@ -583,8 +601,8 @@ gdn_status launch(gdn_context *ctx, RecParams P, int64_t N, cudaStream_t stream)
      * 15% (bf16, N = 128 and 256), and 0.3% faster only at f32 N >= 256. */
     if (pdl && env_override("GDN_CUDA_RECURRENT_PREFETCH", 1, {0, 1}) == 1) {
         int per_sm = 0;
-        GDN_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                              &per_sm, recurrent_kernel<E, KP, KV, VECS>, warps * 32, 0));
+        const gdn_status st = resident_per_sm<E, KP, KV, VECS>(ctx, warps, &per_sm);
+        if (st != GDN_SUCCESS) return st;
         P.prefetch = blocks <= (int64_t)per_sm * sms;
     }
     cudaLaunchAttribute attr;
