@@ -318,9 +318,13 @@ static void check_back_to_back(void) {
             die("state_indices");
         const char *name = bf ? "bf16" : "f32";
         rf_problem r[2];
-        if (!rf_problem_make(&r[0], &c, 9100 + bf, RF_FOR_CUDA_TEST)) return;
+        if (!rf_problem_make(&r[0], &c, 9100 + bf, RF_FOR_CUDA_TEST)) {
+            gdn_dev_free(idx_dev);
+            return;
+        }
         if (!rf_problem_make(&r[1], &c, 9200 + bf, RF_FOR_CUDA_TEST)) {
             rf_problem_free(&r[0]);
+            gdn_dev_free(idx_dev);
             return;
         }
         dev_problem d[2];
