@@ -422,12 +422,13 @@ recurrent_kernel(const RecParams P) {
      * prefetch_l2_bulk). The slot is read through L2 only (ld.cg leaves no
      * L1 line behind) and may be stale: then another slot of the pool is
      * prefetched, which costs time, never a result; it is read again below. */
+    const int64_t state_elems = (int64_t)P.V * P.K;
     if constexpr (!KV && VECS) {
         if (P.prefetch && threadIdx.x == 0) {
             const int64_t hint = P.idx ? (int64_t)__ldcg(P.idx + n) : n;
-            const int r0 = tile * P.block_rows;
+            const int r0 = tile * P.block_rows; /* the block's first row */
             if (hint >= 0 && hint < P.pool_size)
-                prefetch_l2_bulk(static_cast<const E *>(P.pool) + ((hint * P.Hv + h) * P.V + r0) * (int64_t)P.K,
+                prefetch_l2_bulk(static_cast<const E *>(P.pool) + (hint * P.Hv + h) * state_elems + (int64_t)r0 * P.K,
                                  (uint32_t)(min(P.block_rows, P.V - r0) * P.K * (int)sizeof(E)));
         }
     }
@@ -450,7 +451,6 @@ recurrent_kernel(const RecParams P) {
     }
     if (bos >= eos) return; /* empty: reads and writes nothing */
 
-    const int64_t state_elems = (int64_t)P.V * P.K;
     E *state = static_cast<E *>(P.pool) + (slot * P.Hv + h) * state_elems;
     float s[RT][CT];
     tile_load<G, KV>(s, state, row0, lr, lc, P.K, P.V);
