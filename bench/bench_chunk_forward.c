@@ -15,8 +15,8 @@
  * written. Inputs are cheap uniform random values (the kernels have no
  * data-dependent paths). With GDN_BENCH_VARLEN=1 in the environment each
  * shape's B rows go in as one varlen batch (cu_seqlens, with its device
- * copy), the form serving engines call. GDN_BENCH_SHAPE=name:B:T:Hk:Hv:K
- * runs that one shape (K = V) instead of the table. */
+ * copy), the form serving engines call. GDN_BENCH_SHAPE=name:B:T:Hk:Hv:K[:V]
+ * runs that one shape (V = K if left out) instead of the table. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -32,6 +32,7 @@
 typedef struct shape {
     const char *name;
     int64_t B, T, Hk, Hv, K;
+    int64_t V; /* 0: V = K */
 } shape;
 
 static const shape SHAPES[] = {
@@ -142,11 +143,12 @@ int main(int argc, char **argv) {
     char custom_name[32];
     const char *cs = getenv("GDN_BENCH_SHAPE");
     if (cs && *cs) {
-        if (sscanf(cs, "%31[^:]:%lld:%lld:%lld:%lld:%lld", custom_name, (long long *)&custom.B,
-                   (long long *)&custom.T, (long long *)&custom.Hk, (long long *)&custom.Hv,
-                   (long long *)&custom.K) != 6 ||
-            custom.B < 1 || custom.T < 1 || custom.Hk < 1 || custom.Hv < custom.Hk || custom.K < 1) {
-            fprintf(stderr, "GDN_BENCH_SHAPE: want name:B:T:Hk:Hv:K (positive, Hv >= Hk), got '%s'\n", cs);
+        const int got = sscanf(cs, "%31[^:]:%lld:%lld:%lld:%lld:%lld:%lld", custom_name,
+                               (long long *)&custom.B, (long long *)&custom.T, (long long *)&custom.Hk,
+                               (long long *)&custom.Hv, (long long *)&custom.K, (long long *)&custom.V);
+        if ((got != 6 && got != 7) || custom.B < 1 || custom.T < 1 || custom.Hk < 1 ||
+            custom.Hv < custom.Hk || custom.K < 1 || (got == 7 && custom.V < 1)) {
+            fprintf(stderr, "GDN_BENCH_SHAPE: want name:B:T:Hk:Hv:K[:V] (positive, Hv >= Hk), got '%s'\n", cs);
             return 2;
         }
         custom.name = custom_name;
@@ -155,7 +157,7 @@ int main(int argc, char **argv) {
     for (unsigned si = 0; si < nshapes; si++) {
         const shape *sh = custom.name ? &custom : &SHAPES[si];
         if (only && strcmp(only, sh->name)) continue;
-        const int64_t K = sh->K, V = sh->K, BT = sh->B * sh->T, N = sh->B;
+        const int64_t K = sh->K, V = sh->V ? sh->V : sh->K, BT = sh->B * sh->T, N = sh->B;
         gdn_problem p;
         gdn_problem_init(&p, sh->B, sh->T, sh->Hk, sh->Hv, K, V);
         const char *vl = getenv("GDN_BENCH_VARLEN");

@@ -868,6 +868,58 @@ static void check_fused_split(gdn_context *ctx) {
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");
 }
+/* The fused path past 128: K in (128, 256] (the pair form over 256
+ * padded columns, unsplit) and V in (128, 256] (more row tiles), forced
+ * with GDN_CUDA_FUSED=1 onto few heads where the plan would split or pick
+ * a form by size: against the oracle at K = V = 256 with h0 and both
+ * layouts, K and V not powers of two (a partial last row tile, zero
+ * columns past K), T = 1 and 65, a ragged varlen batch with empty
+ * sequences, every option; each sequence alone gives the batch's bits;
+ * tensor or per-lane copies in and out give the same bits; the split knob
+ * cannot split K > 128 (no summary form holds those rows). With K <= 128
+ * and V = 200 or 256 the split path runs (summary rows V + K up to 384),
+ * its two product forms bitwise equal. */
+static void check_wide_fused(gdn_context *ctx) {
+    if (getenv("GDN_CUDA_FUSED") || getenv("GDN_CUDA_FUSED_SEGMENTS")) return;
+    static const int32_t cu[] = {0, 0, 65, 66, 66, 300, 429};
+    const fw_case cases[] = {
+        {C_DIMS, 1, 300, 1, 2, 256, 256, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_L2 | OPT_SIG},
+        {C_DIMS, 2, 130, 2, 4, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 0, NULL, 0, OPT_QWEN | OPT_SCALE},
+        {C_DIMS, 1, 200, 1, 3, 200, 136, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_QWEN | OPT_SIG},
+        {C_DIMS, 1, 1, 1, 2, 136, 256, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, 0},
+        {C_DIMS, 1, 65, 2, 2, 256, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_L2},
+        {C_VARLEN, 1, 429, 1, 2, 256, 128, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 1, cu, 6,
+         OPT_L2 | OPT_QWEN | OPT_SIG | OPT_SCALE},
+        {C_DIMS, 1, 300, 2, 4, 64, 256, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_L2 | OPT_QWEN},
+        {C_DIMS, 1, 130, 1, 2, 128, 200, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG},
+        {C_LONG, 1, 1000, 1, 1, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_SIG},
+    };
+    static const char *const segs[] = {"3"}, *const off_on[] = {"0", "1"};
+    setenv("GDN_CUDA_FUSED", "1", 1);
+    printf("  (fused path past 128, GDN_CUDA_FUSED=1)\n");
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (quick && cases[i].cls == C_LONG) continue;
+        check_case(ctx, &cases[i], 4500 + i, 1);
+    }
+    check_each_alone(ctx, &cases[5], 4520, 1);
+    check_each_alone(ctx, &cases[5], 4521, 0);
+    check_env_bits(ctx, &cases[0], 4522, "GDN_CUDA_FUSED_SEGMENTS", segs, 1);
+    check_env_bits(ctx, &cases[0], 4523, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
+    check_env_bits(ctx, &cases[1], 4524, "GDN_CUDA_FUSED_TMA_O", off_on, 2);
+    check_env_bits(ctx, &cases[6], 4525, "GDN_CUDA_FUSED_WGMMA", off_on, 2);
+    const fw_case split[] = {
+        {C_LONG, 1, 700, 2, 4, 128, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_L2 | OPT_SIG},
+        {C_LONG, 2, 600, 1, 2, 64, 200, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN},
+    };
+    setenv("GDN_CUDA_FUSED_SEGMENTS", "3", 1);
+    printf("  (fused path, V past 128, GDN_CUDA_FUSED_SEGMENTS=3)\n");
+    for (unsigned i = 0; i < 2; i++) {
+        check_case(ctx, &split[i], 4530 + i, 1);
+        check_env_bits(ctx, &split[i], 4532 + i, "GDN_CUDA_FUSED_WGMMA", off_on, 2);
+    }
+    unsetenv("GDN_CUDA_FUSED_SEGMENTS");
+    unsetenv("GDN_CUDA_FUSED");
+}
 #endif
 
 int main(void) {
@@ -977,6 +1029,7 @@ int main(void) {
     check_row_tiles(ctx);
     check_fused_knobs(ctx);
     check_fused_split(ctx);
+    check_wide_fused(ctx);
 #endif
 
     gdn_context_destroy(ctx);

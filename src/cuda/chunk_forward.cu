@@ -44,13 +44,20 @@ bool few_heads(const gdn_context *ctx, const gdn_problem *p) {
     return 2 * p->Hv * gdn_ceil_div(p->V, 32) < sm_count(ctx);
 }
 
+/* The split needs a summary form, which exists for K <= 128 only. Above
+ * that the fused path runs unsplit, few heads included: still faster
+ * than the three kernels there (H100, K = V = 256, ms, fused against
+ * three: Hk 2, Hv 8, T 8192 0.289 / 0.459, T 2048 0.086-0.095 / 0.127;
+ * Hk 1, Hv 4, T 8192 0.274-0.285 / 0.331-0.337). */
+bool fused_can_split(const gdn_problem *p) { return p->K <= 128; }
+
 /* The fused path's split of one sequence of B rows (see FusedParams):
  * with few heads, fused_seq_segments of its chunks, as a varlen batch
  * splits each sequence (varlen_split), so a sequence gets the same bits
  * in either form; 1 = no split. GDN_CUDA_FUSED_SEGMENTS=1..64 forces the
  * count (without varlen). */
 int fused_segments(const gdn_context *ctx, const gdn_problem *p) {
-    if (p->cu_seqlens || p->T <= 0 || !chunk_fused_supported(ctx, p)) return 1;
+    if (p->cu_seqlens || p->T <= 0 || !chunk_fused_supported(ctx, p) || !fused_can_split(p)) return 1;
     const int64_t nchunks = gdn_ceil_div(p->T, GDN_CHUNK);
     const int s = few_heads(ctx, p) ? fused_seq_segments(nchunks, split_smax(ctx, p), 16) : 1;
     return whole_segments(nchunks, env_override("GDN_CUDA_FUSED_SEGMENTS", s, 1, 64));
@@ -68,7 +75,7 @@ struct VarlenSplit {
 VarlenSplit varlen_split(const gdn_context *ctx, const gdn_problem *p) {
     const int64_t N = gdn_problem_num_seqs(p);
     VarlenSplit v{0, 16, N};
-    if (!p->cu_seqlens || N <= 0 || !chunk_fused_supported(ctx, p)) return v;
+    if (!p->cu_seqlens || N <= 0 || !chunk_fused_supported(ctx, p) || !fused_can_split(p)) return v;
     if (!few_heads(ctx, p)) return v;
     v.smax = split_smax(ctx, p);
     v.min_seg = env_override("GDN_CUDA_FUSED_MIN_SEG", 16, 1, 16);
@@ -226,8 +233,10 @@ gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forwar
 }
 
 /* The fused path (prep's T/P form, then one pass for state and output)
- * wherever it applies: K, V <= 128 and multiples of 8, 16-byte aligned q,
- * k, v, o; else the three stages. With few heads it splits a sequence
+ * wherever it applies: K, V multiples of 8 (up to 256; K > 128 unsplit,
+ * fused_can_split), 16-byte aligned q, k, v, o; else the three stages.
+ * At K = V = 256 it moves no bf16 chunk states through memory, which the
+ * three stages write and read (k256_t8k 0.626 ms against 1.056, H100). With few heads it splits a sequence
  * into segments (fused_segments, varlen_split) and prep gives each value
  * head a block of its own. Since those two (session 18) it beats the
  * three stages on every single sequence measured (H100, K = V = 128, ms,

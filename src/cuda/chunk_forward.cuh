@@ -4,7 +4,8 @@
  * over the packed chunk axis of all sequences (0 .. NT-1), as h_out of
  * gdn_chunk_state.
  *
- * The fused path (K, V <= 128; chosen in chunk_forward.cu): prep in its
+ * The fused path (K, V multiples of 8 up to 256; chosen in
+ * chunk_forward.cu): prep in its
  * T/P form (PrepParams.tmat), then the fused pass (FusedParams,
  * chunk_fused.cu) for the state and the output together. The three-stage
  * path:
@@ -209,7 +210,8 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
  *   O^T = (S q^T) diag(scale qs gamma) + D^T P^T  -> o
  *   S   = gamma_L S + D^T diag(ks exp(G_L - G)) k
  * with G_L the gate cumsum at the chunk's last token. Nothing but o and
- * the asked-for states is written. K, V <= 128, multiples of 8.
+ * the asked-for states is written. K, V multiples of 8 up to 256 (K > 128:
+ * the pair form only, unsplit).
  *
  * Split sequences (few heads, from 24 chunks: fused_seq_segments): a
  * sequence's chunks are cut into `segments` runs of seg_chunks chunks

@@ -54,6 +54,10 @@
  * products and the update's columns, and exchange fragments by shared
  * memory; with the inputs below by tensor copies it ran q35_t8k in 0.309
  * ms against 0.350 (two warps), q35_t32k 1.165 against 1.296 (H100).
+ * It is also the only form above K = 128 (KP = 256): a warp keeps half
+ * of K, so its state is 64 f32 registers as at K = 128 (255 registers in
+ * all, no spills), and two stages of 94 KB with the exchange tiles fill
+ * about 223 KB (k256_t8k 0.626 ms against 1.056 for the three kernels).
  *
  * Inputs (sm_90): a whole chunk's q, k, T and P arrive by
  * tensor copies that one producer lane issues into 128-byte swizzled
@@ -1064,7 +1068,11 @@ bool wgmma_built(const gdn_context *ctx) {
 } // namespace
 
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
-    if (p->K > 128 || p->V > 128 || p->K % 8 != 0 || p->V % 8 != 0) return false;
+    if (p->K % 8 != 0 || p->V % 8 != 0 || p->K > 256 || p->V > 256) return false;
+    /* K in (128, 256]: the pair form only (its warps keep half of K each,
+     * 64 f32 registers of S as at K = 128), two stages, about 223 KB.
+     * V only sets the number of row tiles. */
+    if (p->K > 128) return (size_t)FusedLayout<256, 4, false, false, true>::bytes(2) <= ctx->smem_optin;
     /* H100: 143 KB; a device that cannot hold it takes the three kernels */
     return p->K <= 64 ? fits<64>(ctx, 2) : fits<128>(ctx, 2);
 }
@@ -1074,6 +1082,12 @@ namespace {
 template <bool SUM>
 gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows,
                        cudaStream_t stream) {
+    if (P.K > 128) { /* (chunk_fused_supported) unsplit only: no summary form holds K > 128 rows */
+        if constexpr (SUM)
+            return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no split form for K = %d > 128", P.K);
+        else
+            return launch<256, 4, false, false, true>(ctx, P, N, segs, rows, stream);
+    }
     const bool k64 = P.K <= 64;
     const int sms = sm_count(ctx);
     const int64_t heads = N * P.Hv; /* chains of row tiles (N: the launch's segments) */
