@@ -236,10 +236,11 @@ gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forwar
  * wherever it applies: K, V multiples of 8 (up to 256; K > 128 unsplit,
  * fused_can_split), 16-byte aligned q, k, v, o; else the three stages.
  * At K = V = 256 it moves no bf16 chunk states through memory, which the
- * three stages write and read (k256_t8k 0.626 ms against 1.056, H100). With few heads it splits a sequence
- * into segments (fused_segments, varlen_split) and prep gives each value
- * head a block of its own. Since those two (session 18) it beats the
- * three stages on every single sequence measured (H100, K = V = 128, ms,
+ * three stages write and read (k256_t8k 0.626 ms against 1.056, H100).
+ * With few heads it splits a sequence into segments (fused_segments,
+ * varlen_split) and prep gives each value head a block of its own.
+ * Since those two (session 18) it beats the three stages on every single
+ * sequence measured (H100, K = V = 128, ms,
  * fused against three: Hk 2, Hv 8, T 1024 0.040 / 0.049, 2048 0.051 /
  * 0.075, 8192 0.151 / 0.212; Hv 4, T 2048 0.051 / 0.063; Hk 8, Hv 16, T
  * 2048 0.065 / 0.090), and runs within 2% of them on four such sequences
