@@ -834,7 +834,7 @@ static void check_fused_split(gdn_context *ctx) {
                        OPT_L2 | OPT_SIG};
     const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
     const fw_case c = {C_LONG, 1, 700, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG};
-    static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1"};
+    static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1"}, *const cols[] = {"1", "2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     for (int i = 0; i < 3; i++) {
         setenv("GDN_CUDA_FUSED_SEGMENTS", segs[i], 1);
@@ -843,6 +843,10 @@ static void check_fused_split(gdn_context *ctx) {
         check_case(ctx, &b, 4410 + (uint64_t)i, 1);
         check_case(ctx, &c, 4430 + (uint64_t)i, 1);
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+        if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
+            check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);
+            check_env_bits(ctx, &c, 4425, "GDN_CUDA_COMBINE_COLS", cols, 2);
+        }
     }
     fw_inputs f;
     fw_out full, none;

@@ -876,35 +876,40 @@ constexpr int COMBINE_JB = 16; /* rows of P_s a ring tile */
  * its place in the step: four (H100, K = 128: four and eight timed the
  * same), two at K = 256, so that the block fits the 99 KB of sm_86/89 */
 __host__ __device__ constexpr int combine_stages(int kp) { return kp > 128 ? 2 : 4; }
-/* a warp's ring row pitch: its KP/8 columns plus a pad that makes the B
+/* a warp's ring row pitch: its cw columns plus a pad that makes the B
  * fragment reads conflict-free (4 tig rows on banks 0, 8, 16, 24 apart) */
-__host__ __device__ constexpr int combine_cld(int kp) { return kp / 8 == 8 ? 8 : kp / 8 + 8; }
+__host__ __device__ constexpr int combine_cld(int cw) { return cw == 8 ? 8 : cw + 8; }
 
-/* Shared memory of combine_kernel<KP>: the 8 warps' rings, then h's big
- * and small halves ([KP / 8][32 lanes][4] each). */
-constexpr size_t combine_smem_bytes(int kp) {
-    return ((size_t)8 * combine_stages(kp) * COMBINE_JB * combine_cld(kp) + 2 * COMBINE_ROWS * kp) * 4;
+/* Shared memory of combine_kernel<KP, CS>: the 8 warps' rings (KP / (8 CS)
+ * columns each), then h's big and small halves ([KP / 8][32 lanes][4]
+ * each). */
+constexpr size_t combine_smem_bytes(int kp, int cs = 1) {
+    return ((size_t)8 * combine_stages(kp) * COMBINE_JB * combine_cld(kp / (8 * cs)) + 2 * COMBINE_ROWS * kp) * 4;
 }
 
 /* (one block a multiprocessor in the bounds: without it ptxas held
- * KP = 128 to 128 registers and spilled 16 bytes) */
-template <int KP>
+ * KP = 128 to 128 registers and spilled 16 bytes)
+ * CS = 2: a single step (three segments, no varlen) needs no h from its
+ * own outputs, so two blocks share its columns: half the serial work a
+ * warp, the same products and order, the same bits. */
+template <int KP, int CS>
 __global__ void __launch_bounds__(COMBINE_THREADS, 1) combine_kernel(const __grid_constant__ Params P) {
-    constexpr int CW = KP / 8, CLD = combine_cld(KP);
+    constexpr int CW = KP / (8 * CS), CLD = combine_cld(CW);
     constexpr int JB = COMBINE_JB, TILE = JB * CLD, STAGES = combine_stages(KP);
     constexpr int JT = KP / JB; /* P_s tiles a step (rows past K zero) */
     constexpr int NT = CW / 8;  /* 8-column n-tiles a warp */
-    static_assert(COMBINE_THREADS == 256 && KP % 64 == 0, "8 warps over KP columns");
+    static_assert(COMBINE_THREADS == 256 && KP % 64 == 0 && CW % 8 == 0, "8 warps over KP / CS columns");
     static_assert(JT % STAGES == 0 && (JB * CW / 4) % 32 == 0, "a tile's slot is its place in the step");
     extern __shared__ __align__(16) float cs[];
     const int N = P.N, K = P.K, V = P.V;
     const int tiles = (V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-    const int tile = blockIdx.x % tiles;
-    const int64_t head = blockIdx.x / tiles; /* n * Hv + h */
+    const int part = (int)(blockIdx.x % CS); /* its columns [part KP / CS, ...) */
+    const int tile = (int)(blockIdx.x / CS % tiles);
+    const int64_t head = blockIdx.x / CS / tiles; /* n * Hv + h */
     const int row0 = tile * COMBINE_ROWS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
-    const int c0 = warp * CW;
+    const int c0 = part * (KP / CS) + warp * CW;
     float *ring = cs + warp * STAGES * TILE; /* this warp's [STAGES][JB][CLD], zero past K */
     uint32_t *hb = reinterpret_cast<uint32_t *>(cs + 8 * STAGES * TILE); /* zero past K, V */
     uint32_t *hsm = hb + COMBINE_ROWS * KP;
@@ -918,6 +923,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1) combine_kernel(const __gri
         stride = P.Hv;
     }
     if (steps <= 0) return; /* (a varlen sequence of one or two segments) */
+    if (CS > 1 && steps != 1) __trap(); /* (launch_combine: one step only) */
     auto seg_base = [&](int s) { return P.summary + (first + s * stride) * (V + K) * K; };
     auto start = [&](int s) { return P.h_start + (first + s * stride) * V * K; };
     /* tile jt of step s (this warp's columns of P_s) into its stage;
@@ -1033,20 +1039,27 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1) combine_kernel(const __gri
 
 /* The combine over N sequences of P.segments segments (P.summary,
  * P.h_start; P.K picks the kernel's padded K). */
-template <int KP> gdn_status launch_combine_kp(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
+template <int KP, int CS = 1>
+gdn_status launch_combine_kp(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
     const int tiles = (P.V + COMBINE_ROWS - 1) / COMBINE_ROWS;
-    const size_t bytes = combine_smem_bytes(KP); /* 24-72 KB */
-    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const size_t bytes = combine_smem_bytes(KP, CS); /* 24-72 KB */
+    GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(combine_kernel<KP, CS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)bytes));
-    combine_kernel<KP><<<(unsigned)(N * P.Hv * tiles), COMBINE_THREADS, bytes, stream>>>(P);
+    combine_kernel<KP, CS><<<(unsigned)(N * P.Hv * tiles * CS), COMBINE_THREADS, bytes, stream>>>(P);
     GDN_CUDA_CHECK_LAUNCH(ctx, "combine_kernel");
     return GDN_SUCCESS;
 }
 
+/* A single step (three segments, no varlen) splits its columns over two
+ * blocks where a warp then still has a whole 8-column n-tile (K > 64);
+ * GDN_CUDA_COMBINE_COLS=1 | 2 forces it off or on (on only there). */
 gdn_status launch_combine(gdn_context *ctx, const Params &P, int64_t N, cudaStream_t stream) {
+    const bool one_step = P.segments == 3 && !P.seg_off && P.K > 64;
+    const bool cols = env_override("GDN_CUDA_COMBINE_COLS", one_step ? 2 : 1, {1, 2}) == 2 && one_step;
     if (P.K <= 64) return launch_combine_kp<64>(ctx, P, N, stream);
-    if (P.K <= 128) return launch_combine_kp<128>(ctx, P, N, stream);
-    return launch_combine_kp<256>(ctx, P, N, stream);
+    if (P.K <= 128)
+        return cols ? launch_combine_kp<128, 2>(ctx, P, N, stream) : launch_combine_kp<128>(ctx, P, N, stream);
+    return cols ? launch_combine_kp<256, 2>(ctx, P, N, stream) : launch_combine_kp<256>(ctx, P, N, stream);
 }
 
 struct Plan {
