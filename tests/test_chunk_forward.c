@@ -872,6 +872,7 @@ static void check_fused_split(gdn_context *ctx) {
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");
 }
+
 /* The fused path past 128: K in (128, 256] (the pair form over 256
  * padded columns, unsplit) and V in (128, 256] (more row tiles), forced
  * with GDN_CUDA_FUSED=1 onto few heads where the plan would split or pick
