@@ -786,8 +786,9 @@ static void check_row_tiles(gdn_context *ctx) {
  * warps share 16 rows by token blocks and state columns, the default for
  * 32-row blocks); nor how its inputs arrive (GDN_CUDA_FUSED_TMA_IN:
  * tensor copies or per-lane copies); nor its product form (mma.sync, or
- * Hopper's wgmma over 64-row blocks, also chosen from the batch's size:
- * both sum each 16-deep k-step in the same order). Nor must prep's sharing of a key
+ * Hopper's wgmma over 64-row blocks or over 128-row blocks of two
+ * warpgroups, also chosen from the batch's size: all sum each 16-deep
+ * k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
  * block each value head), checked with both head maps; nor the
  * programmatic launch after prep (GDN_CUDA_FUSED_PDL) or a two-deep ring
@@ -800,7 +801,7 @@ static void check_fused_knobs(gdn_context *ctx) {
                        OPT_L2 | OPT_SIG};
     const fw_case tiled = {C_LONG, 1, 200, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
                            OPT_QWEN | OPT_SIG};
-    static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"}, *const wg[] = {"0", "1"};
+    static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"}, *const wg[] = {"0", "1", "2"};
     static const char *const off_on[] = {"0", "1"}, *const two[] = {"2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     check_env_bits(ctx, &c, 4343, "GDN_CUDA_FUSED_WARPS", warps, 2);
@@ -808,8 +809,8 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &tiled, 4349, "GDN_CUDA_FUSED_PAIRS", off_on, 2);
     check_env_bits(ctx, &c, 4350, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
     check_env_bits(ctx, &tiled, 4351, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
-    check_env_bits(ctx, &c, 4346, "GDN_CUDA_FUSED_WGMMA", wg, 2);
-    check_env_bits(ctx, &tiled, 4347, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+    check_env_bits(ctx, &c, 4346, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+    check_env_bits(ctx, &tiled, 4347, "GDN_CUDA_FUSED_WGMMA", wg, 3);
     check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", no_share, 1);
     check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
     check_env_bits(ctx, &tiled, 4352, "GDN_CUDA_FUSED_PDL", off_on, 2);
@@ -834,7 +835,7 @@ static void check_fused_split(gdn_context *ctx) {
                        OPT_L2 | OPT_SIG};
     const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
     const fw_case c = {C_LONG, 1, 700, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG};
-    static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1"}, *const cols[] = {"1", "2"};
+    static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1", "2"}, *const cols[] = {"1", "2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     for (int i = 0; i < 3; i++) {
         setenv("GDN_CUDA_FUSED_SEGMENTS", segs[i], 1);
@@ -842,7 +843,7 @@ static void check_fused_split(gdn_context *ctx) {
         check_case(ctx, &a, 4400 + (uint64_t)i, 1);
         check_case(ctx, &b, 4410 + (uint64_t)i, 1);
         check_case(ctx, &c, 4430 + (uint64_t)i, 1);
-        check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+        check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
         if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
             check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);
             check_env_bits(ctx, &c, 4425, "GDN_CUDA_COMBINE_COLS", cols, 2);
@@ -866,7 +867,7 @@ static void check_fused_split(gdn_context *ctx) {
     printf("  (fused path, varlen, GDN_CUDA_FUSED_MIN_SEG=2)\n");
     check_case(ctx, &v, 4450, 1);
     check_case(ctx, &v64, 4451, 1);
-    check_env_bits(ctx, &v, 4452, "GDN_CUDA_FUSED_WGMMA", wg, 2);
+    check_env_bits(ctx, &v, 4452, "GDN_CUDA_FUSED_WGMMA", wg, 3);
     check_each_alone(ctx, &v, 4453, 1);
     unsetenv("GDN_CUDA_FUSED_MIN_SEG");
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
@@ -899,7 +900,7 @@ static void check_wide_fused(gdn_context *ctx) {
         {C_DIMS, 1, 130, 1, 2, 128, 200, GDN_STATE_KV, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG},
         {C_LONG, 1, 1000, 1, 1, 256, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_SIG},
     };
-    static const char *const segs[] = {"3"}, *const off_on[] = {"0", "1"};
+    static const char *const segs[] = {"3"}, *const off_on[] = {"0", "1"}, *const wg[] = {"0", "1", "2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     printf("  (fused path past 128, GDN_CUDA_FUSED=1)\n");
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -911,7 +912,7 @@ static void check_wide_fused(gdn_context *ctx) {
     check_env_bits(ctx, &cases[0], 4522, "GDN_CUDA_FUSED_SEGMENTS", segs, 1);
     check_env_bits(ctx, &cases[0], 4523, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
     check_env_bits(ctx, &cases[1], 4524, "GDN_CUDA_FUSED_TMA_O", off_on, 2);
-    check_env_bits(ctx, &cases[6], 4525, "GDN_CUDA_FUSED_WGMMA", off_on, 2);
+    check_env_bits(ctx, &cases[6], 4525, "GDN_CUDA_FUSED_WGMMA", wg, 3);
     const fw_case split[] = {
         {C_LONG, 1, 700, 2, 4, 128, 256, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0, OPT_L2 | OPT_SIG},
         {C_LONG, 2, 600, 1, 2, 64, 200, GDN_STATE_KV, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN},
@@ -920,7 +921,7 @@ static void check_wide_fused(gdn_context *ctx) {
     printf("  (fused path, V past 128, GDN_CUDA_FUSED_SEGMENTS=3)\n");
     for (unsigned i = 0; i < 2; i++) {
         check_case(ctx, &split[i], 4530 + i, 1);
-        check_env_bits(ctx, &split[i], 4532 + i, "GDN_CUDA_FUSED_WGMMA", off_on, 2);
+        check_env_bits(ctx, &split[i], 4532 + i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
     }
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");
     unsetenv("GDN_CUDA_FUSED");

@@ -48,6 +48,15 @@
  * storing o during the next chunk's first products; trimming T's and P's
  * k-steps to the blocks below the diagonal; S q^T and S k^T as one
  * 128-wide product; the update's and O2's products interleaved.
+ * Two warpgroups a block (NWS = 8, 128 rows): the same code per warp; the
+ * two share each stage (one load of q, k, T, P for both) and run together
+ * on one multiprocessor, registers moved to them by setmaxnreg
+ * (block_warps). Where 64-row blocks would take two waves, this one wave
+ * is faster (q35_b4_t8k 0.850 -> 0.779 ms); its pass then reads DRAM at
+ * 79% of peak (ncu: 2.64 TB/s, 1.1 GB: q, k, v, T, P in, o out), so the
+ * bytes, not the products, bound it there. Tried and no faster (RESULTS):
+ * the two warpgroups taking turns to issue their products (named
+ * barriers, as ping-pong GEMMs do).
  *
  * The pair form (pair_chunks): where a block has 32 rows (q35), four
  * compute warps, two a 16-row slice, split every chunk's token-parallel
@@ -160,7 +169,7 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
     static_assert(!PAIR || (NWS == 4 && !WG && !SUM), "pairs: 4 mma.sync compute warps");
     static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0 && VS % 16 == 0, "16-byte pieces");
     static_assert(KP % 64 == 0 && TM % 1024 == 0 && VS % 1024 == 0, "1024-byte aligned tiles");
-    static_assert(!WG || NWS == 4, "wgmma: one warpgroup");
+    static_assert(!WG || NWS == 4 || NWS == 8, "wgmma: one or two warpgroups");
     /* byte offset of q / k element (t, c) (c a multiple of 8) in its tile */
     static __device__ __forceinline__ uint32_t qk_at(int t, int c) {
         return (uint32_t)((c >> 6) * (BT * 128)) + sw128_offset(t, c & 63);
@@ -182,9 +191,21 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
     static int bytes(int stages) { return ALIGN + stages * STAGE + COMPUTE_BYTES + 2 * stages * 8; }
 };
 
+/* Producer warps after the first (which loads q and k) that share the
+ * rest of a stage (v, and in the wgmma forms T and P by per-lane copies):
+ * two in the wgmma forms (H100, q35_b4_t8k in two warpgroups, one to four
+ * producers in all: 0.869 / 0.846 / 0.748 / 0.760 ms; q397_t8k in one,
+ * three against two: 0.380 against 0.418), but one in the one-warpgroup
+ * summary, whose launch bound of two blocks a multiprocessor leaves no
+ * registers for a seventh warp; one in the mma.sync forms (or none: a
+ * lone producer loads everything). */
+__host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
+    return wg && (nws == 8 || !sum) ? 2 : 1;
+}
+
 /* The producer warp (part of nparts): chunk c of the sequence into stage
- * slot, arriving on its full barrier bar; with two, part 0 loads q and k,
- * part 1 the rest. Rows past the chunk's end and columns past K, V are
+ * slot, arriving on its full barrier bar; with more than one, part 0 loads
+ * q and k, the others (rest_parts) the rest. Rows past the chunk's end and columns past K, V are
  * zero-filled (never read from global). With P.tma_in (sm_90), a whole
  * chunk's q and k (and T and P, mma.sync form) come by tensor copies
  * that one lane issues (a partial chunk's rows past its end would be the
@@ -240,19 +261,27 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
         }
     }
     if (part == 0 && nparts > 1) return;
+    /* the rest: part 0 alone, part 1, or (two warpgroups) parts 1 and 2
+     * (a compile-time stride: a runtime one cost the one-warpgroup form
+     * 20% at q35_b4_t8k, its producer being on the critical path) */
+    constexpr int NRP = rest_parts(NWS, WG, SUM), DI = 32 * NRP;
+    const int i0 = lane + 32 * (nparts > 1 ? part - 1 : 0); /* < DI: the loops below need no bound */
     __nv_bfloat16 *vs = reinterpret_cast<__nv_bfloat16 *>(st + L::VS);
     constexpr int CPV = L::ROWS / 8;
     const __nv_bfloat16 *vg = P.v + (t0 * P.Hv + h) * P.V + row0;
+    static_assert((BT * CPV) % DI == 0 && DI % CPV == 0 && BT % DI == 0, "whole rounds");
+    /* a lane's column is the same every round, its row steps by DI / CPV */
+    const int tv = i0 / CPV, cc = (i0 % CPV) * 8;
 #pragma unroll 4
-    for (int i = lane; i < BT * CPV; i += 32) {
-        const int t = i / CPV, cc = (i % CPV) * 8;
+    for (int r = 0; r < BT * CPV / DI; r++) {
+        const int t = tv + r * (DI / CPV);
         const bool ok = t < len && row0 + cc < P.V;
         cp_async16(vs + t * L::LDV + cc, ok ? vg + t * rs_v + cc : vg, ok ? 16 : 0);
     }
     const int64_t tile = ti * (BT * BT);
 #pragma unroll 4
-    for (int i = lane; i < BT * 8 && (WG || !tma); i += 32) {
-        const int t = i >> 3, cc = (i & 7) * 8;
+    for (int r = 0; r < BT * 8 / DI && (WG || !tma); r++) {
+        const int t = (i0 >> 3) + r * (DI / 8), cc = (i0 & 7) * 8;
         if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
         const uint32_t at = L::tp_at(t, cc);
         const int64_t g = tile + t * BT + cc;
@@ -264,7 +293,8 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     float *wq = reinterpret_cast<float *>(st + L::WQ);
     const int64_t gi = t0 * P.Hv + h;
 #pragma unroll
-    for (int t = lane; t < BT; t += 32) { /* zero past the end: those tokens add nothing */
+    for (int r = 0; r < BT / DI; r++) { /* zero past the end: those tokens add nothing */
+        const int t = i0 + r * DI;
         const bool ok = t < len;
         const int64_t o = ok ? gi + t * P.Hv : gi;
         cp_async4(wd + t, P.wd + o, ok ? 4 : 0);
@@ -705,11 +735,23 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 #define GDN_FUSED_WGMMA 0
 #endif
 
+/* Warps a block launches: the compute warps and npw producers, but
+ * beside two warpgroups a whole third one, of which npw load and the rest
+ * leave: setmaxnreg moves registers by warpgroup. Two compute warps and
+ * one producer share each quarter of the register file (16384 a
+ * multiprocessor quarter), so at one launch bound of 384 threads every
+ * warp would get 168 registers (the one-warpgroup form needs 217: 108
+ * bytes of spills); the producers give theirs back (PRODUCER_REGS) and the
+ * compute warps take COMPUTE_REGS, 2 x 224 + 56 = 504 registers a lane
+ * of a quarter's 512. */
+__host__ __device__ constexpr int block_warps(int nws, int npw) { return nws == 8 ? 12 : nws + npw; }
+constexpr int PRODUCER_REGS = 56, COMPUTE_REGS = 224;
+
 /* SUM: the split path's summary launch (state only: no q, P or o).
  * PAIR: the pair form (pair_chunks). */
 template <int KP, int NWS, bool WG, bool SUM, bool PAIR>
-__global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kernel(const __grid_constant__ FusedParams P, int stages,
-                                                                     int slices, int segs, int npw) {
+__global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, SUM)), SUM && NWS < 8 ? 2 : 1)
+    chunk_fused_kernel(const __grid_constant__ FusedParams P, int stages, int slices, int segs, int npw) {
     using L = FusedLayout<KP, NWS, WG, SUM, PAIR>;
     constexpr int NT = KP / 8; /* n-tiles of S's columns */
     extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -758,6 +800,10 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     __syncthreads();
 
     if (warp >= NWS) { /* the producer(s) */
+#if GDN_FUSED_WGMMA
+        if constexpr (NWS == 8) setmaxnreg_dec<PRODUCER_REGS>();
+#endif
+        if (warp - NWS >= npw) return; /* (the producer warpgroup's idle warps) */
         pdl_wait(); /* prep's tiles and factors (see FusedParams::pdl) */
         Ring ring;
         for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
@@ -780,6 +826,9 @@ __global__ void __launch_bounds__(32 * (NWS + 2), SUM ? 2 : 1) chunk_fused_kerne
     }
 
     /* ---- a compute warp: rows r0 .. r0 + 15 of the head's state ---- */
+#if GDN_FUSED_WGMMA
+    if constexpr (NWS == 8) setmaxnreg_inc<COMPUTE_REGS>();
+#endif
     const int r0 = row0 + 16 * warp;
     float S[NT][4];
 #pragma unroll
@@ -1015,7 +1064,7 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
      * and for a summary, so that two of its blocks share a multiprocessor
      * (its launch bounds ask for that) */
     int stages = 2;
-    if (!SUM && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
+    if ((!SUM || NWS == 8) && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)
@@ -1028,12 +1077,16 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
                         (long long)blocks);
     auto kern = chunk_fused_kernel<KP, NWS, WG, SUM, PAIR>;
     GDN_CUDA_TRY(ctx, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    /* producer warps: two (q, k / the rest) for 4 compute warps, else one
-     * (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 -> 0.413) */
-    const int npw = env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
+    /* producer warps: three (q, k / two sharing the rest) where the rest is
+     * split (rest_parts), two (q, k / the rest) for 4 other compute warps,
+     * else one (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 ->
+     * 0.413). GDN_CUDA_FUSED_PRODUCERS=1|2 sets the latter. */
+    const int npw = rest_parts(NWS, WG, SUM) == 2
+                        ? 3
+                        : env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
-        launch_config((unsigned)blocks, 32 * (NWS + npw), (size_t)bytes, stream, P.pdl, &attr);
+        launch_config((unsigned)blocks, 32 * block_warps(NWS, npw), (size_t)bytes, stream, P.pdl, &attr);
     GDN_CUDA_TRY(ctx, cudaLaunchKernelEx(&cfg, kern, P, stages, slices, segs, npw));
     GDN_CUDA_CHECK_LAUNCH(ctx, "chunk_fused_kernel");
     return GDN_SUCCESS;
@@ -1042,7 +1095,7 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
 /* Whether nws compute warps with a two-deep ring fit the device's shared
  * memory at K <= KP. */
 template <int KP> bool fits(const gdn_context *ctx, int nws, bool wg = false) {
-    const int bytes = wg        ? FusedLayout<KP, 4, true>::bytes(2)
+    const int bytes = wg        ? (nws == 8 ? FusedLayout<KP, 8, true>::bytes(2) : FusedLayout<KP, 4, true>::bytes(2))
                       : nws == 4 ? FusedLayout<KP, 4, false>::bytes(2)
                                  : FusedLayout<KP, 2, false>::bytes(2);
     return (size_t)bytes <= ctx->smem_optin;
@@ -1063,6 +1116,11 @@ bool wgmma_built(const gdn_context *ctx) {
         return fa.binaryVersion == 90;
     }();
     return built;
+}
+
+/* Whether the two-warpgroup form (128-row blocks) runs K on this device. */
+bool wg2_built(const gdn_context *ctx, int K) {
+    return K <= 128 && wgmma_built(ctx) && (K <= 64 ? fits<64>(ctx, 8, true) : fits<128>(ctx, 8, true));
 }
 
 } // namespace
@@ -1096,12 +1154,26 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
      * per 64 rows where the mma.sync form reads it once per warp, and ran
      * q397_t8k in 0.495 ms against 0.686 (q35_b4_t8k 1.005 against 1.036);
      * with fewer blocks the 32-row mma.sync blocks spread wider (q35_t8k
-     * 0.357 ms against 0.412 in the wgmma form). Both forms give the same
-     * bits (test_chunk_forward checks), so the choice may follow the batch.
-     * GDN_CUDA_FUSED_WGMMA=0 / 1 forces either (1 only where built). */
+     * 0.357 ms against 0.412 in the wgmma form). Two warpgroups a block
+     * (128 rows, wg2) where those blocks fill 3/4 of the multiprocessors
+     * and 64-row blocks would need more than one wave (a summary: wherever
+     * they fill): the two share each stage and its three producers, and
+     * one block a multiprocessor runs both (H100: q35_b4_t8k 0.850 ->
+     * 0.779 ms, 4 x 32 heads at V = 96 0.84 -> 0.70, tp8_t64k's summary
+     * 0.671 against 0.695; q397_t8k, 64 such blocks, 0.59 against 0.43).
+     * Every form gives the same bits (test_chunk_forward checks), so the
+     * choice may follow the batch. GDN_CUDA_FUSED_WGMMA=0 / 1 / 2 forces
+     * one (1 and 2 only where built). */
     const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
-    const bool wg_fills = 4 * heads * ((rows + 63) / 64) >= 3 * (int64_t)sms;
-    if (env_override("GDN_CUDA_FUSED_WGMMA", wg_fills ? 1 : 0, {0, 1}) == 1 && wg_ok)
+    const int64_t tiles64 = heads * ((rows + 63) / 64), tiles128 = heads * ((rows + 127) / 128);
+    const bool wg_fills = 4 * tiles64 >= 3 * (int64_t)sms;
+    const bool wg2 =
+        wg2_built(ctx, P.K) && rows > 64 && 4 * tiles128 >= 3 * (int64_t)sms && (SUM || tiles64 > sms);
+    int wg = env_override("GDN_CUDA_FUSED_WGMMA", wg2 ? 2 : wg_fills ? 1 : 0, {0, 1, 2});
+    if (wg == 2 && wg2_built(ctx, P.K))
+        return k64 ? launch<64, 8, true, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 8, true, SUM>(ctx, P, N, segs, rows, stream);
+    if (wg >= 1 && wg_ok)
         return k64 ? launch<64, 4, true, SUM>(ctx, P, N, segs, rows, stream)
                    : launch<128, 4, true, SUM>(ctx, P, N, segs, rows, stream);
     /* rows a block: 32 (2 compute warps) unless that leaves too many blocks

@@ -56,6 +56,16 @@ template <class... Acc> __device__ __forceinline__ void wgmma_complete(Acc &...a
     (wgmma_fence_acc(acc), ...);
 }
 
+/* Registers a lane of this warpgroup may hold from here on (setmaxnreg,
+ * every warp of the warpgroup together): dec gives back, inc waits until
+ * the multiprocessor has them. N a multiple of 8 in 24..256. */
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
 /* d (+)= A B for a 64 x N tile, N = 8 NG (64 or 128), one k-step of 16;
  * acc = 0 overwrites d; TB = 1 for an N-major B. */
 template <int NG, int TB> struct WgmmaRS;
