@@ -205,12 +205,13 @@ __host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
 
 /* The producer warp (part of nparts): chunk c of the sequence into stage
  * slot, arriving on its full barrier bar; with more than one, part 0 loads
- * q and k, the others (rest_parts) the rest. Rows past the chunk's end and columns past K, V are
- * zero-filled (never read from global). With P.tma_in (sm_90), a whole
- * chunk's q and k (and T and P, mma.sync form) come by tensor copies
- * that one lane issues (a partial chunk's rows past its end would be the
- * next sequence's: those keep the per-lane copies, which zero them); that
- * lane is then one more arrival (kernel's init count).
+ * q and k, the others (rest_parts) the rest. Rows past the chunk's end and
+ * columns past K, V are zero-filled (never read from global). With
+ * P.tma_in (sm_90), a whole chunk's q and k (and T and P, mma.sync form)
+ * come by tensor copies that one lane issues (a partial chunk's rows past
+ * its end would be the next sequence's: those keep the per-lane copies,
+ * which zero them); that lane is then one more arrival (kernel's init
+ * count).
  * Prep leaves T's and P's blocks above the diagonal unwritten.
  * The mma.sync form loads whole tiles and never reads those blocks
  * (loading only the others made it 13% slower at q35_t8k, unexplained);
@@ -1167,10 +1168,10 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
     const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
     const int64_t tiles64 = heads * ((rows + 63) / 64), tiles128 = heads * ((rows + 127) / 128);
     const bool wg_fills = 4 * tiles64 >= 3 * (int64_t)sms;
-    const bool wg2 =
-        wg2_built(ctx, P.K) && rows > 64 && 4 * tiles128 >= 3 * (int64_t)sms && (SUM || tiles64 > sms);
-    int wg = env_override("GDN_CUDA_FUSED_WGMMA", wg2 ? 2 : wg_fills ? 1 : 0, {0, 1, 2});
-    if (wg == 2 && wg2_built(ctx, P.K))
+    const bool wg2_ok = wg2_built(ctx, P.K);
+    const bool wg2 = wg2_ok && rows > 64 && 4 * tiles128 >= 3 * (int64_t)sms && (SUM || tiles64 > sms);
+    const int wg = env_override("GDN_CUDA_FUSED_WGMMA", wg2 ? 2 : wg_fills ? 1 : 0, {0, 1, 2});
+    if (wg == 2 && wg2_ok)
         return k64 ? launch<64, 8, true, SUM>(ctx, P, N, segs, rows, stream)
                    : launch<128, 8, true, SUM>(ctx, P, N, segs, rows, stream);
     if (wg >= 1 && wg_ok)
