@@ -544,14 +544,13 @@ recurrent_kernel(const RecParams P) {
  * device and block shape (devices past the table are asked every call). */
 template <typename E, int KP, bool KV, bool VECS>
 gdn_status resident_per_sm(gdn_context *ctx, int warps, int *per_sm) {
-    static std::atomic<int> known[16][3]; /* [device][warps 1, 2, 4]; 0: not asked yet */
-    const int w = warps == 1 ? 0 : warps == 2 ? 1 : 2;
-    const bool cached = ctx->device >= 0 && ctx->device < 16;
-    if (cached && (*per_sm = known[ctx->device][w].load(std::memory_order_relaxed)) > 0)
+    static std::atomic<int> known[16][MAX_WARPS]; /* [device][warps - 1]; 0: not asked yet */
+    const bool cached = ctx->device >= 0 && ctx->device < 16 && warps >= 1 && warps <= MAX_WARPS;
+    if (cached && (*per_sm = known[ctx->device][warps - 1].load(std::memory_order_relaxed)) > 0)
         return GDN_SUCCESS;
     GDN_CUDA_TRY(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(
                           per_sm, recurrent_kernel<E, KP, KV, VECS>, warps * 32, 0));
-    if (cached) known[ctx->device][w].store(*per_sm, std::memory_order_relaxed);
+    if (cached) known[ctx->device][warps - 1].store(*per_sm, std::memory_order_relaxed);
     return GDN_SUCCESS;
 }
 
