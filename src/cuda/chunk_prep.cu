@@ -42,6 +42,10 @@ constexpr unsigned FULL = 0xffffffffu;
 constexpr int LDF = BT + 8;
 constexpr int LDH = BT + 8;
 constexpr int MAT_BYTES = BT * LDF * 4;
+/* bf16 pitch of the T/P form's P staging tile (in the k tile's place once
+ * k k^T and q k^T are in registers): 36 words a row, so the fragments'
+ * 4-byte stores (rows gid, words tig) hit 32 different banks */
+constexpr int LDP = BT + 8;
 static_assert(MAT_BYTES == 2 * BT * LDH * 2, "hi/lo pair must alias one f32 matrix");
 static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must fit in R1 + R2");
 
@@ -54,13 +58,14 @@ static_assert(BT * (GDN_MAX_HEAD_DIM + 8) * 2 <= 2 * MAT_BYTES, "a q tile must f
 __host__ __device__ inline int pad16(int x) { return (x + 15) & ~15; }
 /* bf16 elements of the k and v tiles' region (row pitches ldk, ldv): both
  * tiles, or with v_late the larger, v taking k's place */
-__host__ __device__ inline int kv_region_elems(int ldk, int ldv, bool v_late) {
-    return BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv);
+__host__ __device__ inline int kv_region_elems(int ldk, int ldv, bool v_late, bool tp = false) {
+    const int e = BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv);
+    return tp && e < BT * LDP ? BT * LDP : e; /* the T/P form stages P there */
 }
 /* the T/P form (tp) adds a second beta / cumsum pair: the next value
  * head's, computed while the current one is solved */
 __host__ __device__ inline int smem_bytes(int K, int V, bool v_late, bool tp = false) {
-    return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late) * 2 + 2 * MAT_BYTES +
+    return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late, tp) * 2 + 2 * MAT_BYTES +
            (tp ? 6 : 4) * BT * 4;
 }
 
@@ -182,7 +187,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     const int ldk = kp + 8, ldv = vp + 8;
     __nv_bfloat16 *Ks = reinterpret_cast<__nv_bfloat16 *>(smem);
     __nv_bfloat16 *Vs = v_late ? Ks : Ks + BT * ldk;
-    float *A = reinterpret_cast<float *>(Ks + kv_region_elems(ldk, ldv, v_late)); /* R1 */
+    float *A = reinterpret_cast<float *>(Ks + kv_region_elems(ldk, ldv, v_late, TP)); /* R1 */
     float *Ti = A + BT * LDF;                            /* R2 */
     float *bs = Ti + BT * LDF;                           /* beta (0 past the end) */
     float *Gs = bs + BT;                                 /* gate cumsum */
@@ -353,7 +358,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             /* Smem operands are read into registers before any store: the
              * stores go through generic pointers, which the compiler must
              * assume alias them (each exp is then computed once for A and P). */
-            __nv_bfloat16 *pm = TP ? P.pmat + (c * Hv + h) * (int64_t)(BT * BT) : nullptr;
+            __nv_bfloat16 *const pst = Ks; /* P's staging tile (TP): k is dead */
 #pragma unroll
             for (int a = 0; a < 2; a++) {
                 if (a == 1 && !s_two) break;
@@ -391,7 +396,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                     for (int n = 0; n < 2; n++) {
                         const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
                         *reinterpret_cast<float2 *>(A + i * LDF + j) = out[n];
-                        if constexpr (TP) *reinterpret_cast<uint32_t *>(pm + i * BT + j) = pw[n];
+                        if constexpr (TP) *reinterpret_cast<uint32_t *>(pst + i * LDP + j) = pw[n];
                     }
                 }
             }
@@ -406,6 +411,19 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * value head's gates into the spare pair: the previous head's T
          * store, their last reader, is behind the barriers of step 3. ---- */
         if (TP && warp == NW - 1 && vi + 1 < share) gates(head_of(vi + 1), bs_next, Gs_next);
+        if (TP && tid >= 160 && tid < 224) { /* P's lower blocks out of the staging tile in
+                                              * 16-byte pieces: whole sectors (the fragments'
+                                              * 4-byte stores filled half of each) */
+            __nv_bfloat16 *pm = P.pmat + (c * Hv + h) * (int64_t)(BT * BT);
+            /* row block m has 16 rows of 2 (m + 1) pieces, 16 m (m + 1) pieces before it */
+            for (int x = tid - 160; x < 320; x += 64) {
+                const int m = x < 32 ? 0 : x < 96 ? 1 : x < 192 ? 2 : 3;
+                const int y = x - 16 * m * (m + 1), ppr = 2 * (m + 1);
+                const int i = 16 * m + y / ppr, col = (y % ppr) * 8;
+                *reinterpret_cast<uint4 *>(pm + i * BT + col) =
+                    *reinterpret_cast<const uint4 *>(Ks + i * LDP + col);
+            }
+        }
         if (tid < 160) {
             const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
             const int sub = (tid - 8 * i * (i + 1)) >> 4, cc = tid & 15;
