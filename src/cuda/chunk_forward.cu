@@ -138,9 +138,11 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     l.tmat = l.w;
     l.tlo = l.w + tpb;
     l.pmat = l.w + 2 * tpb;
-    l.gcum = take(tokens * Hv * sizeof(float));
-    l.qscale = take(summary ? 0 : tokens * Hv * sizeof(float));
-    l.kscale = take(tokens * Hv * sizeof(float));
+    /* [tokens, Hv], or the fused path's factors as [NT Hv][64] (PrepParams) */
+    const size_t fac = (tokens > NT * GDN_CHUNK ? tokens : NT * GDN_CHUNK) * Hv * sizeof(float);
+    l.gcum = take(fac);
+    l.qscale = take(summary ? 0 : fac);
+    l.kscale = take(fac);
     l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
     l.h = take(summary ? 0 : NT * Hv * V * K * 2);
     l.segments = summary ? 1 : fused_segments(ctx, p);

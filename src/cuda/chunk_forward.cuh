@@ -171,7 +171,9 @@ struct PrepParams {
      *   pmat  P[t][s] = scale qs_t ks_s (q_t . k_s) exp(G_t - G_s), s <= t
      * and, instead of the norms and the cumsum, the fused pass's per-token
      * factors (qs, ks = 1 without l2norm; G_L the cumsum at the chunk's
-     * last token), all three arrays required:
+     * last token), all three arrays required, each [tile][64] by the
+     * tiles' index (chunk, value head) and zero past a chunk's end, so
+     * that a chunk's factors are one 256-byte row (fwd_layout sizes them):
      *   qscale  scale qs_t exp(G_t)     kscale  ks_t exp(G_t)
      *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
@@ -237,7 +239,7 @@ struct FusedParams {
     ChunkMap map;
     const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
     const __nv_bfloat16 *tmat, *tlo, *pmat; /* prep's tiles */
-    const float *wq, *wk, *wd;        /* [tokens, Hv]: prep's per-token factors */
+    const float *wq, *wk, *wd;        /* [tile][64]: prep's per-token factors (PrepParams) */
     const float *h0;                  /* [N, Hv, V, K] (layout kv) or NULL */
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;

@@ -292,15 +292,13 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     }
     float *wd = reinterpret_cast<float *>(st + L::WD), *wk = reinterpret_cast<float *>(st + L::WK);
     float *wq = reinterpret_cast<float *>(st + L::WQ);
-    const int64_t gi = t0 * P.Hv + h;
-#pragma unroll
-    for (int r = 0; r < BT / DI; r++) { /* zero past the end: those tokens add nothing */
-        const int t = i0 + r * DI;
-        const bool ok = t < len;
-        const int64_t o = ok ? gi + t * P.Hv : gi;
-        cp_async4(wd + t, P.wd + o, ok ? 4 : 0);
-        cp_async4(wk + t, P.wk + o, ok ? 4 : 0);
-        if (!SUM) cp_async4(wq + t, P.wq + o, ok ? 4 : 0);
+    /* the factors: a 256-byte row of each array, 16 bytes a lane (prep
+     * zeroed them past the end) */
+    if (i0 < BT / 4) {
+        const int64_t g = ti * BT + 4 * i0;
+        cp_async16(wd + 4 * i0, P.wd + g, 16);
+        cp_async16(wk + 4 * i0, P.wk + g, 16);
+        if (!SUM) cp_async16(wq + 4 * i0, P.wq + g, 16);
     }
 }
 

@@ -340,14 +340,22 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             bs = bs_next, Gs = Gs_next;
             bs_next = b, Gs_next = g;
         }
-        if constexpr (TP) { /* the fused pass's per-token factors, 64 threads */
-            if (tid < BT && tid < len) {
+        if constexpr (TP) { /* the fused pass's per-token factors, 64 threads: one
+                             * 256-byte row each (whole sectors, where rows of
+                             * [tokens, Hv] put each 4-byte value in a sector of its own) */
+            if (tid < BT) {
                 const int t = tid;
-                const int64_t at = (t0 + t) * Hv + h;
-                const float G = Gs[t], eg = expf(G);
-                P.qscale[at] = P.scale * dws[t] * eg;
-                P.kscale[at] = kss[t] * eg;
-                P.gcum[at] = kss[t] * expf(Gs[len - 1] - G);
+                const int64_t at = (c * Hv + h) * (int64_t)BT + t;
+                float fq = 0.f, fk = 0.f, fd = 0.f; /* past the end: those tokens add nothing */
+                if (t < len) {
+                    const float G = Gs[t], eg = expf(G);
+                    fq = P.scale * dws[t] * eg;
+                    fk = kss[t] * eg;
+                    fd = kss[t] * expf(Gs[len - 1] - G);
+                }
+                P.qscale[at] = fq;
+                P.kscale[at] = fk;
+                P.gcum[at] = fd;
             }
         }
 
