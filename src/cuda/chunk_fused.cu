@@ -75,10 +75,11 @@
  * 0.430 ms with them, 0.309 without). The wgmma form takes q and k
  * so and keeps per-lane copies of T and P: it needs zeros above their
  * diagonal blocks, which prep does not write. Prep's per-token factors
- * are one 256-byte row a tile (16-byte copies): as [tokens, Hv], each
- * value a sector of its own, their 192 four-byte copies a stage took the
- * L1 pipe the compute warps' ldmatrix reads need (H100, q35_t8k's pair
- * form 190 -> 174 us). v by a tensor copy as well gained nothing there.
+ * are one 256-byte row a tile (16-byte copies). As [tokens, Hv], each
+ * value a sector of its own, they took 192 four-byte copies a stage,
+ * which likely held the L1 pipe that the compute warps' ldmatrix reads
+ * need (H100, q35_t8k's pair form 190 -> 174 us with the rows). v by a
+ * tensor copy as well gained nothing there.
  *
  * o (sm_90): a warp stages its 16 rows of a whole chunk as a dense
  * [64][16] tile and one lane writes it with a tensor store (TMA), waited
