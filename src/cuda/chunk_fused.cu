@@ -749,7 +749,9 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
  * compute warps take COMPUTE_REGS, 2 x 224 + 56 = 504 registers a lane
  * of a quarter's 512. */
 __host__ __device__ constexpr int block_warps(int nws, int npw) { return nws == 8 ? 12 : nws + npw; }
+#if GDN_FUSED_WGMMA /* (only the wgmma forms' device code uses them) */
 constexpr int PRODUCER_REGS = 56, COMPUTE_REGS = 224;
+#endif
 
 /* SUM: the split path's summary launch (state only: no q, P or o).
  * PAIR: the pair form (pair_chunks). */
@@ -1085,9 +1087,8 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
      * split (rest_parts), two (q, k / the rest) for 4 other compute warps,
      * else one (H100: q35_b4_t8k 1.17 -> 1.12 ms with two; q35_t8k 0.398 ->
      * 0.413). GDN_CUDA_FUSED_PRODUCERS=1|2 sets the latter. */
-    const int npw = rest_parts(NWS, WG, SUM) == 2
-                        ? 3
-                        : env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
+    constexpr int NRP = rest_parts(NWS, WG, SUM); /* as the kernel's launch bound counts them */
+    const int npw = NRP == 2 ? 1 + NRP : env_override("GDN_CUDA_FUSED_PRODUCERS", NWS == 4 && !PAIR ? 2 : 1, {1, 2});
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg =
         launch_config((unsigned)blocks, 32 * block_warps(NWS, npw), (size_t)bytes, stream, P.pdl, &attr);

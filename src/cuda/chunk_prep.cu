@@ -196,6 +196,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                                                             TP: the q inverse norms */
     float *bs_next = dws + BT, *Gs_next = bs_next + BT;  /* TP: the next head's */
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
+    __nv_bfloat16 *const Ps = Ks; /* TP: P's staging tile [64][LDP], once k is dead (step 3) */
 
     /* Block -> (chunk, head), heads fastest: the heads of a key head read
      * the same k, q rows close together in time (L2 hits). With the T/P
@@ -366,7 +367,6 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             /* Smem operands are read into registers before any store: the
              * stores go through generic pointers, which the compiler must
              * assume alias them (each exp is then computed once for A and P). */
-            __nv_bfloat16 *const pst = Ks; /* P's staging tile (TP): k is dead */
 #pragma unroll
             for (int a = 0; a < 2; a++) {
                 if (a == 1 && !s_two) break;
@@ -404,7 +404,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                     for (int n = 0; n < 2; n++) {
                         const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
                         *reinterpret_cast<float2 *>(A + i * LDF + j) = out[n];
-                        if constexpr (TP) *reinterpret_cast<uint32_t *>(pst + i * LDP + j) = pw[n];
+                        if constexpr (TP) *reinterpret_cast<uint32_t *>(Ps + i * LDP + j) = pw[n];
                     }
                 }
             }
@@ -429,7 +429,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                 const int y = x - 16 * m * (m + 1), ppr = 2 * (m + 1);
                 const int i = 16 * m + y / ppr, col = (y % ppr) * 8;
                 *reinterpret_cast<uint4 *>(pm + i * BT + col) =
-                    *reinterpret_cast<const uint4 *>(Ks + i * LDP + col);
+                    *reinterpret_cast<const uint4 *>(Ps + i * LDP + col);
             }
         }
         if (tid < 160) {
