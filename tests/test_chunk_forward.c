@@ -792,8 +792,11 @@ static void check_row_tiles(gdn_context *ctx) {
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
  * block each value head), checked with both head maps; nor the
  * programmatic launch after prep (GDN_CUDA_FUSED_PDL) or a two-deep ring
- * where three fit (GDN_CUDA_FUSED_STAGES=2). Forced through
- * GDN_CUDA_FUSED=1, unless the runner has set it. */
+ * where three fit (GDN_CUDA_FUSED_STAGES=2); nor prep's zeros above T's
+ * and P's diagonal blocks (GDN_CUDA_FUSED_TP_ZEROS, the split's default
+ * on Hopper), with which the wgmma forms take whole tiles by tensor
+ * copies: checked off and on, and every product form with them on.
+ * Forced through GDN_CUDA_FUSED=1, unless the runner has set it. */
 static void check_fused_knobs(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED")) return;
     static const int32_t cu[] = {0, 70, 70, 300};
@@ -815,6 +818,14 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
     check_env_bits(ctx, &tiled, 4352, "GDN_CUDA_FUSED_PDL", off_on, 2);
     check_env_bits(ctx, &tiled, 4353, "GDN_CUDA_FUSED_STAGES", two, 1);
+    check_env_bits(ctx, &c, 4354, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
+    check_env_bits(ctx, &tiled, 4355, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
+    if (!getenv("GDN_CUDA_FUSED_TP_ZEROS")) {
+        setenv("GDN_CUDA_FUSED_TP_ZEROS", "1", 1);
+        check_env_bits(ctx, &c, 4356, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+        check_env_bits(ctx, &tiled, 4357, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+        unsetenv("GDN_CUDA_FUSED_TP_ZEROS");
+    }
     unsetenv("GDN_CUDA_FUSED");
 }
 
@@ -823,8 +834,10 @@ static void check_fused_knobs(gdn_context *ctx) {
  * GDN_CUDA_FUSED_SEGMENTS: 2 (no combine), 3 and 5 segments (the last one
  * partial) against the oracle with every output, h0 from the caller; a row
  * tile that holds both value rows and transition rows (V = 96, K = 128);
- * no h0; both product forms, which must agree bitwise here too; leaving
- * out final_state and chunk_states changes nothing else. And a varlen
+ * no h0; both product forms, which must agree bitwise here too, as must
+ * prep's zeros above the diagonal blocks off and on (on by default here
+ * on Hopper); leaving out final_state and chunk_states changes nothing
+ * else. And a varlen
  * batch's split, each sequence by its own length (GDN_CUDA_FUSED_MIN_SEG=2
  * lets 8 chunks split): empty, unsplit and split sequences side by side
  * against the oracle, both product forms, each sequence alone. */
@@ -836,6 +849,7 @@ static void check_fused_split(gdn_context *ctx) {
     const fw_case b = {C_LONG, 1, 300, 1, 2, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0, OPT_QWEN};
     const fw_case c = {C_LONG, 1, 700, 2, 4, 128, 128, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 0, NULL, 0, OPT_SIG};
     static const char *const segs[] = {"2", "3", "5"}, *const wg[] = {"0", "1", "2"}, *const cols[] = {"1", "2"};
+    static const char *const off_on[] = {"0", "1"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     for (int i = 0; i < 3; i++) {
         setenv("GDN_CUDA_FUSED_SEGMENTS", segs[i], 1);
@@ -844,6 +858,7 @@ static void check_fused_split(gdn_context *ctx) {
         check_case(ctx, &b, 4410 + (uint64_t)i, 1);
         check_case(ctx, &c, 4430 + (uint64_t)i, 1);
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+        check_env_bits(ctx, &c, 4434 + (uint64_t)i, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
         if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
             check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);
             check_env_bits(ctx, &c, 4425, "GDN_CUDA_COMBINE_COLS", cols, 2);

@@ -189,6 +189,19 @@ gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward
     return GDN_SUCCESS;
 }
 
+/* Whether prep writes zeros above T's and P's diagonal blocks so that the
+ * fused pass's wgmma forms take whole tiles by tensor copies (Hopper),
+ * where they copy the lower blocks per lane otherwise. That pays where the
+ * sequence is split (H100, ms: tp8_t64k 0.605 -> 0.551, its summary launch
+ * 248 -> 193 us; Hk 4, Hv 16, T 32768 0.634 -> 0.571), and loses where
+ * many heads make the pass move more bytes than it can (q397_t8k 0.352 ->
+ * 0.373, q35_b4_t8k 0.742 -> 0.803): 60% more T and P bytes each way.
+ * The bits do not change. GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it. */
+bool fused_tp_zeros(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
+    const bool split = l.segments > 1 || l.vs.segments > a->N;
+    return env_override("GDN_CUDA_FUSED_TP_ZEROS", split && ctx->cc_major == 9 ? 1 : 0, {0, 1}) == 1;
+}
+
 /* Stage 1 for either operation. */
 gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
                     const FwdLayout &l, uint8_t *ws, cudaStream_t stream, bool fused = false) {
@@ -219,6 +232,7 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
         P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
         P.scale = a->opts.scale;
+        P.tp_zeros = fused_tp_zeros(ctx, a, l);
     }
     return launch_chunk_prep(ctx, P, stream);
 }
@@ -278,6 +292,7 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.chunk_states = a->chunk_states;
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     F.kv = p->state_layout == GDN_STATE_KV;
+    F.tp_zeros = fused_tp_zeros(ctx, a, l);
     set_heads(F, p);
     /* sm_90: o of whole chunks by tensor stores (GDN_CUDA_FUSED_TMA_O=0 | 1) */
     const int64_t tokens = p->B * p->T;

@@ -164,7 +164,8 @@ struct PrepParams {
     /* The fused path's form (tmat set): instead of w and u (and without
      * reading v), per (chunk c, head h) two [64][64] bf16 tiles at
      * ((c * Hv + h) * 64 + t) * 64 + s, lower 16x16 blocks only (s / 16
-     * <= t / 16; the others are never read), rows t >= len zero:
+     * <= t / 16; the others are left unwritten, or zero with tp_zeros),
+     * rows t >= len zero:
      *   tmat  T[t][s] = (I + A)^-1[t][s] beta_s, as bf16 hi (tmat) and
      *         lo (tlo) with T = hi + lo to about 16 bits: T's rounding
      *         alone put o past SPEC's bound
@@ -178,6 +179,10 @@ struct PrepParams {
      *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
     float scale;
+    /* T/P form: the blocks above the diagonal written too, as zeros, so
+     * that the fused pass's wgmma forms can take whole tiles by tensor
+     * copies (FusedParams::tp_zeros) */
+    int tp_zeros;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
 
@@ -262,6 +267,9 @@ struct FusedParams {
      * output, so a launch whose compute warps read an earlier kernel's
      * output (the combine's start states) must not set it. */
     int pdl;
+    /* prep wrote zeros above T's and P's diagonal blocks (PrepParams): the
+     * wgmma forms take whole tiles by tensor copies as well (fused_tp_zeros) */
+    int tp_zeros;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes

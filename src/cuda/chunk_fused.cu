@@ -73,8 +73,10 @@
  * tiles; the per-lane cp.async copies before that kept the producer warp
  * issuing about 120 copies a chunk and bounded the pair form (q35_t8k
  * 0.430 ms with them, 0.309 without). The wgmma form takes q and k
- * so and keeps per-lane copies of T and P: it needs zeros above their
- * diagonal blocks, which prep does not write. Prep's per-token factors
+ * so, and T and P too where prep wrote zeros above their diagonal blocks
+ * (tp_zeros: a split sequence; H100, tp8_t64k's summary launch 248 -> 193
+ * us); else it copies their lower blocks per lane and keeps the zeros
+ * it put there at the start. Prep's per-token factors
  * are one 256-byte row a tile (16-byte copies). As [tokens, Hv], each
  * value a sector of its own, they took 192 four-byte copies a stage,
  * which likely held the L1 pipe that the compute warps' ldmatrix reads
@@ -217,11 +219,14 @@ __host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
  * its end would be the next sequence's: those keep the per-lane copies,
  * which zero them); that lane is then one more arrival (kernel's init
  * count).
- * Prep leaves T's and P's blocks above the diagonal unwritten.
- * The mma.sync form loads whole tiles and never reads those blocks
- * (loading only the others made it 13% slower at q35_t8k, unexplained);
- * the wgmma form loads only the others and keeps zeros there (its
- * products run whole rows: trimming them was slower). */
+ * Prep leaves T's and P's blocks above the diagonal unwritten (unless
+ * P.tp_zeros). The mma.sync form loads whole tiles and never reads those
+ * blocks (loading only the others made it 13% slower at q35_t8k,
+ * unexplained); the wgmma form needs zeros there (its products run whole
+ * rows: trimming them was slower), so it loads whole tiles only with
+ * P.tp_zeros and otherwise the lower blocks, keeping the zeros that the
+ * kernel wrote at its start. A partial chunk's per-lane copies skip those
+ * blocks in either case: a stage holds zeros there from either source. */
 template <int KP, int NWS, bool WG, bool SUM, bool PAIR>
 __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const FusedParams &P, const SeqSpan &sq,
                                            int c, int h, int kh, int row0, int lane, int part, int nparts) {
@@ -239,14 +244,14 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
 #endif
     if (part == 0 && P.tma_in && lane == 0) {
         if (tma) {
-            constexpr uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
+            const uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG && !P.tp_zeros ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
             mbar_arrive_expect_tx(bar, bytes);
 #pragma unroll
             for (int b = 0; b < KP / 64; b++) {
                 if (!SUM) tma_load_3d(st + L::Q + b * BT * 128, &P.tmap_q, bar, 64 * b, kh, (int)t0);
                 tma_load_3d(st + L::KC + b * BT * 128, &P.tmap_k, bar, 64 * b, kh, (int)t0);
             }
-            if (!WG) { /* (the wgmma form: T, P per lane below, keeping its zeros) */
+            if (!WG || P.tp_zeros) { /* (else the wgmma form's T, P per lane below, keeping its zeros) */
                 tma_load_3d(st + L::TM, &P.tmap_t, bar, 0, 0, (int)(ti * BT));
                 tma_load_3d(st + L::TL, &P.tmap_tl, bar, 0, 0, (int)(ti * BT));
                 if (!SUM) tma_load_3d(st + L::PM, &P.tmap_p, bar, 0, 0, (int)(ti * BT));
@@ -286,7 +291,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     }
     const int64_t tile = ti * (BT * BT);
 #pragma unroll 4
-    for (int r = 0; r < BT * 8 / DI && (WG || !tma); r++) {
+    for (int r = 0; r < BT * 8 / DI && (!tma || (WG && !P.tp_zeros)); r++) {
         const int t = (i0 >> 3) + r * (DI / 8), cc = (i0 & 7) * 8;
         if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
         const uint32_t at = L::tp_at(t, cc);
