@@ -269,6 +269,9 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         }
     };
     if (warp == 0) gates(h, bs, Gs);
+    /* the second value head's too (T/P form, shared key head), while the
+     * tiles load (see step 4) */
+    if (TP && share > 1 && warp == 1) gates(head_of(1), bs_next, Gs_next);
 
     if constexpr (VEC) cp_async_wait<1>(); /* k and q; v may be in flight */
     __syncthreads();
@@ -416,9 +419,12 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
          * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
          * reads that column). The last warp, idle here, computes the next
-         * value head's gates into the spare pair: the previous head's T
-         * store, their last reader, is behind the barriers of step 3. ---- */
-        if (TP && warp == NW - 1 && vi + 1 < share) gates(head_of(vi + 1), bs_next, Gs_next);
+         * value head's gates into the spare pair from the third head on (the
+         * second's came with the loads of step 1, where they wait on no
+         * one: here they held this step back, H100 q35_t8k -1.8%): the
+         * previous head's T store, their last reader, is behind the
+         * barriers of step 3. ---- */
+        if (TP && warp == NW - 1 && vi + 1 < share && vi + 1 >= 2) gates(head_of(vi + 1), bs_next, Gs_next);
         if (TP && tid >= 160 && tid < 224) { /* P's lower blocks out of the staging tile in
                                               * 16-byte pieces: whole sectors (the fragments'
                                               * 4-byte stores filled half of each) */
@@ -473,40 +479,77 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         __syncthreads();
 
         /* ---- 5. off-diagonal blocks of Tinv: T_ij = -sum_{k=j}^{i-1} Y_ik
-         * T_kj on tensor cores in split tf32 (see split_tf32: about 2^-20
-         * relative, far below the bf16 hi + lo that T is stored as). Warp
-         * w < 6 owns columns 8 (w % 2) .. + 8 of column block j = w / 2 and
-         * walks i = j + 1 .. 3 down them: every T_kj it reads is its own
-         * (or step 4's), so no barrier between the block diagonals (H100,
-         * q35_t8k: the 2 x 1 FFMA form was a quarter of prep's
-         * instructions) ---- */
-        if (warp < 6) {
-            const int j = warp >> 1, c8 = 16 * j + 8 * (warp & 1);
-            for (int i = j + 1; i < 4; i++) {
-                float big[4] = {0.f, 0.f, 0.f, 0.f}, cross[4] = {0.f, 0.f, 0.f, 0.f};
-                for (int k = j; k < i; k++) {
+         * T_kj, 16 x 16 block products on tensor cores in split tf32 (see
+         * split_tf32: about 2^-20 relative, far below the bf16 hi + lo that
+         * T is stored as). Written out, T_30 and T_31 need T_20 and T_21
+         * first, a chain of six block products down column block 0; with
+         * Z_3k = Y_3k - Y_32 Y_2k (k = 0, 1) they are T_30 = -(Z_31 T_10 +
+         * Z_30 T_00) and T_31 = -Z_31 T_11, so the work goes in two rounds
+         * of at most two products a warp (H100: q35_t8k -0.9%, q397_t8k
+         * -1.1%). Warp pair pr (warps 2 pr, 2 pr + 1) takes 8 columns c
+         * each of a 16-column block:
+         *   round 1  T_10 | T_21 | Z_30 (in Y_30's place) | Z_31 (in Y_31's)
+         *   round 2  T_20 = -(Y_20 T_00 + Y_21 T_10) | T_31 | T_32 | T_30
+         * (Named barriers between just the pairs that meet, instead of the
+         * block barrier, gave the same time, and racecheck reported
+         * hazards with them that I did not explain.) ---- */
+        /* acc (big, cross) += the 16 x 16 block at y (rows gid, gid + 8 of
+         * this lane) times the 16 x 8 block at b, f32 pitch LDF */
+        auto kblock = [&](float (&big)[4], float (&cross)[4], const float *y, const float *b) {
 #pragma unroll
-                    for (int ks = 0; ks < 16; ks += 8) {
-                        const float *y = A + (16 * i + gid) * LDF + 16 * k + ks + tig;
-                        const float *t = Ti + (16 * k + ks + tig) * LDF + c8 + gid;
-                        uint32_t ab[4], as[4], bb[2], bsm[2];
-                        split_tf32(y[0], ab[0], as[0]);
-                        split_tf32(y[8 * LDF], ab[1], as[1]);
-                        split_tf32(y[4], ab[2], as[2]);
-                        split_tf32(y[8 * LDF + 4], ab[3], as[3]);
-                        split_tf32(t[0], bb[0], bsm[0]);
-                        split_tf32(t[4 * LDF], bb[1], bsm[1]);
-                        mma_tf32_1688(big, ab, bb);
-                        mma_tf32_1688(cross, ab, bsm);
-                        mma_tf32_1688(cross, as, bb);
-                    }
-                }
-                float *dst = Ti + (16 * i + gid) * LDF + c8 + 2 * tig;
-                *reinterpret_cast<float2 *>(dst) = make_float2(-(big[0] + cross[0]), -(big[1] + cross[1]));
-                *reinterpret_cast<float2 *>(dst + 8 * LDF) =
-                    make_float2(-(big[2] + cross[2]), -(big[3] + cross[3]));
-                __syncwarp(); /* T_ij is read by this warp's next row block */
+            for (int ks = 0; ks < 16; ks += 8) {
+                const float *yy = y + gid * LDF + ks + tig;
+                const float *bb = b + (ks + tig) * LDF + gid;
+                uint32_t ab[4], as[4], bb2[2], bsm[2];
+                split_tf32(yy[0], ab[0], as[0]);
+                split_tf32(yy[8 * LDF], ab[1], as[1]);
+                split_tf32(yy[4], ab[2], as[2]);
+                split_tf32(yy[8 * LDF + 4], ab[3], as[3]);
+                split_tf32(bb[0], bb2[0], bsm[0]);
+                split_tf32(bb[4 * LDF], bb2[1], bsm[1]);
+                mma_tf32_1688(big, ab, bb2);
+                mma_tf32_1688(cross, ab, bsm);
+                mma_tf32_1688(cross, as, bb2);
             }
+        };
+        /* dst (a 16 x 8 block at pitch LDF) = base - (big + cross), base
+         * the block's own values (a Z below) or zero (a T) */
+        auto put = [&](float *dst, const float (&big)[4], const float (&cross)[4], bool minus_from_dst) {
+            float *d = dst + gid * LDF + 2 * tig;
+            float2 lo = make_float2(0.f, 0.f), hi = make_float2(0.f, 0.f);
+            if (minus_from_dst) {
+                lo = *reinterpret_cast<const float2 *>(d);
+                hi = *reinterpret_cast<const float2 *>(d + 8 * LDF);
+            }
+            *reinterpret_cast<float2 *>(d) = make_float2(lo.x - (big[0] + cross[0]), lo.y - (big[1] + cross[1]));
+            *reinterpret_cast<float2 *>(d + 8 * LDF) =
+                make_float2(hi.x - (big[2] + cross[2]), hi.y - (big[3] + cross[3]));
+        };
+        auto Tb = [&](int i, int j) { return Ti + 16 * i * LDF + 16 * j; };
+        auto Yb = [&](int i, int k) { return A + 16 * i * LDF + 16 * k; };
+        {
+            const int pr = warp >> 1, c = 8 * (warp & 1);
+            float big[4] = {0.f, 0.f, 0.f, 0.f}, cross[4] = {0.f, 0.f, 0.f, 0.f};
+            if (pr == 0) kblock(big, cross, Yb(1, 0), Tb(0, 0) + c);
+            else if (pr == 1) kblock(big, cross, Yb(2, 1), Tb(1, 1) + c);
+            else kblock(big, cross, Yb(3, 2), Yb(2, pr - 2) + c);
+            put(pr == 0 ? Tb(1, 0) + c : pr == 1 ? Tb(2, 1) + c : Yb(3, pr - 2) + c, big, cross, pr >= 2);
+            __syncthreads();
+#pragma unroll
+            for (int e = 0; e < 4; e++) big[e] = cross[e] = 0.f;
+            if (pr == 0) {
+                kblock(big, cross, Yb(2, 0), Tb(0, 0) + c);
+                kblock(big, cross, Yb(2, 1), Tb(1, 0) + c);
+            } else if (pr == 1) {
+                kblock(big, cross, Yb(3, 1), Tb(1, 1) + c);
+            } else if (pr == 2) {
+                kblock(big, cross, Yb(3, 2), Tb(2, 2) + c);
+            } else {
+                kblock(big, cross, Yb(3, 1), Tb(1, 0) + c);
+                kblock(big, cross, Yb(3, 0), Tb(0, 0) + c);
+            }
+            put(pr == 0 ? Tb(2, 0) + c : pr == 1 ? Tb(3, 1) + c : pr == 2 ? Tb(3, 2) + c : Tb(3, 0) + c, big,
+                cross, false);
         }
         __syncthreads();
 
