@@ -790,7 +790,9 @@ static void check_row_tiles(gdn_context *ctx) {
  * warpgroups, also chosen from the batch's size: all sum each 16-deep
  * k-step in the same order). Nor must prep's sharing of a key
  * head's products among its value heads (GDN_CUDA_PREP_SHARE=0 gives a
- * block each value head), checked with both head maps; nor the
+ * block each value head, 1 a block each key head, which these small
+ * cases would not get), checked with both head maps and with six value
+ * heads to a key head (more than prep's gate slots); nor the
  * programmatic launch after prep (GDN_CUDA_FUSED_PDL) or a two-deep ring
  * where three fit (GDN_CUDA_FUSED_STAGES=2); nor prep's zeros above T's
  * and P's diagonal blocks (GDN_CUDA_FUSED_TP_ZEROS, the split's default
@@ -804,7 +806,10 @@ static void check_fused_knobs(gdn_context *ctx) {
                        OPT_L2 | OPT_SIG};
     const fw_case tiled = {C_LONG, 1, 200, 2, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_TILED, 1, NULL, 0,
                            OPT_QWEN | OPT_SIG};
-    static const char *const warps[] = {"2", "4"}, *const no_share[] = {"0"}, *const wg[] = {"0", "1", "2"};
+    /* six value heads to a key head: more than prep keeps gate slots for */
+    const fw_case g6 = {C_LONG, 1, 200, 1, 6, 64, 64, GDN_STATE_VK, GDN_HEAD_MAP_BLOCK, 1, NULL, 0,
+                        OPT_QWEN | OPT_SIG};
+    static const char *const warps[] = {"2", "4"}, *const wg[] = {"0", "1", "2"};
     static const char *const off_on[] = {"0", "1"}, *const two[] = {"2"};
     setenv("GDN_CUDA_FUSED", "1", 1);
     check_env_bits(ctx, &c, 4343, "GDN_CUDA_FUSED_WARPS", warps, 2);
@@ -814,8 +819,9 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &tiled, 4351, "GDN_CUDA_FUSED_TMA_IN", off_on, 2);
     check_env_bits(ctx, &c, 4346, "GDN_CUDA_FUSED_WGMMA", wg, 3);
     check_env_bits(ctx, &tiled, 4347, "GDN_CUDA_FUSED_WGMMA", wg, 3);
-    check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", no_share, 1);
-    check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", no_share, 1);
+    check_env_bits(ctx, &c, 4344, "GDN_CUDA_PREP_SHARE", off_on, 2);
+    check_env_bits(ctx, &tiled, 4345, "GDN_CUDA_PREP_SHARE", off_on, 2);
+    check_env_bits(ctx, &g6, 4358, "GDN_CUDA_PREP_SHARE", off_on, 2);
     check_env_bits(ctx, &tiled, 4352, "GDN_CUDA_FUSED_PDL", off_on, 2);
     check_env_bits(ctx, &tiled, 4353, "GDN_CUDA_FUSED_STAGES", two, 1);
     check_env_bits(ctx, &c, 4354, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);

@@ -62,11 +62,13 @@ __host__ __device__ inline int kv_region_elems(int ldk, int ldv, bool v_late, bo
     const int e = BT * (v_late ? (ldk > ldv ? ldk : ldv) : ldk + ldv);
     return tp && e < BT * LDP ? BT * LDP : e; /* the T/P form stages P there */
 }
-/* the T/P form (tp) adds a second beta / cumsum pair: the next value
- * head's, computed while the current one is solved */
+/* The T/P form (tp) keeps the beta / cumsum pairs of up to GATE_SLOTS
+ * value heads: a shared block's first heads' are computed while the tiles
+ * load, later ones while an earlier head is solved (step 4). */
+constexpr int GATE_SLOTS = 4;
 __host__ __device__ inline int smem_bytes(int K, int V, bool v_late, bool tp = false) {
     return kv_region_elems(pad16(K) + 8, pad16(V) + 8, v_late, tp) * 2 + 2 * MAT_BYTES +
-           (tp ? 6 : 4) * BT * 4;
+           (tp ? 2 + 2 * GATE_SLOTS : 4) * BT * 4;
 }
 
 /* 2^x on the special-function unit (ex2.approx.ftz: about 2 ulp; 0 below
@@ -194,7 +196,10 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
     float *kss = Gs + BT;                                /* k inverse norms */
     float *dws = kss + BT;                               /* beta exp(G) ks: w's column scale;
                                                             TP: the q inverse norms */
-    float *bs_next = dws + BT, *Gs_next = bs_next + BT;  /* TP: the next head's */
+    /* TP: the beta / cumsum pair of value head i in slot i % GATE_SLOTS
+     * (slot 0 is bs, Gs above) */
+    float *const slots = dws + BT;
+    auto slot_b = [&](int i) { return i % GATE_SLOTS == 0 ? bs : slots + (i % GATE_SLOTS - 1) * 2 * BT; };
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(A); /* q rows, until A is written */
     __nv_bfloat16 *const Ps = Ks; /* TP: P's staging tile [64][LDP], once k is dead (step 3) */
 
@@ -268,10 +273,10 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             if (ok && !TP) P.gcum[(t0 + t) * Hv + h] = G[e];
         }
     };
+    /* and (T/P form, shared key head) those of the next value heads that
+     * have a slot, while the tiles load (see step 4) */
     if (warp == 0) gates(h, bs, Gs);
-    /* the second value head's too (T/P form, shared key head), while the
-     * tiles load (see step 4) */
-    if (TP && share > 1 && warp == 1) gates(head_of(1), bs_next, Gs_next);
+    else if (TP && warp < share && warp < GATE_SLOTS) gates(head_of(warp), slot_b(warp), slot_b(warp) + BT);
 
     if constexpr (VEC) cp_async_wait<1>(); /* k and q; v may be in flight */
     __syncthreads();
@@ -338,12 +343,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 
     /* Per value head (one pass unless the block shares its key head). */
     for (int vi = 0; vi < share; vi++) {
-        if (vi > 0) { /* this head's gates came in step 4 of the last one (barriers since) */
-            h = head_of(vi);
-            float *const b = bs, *const g = Gs;
-            bs = bs_next, Gs = Gs_next;
-            bs_next = b, Gs_next = g;
-        }
+        float *const bv = slot_b(vi), *const Gv = bv + BT; /* (slot 0: bs, Gs) */
+        if (vi > 0) h = head_of(vi); /* its gates came in step 1 or 4 (barriers since) */
         if constexpr (TP) { /* the fused pass's per-token factors, 64 threads: one
                              * 256-byte row each (whole sectors, where rows of
                              * [tokens, Hv] put each 4-byte value in a sector of its own) */
@@ -352,10 +353,10 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                 const int64_t at = (c * Hv + h) * (int64_t)BT + t;
                 float fq = 0.f, fk = 0.f, fd = 0.f; /* past the end: those tokens add nothing */
                 if (t < len) {
-                    const float G = Gs[t], eg = expf(G);
+                    const float G = Gv[t], eg = expf(G);
                     fq = P.scale * dws[t] * eg;
                     fk = kss[t] * eg;
-                    fd = kss[t] * expf(Gs[len - 1] - G);
+                    fd = kss[t] * expf(Gv[len - 1] - G);
                 }
                 P.qscale[at] = fq;
                 P.kscale[at] = fk;
@@ -378,14 +379,14 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                 for (int n = 0; n < 2; n++) {
                     const int j = (nb0 + a) * 16 + n * 8 + 2 * tig;
                     const float2 k2 = *reinterpret_cast<const float2 *>(kss + j);
-                    const float2 g2 = *reinterpret_cast<const float2 *>(Gs + j);
+                    const float2 g2 = *reinterpret_cast<const float2 *>(Gv + j);
                     kj[n][0] = k2.x, kj[n][1] = k2.y, gj[n][0] = g2.x * LOG2E, gj[n][1] = g2.y * LOG2E;
                 }
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     const int i = mt * 16 + gid + hf * 8;
                     const bool row_ok = i < len;
-                    const float bi = bs[i] * kss[i], gi = Gs[i] * LOG2E;
+                    const float bi = bv[i] * kss[i], gi = Gv[i] * LOG2E;
                     const float qi = TP ? P.scale * dws[i] : 0.f;
                     float2 out[2];
                     uint32_t pw[2];
@@ -424,7 +425,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * one: here they held this step back, H100 q35_t8k -1.8%): the
          * previous head's T store, their last reader, is behind the
          * barriers of step 3. ---- */
-        if (TP && warp == NW - 1 && vi + 1 < share && vi + 1 >= 2) gates(head_of(vi + 1), bs_next, Gs_next);
+        if (TP && warp == NW - 1 && vi + 1 < share && vi + 1 >= GATE_SLOTS)
+            gates(head_of(vi + 1), slot_b(vi + 1), slot_b(vi + 1) + BT);
         if (TP && tid >= 160 && tid < 224) { /* P's lower blocks out of the staging tile in
                                               * 16-byte pieces: whole sectors (the fragments'
                                               * 4-byte stores filled half of each) */
@@ -556,7 +558,7 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64
                              * rows: 4 columns a lane, two rows a warp at a time */
             const int j = (lane & 15) * 4;
-            const float4 b4 = *reinterpret_cast<const float4 *>(bs + j); /* hoisted: see step 3 */
+            const float4 b4 = *reinterpret_cast<const float4 *>(bv + j); /* hoisted: see step 3 */
             const int64_t tile = (c * Hv + h) * (int64_t)(BT * BT) + j;
             __nv_bfloat16 *th = P.tmat + tile, *tl = P.tlo + tile;
 #pragma unroll
