@@ -441,11 +441,11 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * 16 (i + 1) for block row i). X gives T_ii (to Ti, zeros above the
          * diagonal) and Y_ik = T_ii A_ik (in place of A_ik: only this lane
          * reads that column). The last warp, idle here, computes the next
-         * value head's gates into the spare pair from the third head on (the
-         * second's came with the loads of step 1, where they wait on no
-         * one: here they held this step back, H100 q35_t8k -1.8%): the
-         * previous head's T store, their last reader, is behind the
-         * barriers of step 3. ---- */
+         * value head's gates into its slot from the fifth head on (the
+         * first GATE_SLOTS heads' came with the loads of step 1, where they
+         * wait on no one: here they held this step back, H100 q35_t8k
+         * -1.8%): that slot's previous head's T store, its last reader, is
+         * behind the barriers of step 3. ---- */
         if (TP && warp == NW - 1 && vi + 1 < share && vi + 1 >= GATE_SLOTS)
             gate_scan(head_of(vi + 1), gate_loads(head_of(vi + 1)), slot_b(vi + 1), slot_b(vi + 1) + BT);
         if (TP && tid >= 160 && tid < 224) { /* P's lower blocks out of the staging tile in
