@@ -273,8 +273,9 @@ struct FusedParams {
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes
- * of 16 values x 64 tokens of one head (chunk_state.cu, beside the state
- * kernel's maps); false where the driver has no encoder. */
+ * of 16 values x 64 tokens of one head, 32-byte swizzled in shared memory
+ * (stage_ot writes that layout; chunk_state.cu, beside the state kernel's
+ * maps); false where the driver has no encoder. */
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
 /* a bf16 [tokens][heads][K] tensor as boxes of 64 columns x 64 tokens of
  * one head, 128-byte swizzled, zeros past K and past the last token */

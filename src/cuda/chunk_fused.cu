@@ -424,12 +424,19 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
 
 /* Two 8-token groups of a warp's O^T fragments (rows v = gid, gid + 8;
  * columns the tokens ta + 2 tig, + 1 and tb + ...) into a [t][pitch] bf16
- * tile, transposed: one stmatrix on sm_90 where 16 two-byte stores were. */
+ * tile, transposed: one stmatrix on sm_90 where 16 two-byte stores were.
+ * The tensor stores' dense [64][16] tile (pitch 16: 32-byte rows) is in
+ * the o map's 32-byte swizzle, its 16-byte halves swapped in rows with
+ * bit 2 set: unswizzled, rows r and r + 4 of each 8-row matrix fell on
+ * the same banks, two wavefronts a matrix (H200, three rounds: q397_t8k
+ * and tp8_t64k -0.9%, whose warps stage four times a chunk; the pair
+ * form's rows unchanged). */
 __device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const float (&xa)[4], const float (&xb)[4],
                                          int ta, int tb, int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int m = lane >> 3; /* the matrix this lane addresses: (group, v half) */
-    stmatrix_x4_trans(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + (m & 1) * 8, pack_bf16x2(xa[0], xa[1]),
+    const int half = pitch == 16 ? (m & 1) ^ ((lane >> 2) & 1) : m & 1; /* (ta, tb multiples of 8) */
+    stmatrix_x4_trans(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + half * 8, pack_bf16x2(xa[0], xa[1]),
                       pack_bf16x2(xa[2], xa[3]), pack_bf16x2(xb[0], xb[1]), pack_bf16x2(xb[2], xb[3]));
 #else
     const int gid = lane >> 2, tig = lane & 3;

@@ -1370,7 +1370,7 @@ bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles) {
 }
 
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V) {
-    return encode_bf16_map(m, o, tokens, Hv, V, 16, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE);
+    return encode_bf16_map(m, o, tokens, Hv, V, 16, CU_TENSOR_MAP_SWIZZLE_32B, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 size_t chunk_state_scratch_bytes(const gdn_context *ctx, const gdn_problem *p, bool per_seq_split) {
