@@ -118,7 +118,9 @@ static int fw_inputs_make(fw_inputs *f, const fw_case *c, uint64_t seed) {
 /* gdn_chunk_forward on ctx's backend with host arrays. On CUDA: every
  * array is copied to the device (A_log, dt_bias of the options too),
  * the outputs are poisoned there (0xFF: NaN), the workspace is allocated
- * at the size the library asks for, and the outputs come back. */
+ * at the size the library asks for and poisoned too (so that no kernel
+ * can lean on what an earlier call left there: zeros, say), and the
+ * outputs come back. */
 #ifdef GDN_TEST_CUDA
 static void *dev_copy(const void *src, size_t bytes, int *ok) {
     void *d = NULL;
@@ -164,7 +166,7 @@ static gdn_status fwd(gdn_context *ctx, const gdn_problem *p, const gdn_forward_
     void *ws = NULL;
     gdn_status st = GDN_ERROR_INTERNAL;
     if (ok && gdn_chunk_forward_workspace_size(ctx, &pd, opts ? &od : NULL, &wsb) == GDN_SUCCESS &&
-        (wsb == 0 || gdn_dev_alloc(&ws, wsb) == 0)) {
+        (wsb == 0 || (gdn_dev_alloc(&ws, wsb) == 0 && gdn_dev_fill(ws, 0xFF, wsb) == 0))) {
         st = gdn_chunk_forward(ctx, &pd, opts ? &od : NULL, dq, dk, dv, dg, db, dh, dO, dF, dC, ws,
                                wsb);
         if (st == GDN_SUCCESS && gdn_dev_sync() != 0) st = GDN_ERROR_CUDA;
@@ -797,7 +799,10 @@ static void check_row_tiles(gdn_context *ctx) {
  * where three fit (GDN_CUDA_FUSED_STAGES=2); nor prep's zeros above T's
  * and P's diagonal blocks (GDN_CUDA_FUSED_TP_ZEROS, the split's default
  * on Hopper), with which the wgmma forms take whole tiles by tensor
- * copies: checked off and on, and every product form with them on.
+ * copies: checked off and on, and every product form with them on; nor
+ * the 32-row wgmma form that takes the pair form's blocks on Hopper
+ * (GDN_CUDA_FUSED_WG32), checked off and on at K = 128 and 64, with
+ * prep's zeros (else its producer writes them) and with per-lane copies.
  * Forced through GDN_CUDA_FUSED=1, unless the runner has set it. */
 static void check_fused_knobs(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED")) return;
@@ -830,7 +835,15 @@ static void check_fused_knobs(gdn_context *ctx) {
         setenv("GDN_CUDA_FUSED_TP_ZEROS", "1", 1);
         check_env_bits(ctx, &c, 4356, "GDN_CUDA_FUSED_WGMMA", wg, 3);
         check_env_bits(ctx, &tiled, 4357, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+        check_env_bits(ctx, &c, 4359, "GDN_CUDA_FUSED_WG32", off_on, 2);
         unsetenv("GDN_CUDA_FUSED_TP_ZEROS");
+    }
+    check_env_bits(ctx, &c, 4360, "GDN_CUDA_FUSED_WG32", off_on, 2);
+    check_env_bits(ctx, &tiled, 4361, "GDN_CUDA_FUSED_WG32", off_on, 2);
+    if (!getenv("GDN_CUDA_FUSED_TMA_IN")) {
+        setenv("GDN_CUDA_FUSED_TMA_IN", "0", 1);
+        check_env_bits(ctx, &c, 4362, "GDN_CUDA_FUSED_WG32", off_on, 2);
+        unsetenv("GDN_CUDA_FUSED_TMA_IN");
     }
     unsetenv("GDN_CUDA_FUSED");
 }
@@ -842,7 +855,7 @@ static void check_fused_knobs(gdn_context *ctx) {
  * tile that holds both value rows and transition rows (V = 96, K = 128);
  * no h0; both product forms, which must agree bitwise here too, as must
  * prep's zeros above the diagonal blocks off and on (on by default here
- * on Hopper); leaving out final_state and chunk_states changes nothing
+ * on Hopper) and the 32-row wgmma form off and on; leaving out final_state and chunk_states changes nothing
  * else. And a varlen
  * batch's split, each sequence by its own length (GDN_CUDA_FUSED_MIN_SEG=2
  * lets 8 chunks split): empty, unsplit and split sequences side by side
@@ -865,6 +878,7 @@ static void check_fused_split(gdn_context *ctx) {
         check_case(ctx, &c, 4430 + (uint64_t)i, 1);
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
         check_env_bits(ctx, &c, 4434 + (uint64_t)i, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
+        check_env_bits(ctx, &c, 4437 + (uint64_t)i, "GDN_CUDA_FUSED_WG32", off_on, 2);
         if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
             check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);
             check_env_bits(ctx, &c, 4425, "GDN_CUDA_COMBINE_COLS", cols, 2);

@@ -189,6 +189,14 @@ gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward
     return GDN_SUCCESS;
 }
 
+/* fused_final_wg32 for this call's final launch: a varlen split's
+ * segments, else N x S chains */
+bool final_wg32(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
+    const gdn_problem *p = a->p;
+    const int64_t units = l.vs.segments > a->N ? l.vs.segments : (int64_t)a->N * (l.segments > 1 ? l.segments : 1);
+    return fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv, units);
+}
+
 /* Whether prep writes zeros above T's and P's diagonal blocks so that the
  * fused pass's wgmma forms take whole tiles by tensor copies (Hopper),
  * where they copy the lower blocks per lane otherwise. That pays where the
@@ -196,10 +204,13 @@ gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward
  * 248 -> 193 us; Hk 4, Hv 16, T 32768 0.634 -> 0.571), and loses where
  * many heads make the pass move more bytes than it can (q397_t8k 0.352 ->
  * 0.373, q35_b4_t8k 0.742 -> 0.803): 60% more T and P bytes each way.
- * The bits do not change. GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it. */
+ * And where the final launch takes the 32-row wgmma form, which needs
+ * them (fused_final_wg32). The bits do not change.
+ * GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it (0 also turns that form off). */
 bool fused_tp_zeros(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
     const bool split = l.segments > 1 || l.vs.segments > a->N;
-    return env_override("GDN_CUDA_FUSED_TP_ZEROS", split && ctx->cc_major == 9 ? 1 : 0, {0, 1}) == 1;
+    const bool on = (split && ctx->cc_major == 9) || final_wg32(ctx, a, l);
+    return env_override("GDN_CUDA_FUSED_TP_ZEROS", on ? 1 : 0, {0, 1}) == 1;
 }
 
 /* Stage 1 for either operation. */
@@ -293,6 +304,7 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     F.kv = p->state_layout == GDN_STATE_KV;
     F.tp_zeros = fused_tp_zeros(ctx, a, l);
+    F.wg32 = F.tp_zeros && final_wg32(ctx, a, l);
     set_heads(F, p);
     /* sm_90: o of whole chunks by tensor stores (GDN_CUDA_FUSED_TMA_O=0 | 1) */
     const int64_t tokens = p->B * p->T;

@@ -270,6 +270,9 @@ struct FusedParams {
     /* prep wrote zeros above T's and P's diagonal blocks (PrepParams): the
      * wgmma forms take whole tiles by tensor copies as well (fused_tp_zeros) */
     int tp_zeros;
+    /* sm_90a: the pair form's blocks (K <= 128) by the 32-row wgmma form
+     * (chunk_fused.cu, wg32_chunks; set with tp_zeros: fused_final_wg32) */
+    int wg32;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes
@@ -282,6 +285,11 @@ bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
 bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K);
 /* prep's [tiles][64][64] bf16 T or P tiles as whole swizzled tiles */
 bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles);
+/* Whether the final (or only) launch of the fused pass, over `units`
+ * segments' chains of V rows, takes the 32-row wgmma form (WG32: Hopper,
+ * pair-form blocks, K <= 128; GDN_CUDA_FUSED_WG32=0 | 1), which needs
+ * prep's zeros above T's and P's diagonal blocks (PrepParams::tp_zeros). */
+bool fused_final_wg32(const gdn_context *ctx, int K, int V, int Hv, int64_t units);
 /* summary: the split path's first launch (see FusedParams) */
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
                               int64_t varlen_segments = 0);

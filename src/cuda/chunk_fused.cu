@@ -94,6 +94,11 @@
  * The staging is by stmatrix.trans on sm_90 (stage_ot), where 16 two-byte
  * stores a group pair were.
  *
+ * The 32-row wgmma form (WG32, wg32_chunks): on sm_90a the pair form's
+ * blocks at K <= 128 run as one warpgroup whose products are wgmmas
+ * transposed (M = the chunk's tokens, N = the block's 32 rows), every B
+ * operand read once a block; same bits (GDN_CUDA_FUSED_WG32=0 | 1).
+ *
  * Launch (sm_90): as prep's programmatic dependent (FusedParams::pdl), so
  * blocks start on multiprocessors that prep's last blocks leave; only the
  * producers wait for prep (pdl_wait), the only warps that read its output.
@@ -746,6 +751,260 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* ---- the 32-row wgmma form (WG32: sm_90a, K <= 128, the pair form's
+ * blocks) ----
+ * The four compute warps are one warpgroup, and every product is an
+ * m64n32 wgmma with both operands in shared memory, transposed against
+ * the other forms so that M is the chunk's 64 tokens and N the block's 32
+ * rows: X^T = k S^T and O1^T = q S^T (A = the k, q tiles as loaded, B =
+ * bf16(S) as a [32][K] tile that the warps write after every update),
+ * D = (T lo + T hi) U'^T (B = U'^T written likewise), O^T += P D, and the
+ * update as S^T = gamma_L S^T + k^T D' (M = K: A is the k tile read
+ * M-major). The state lives as S^T accumulators, 32 f32 a thread at
+ * K = 128. A B operand is read once a block, where the pair form's mma.sync
+ * read each fragment once a warp (its two pairs read the same q, k, T and
+ * P fragments), and the tensor pipe's order is chosen so that the chain
+ * X -> D -> S^T does not wait behind O's products: O1 goes in after D, O2
+ * after the update (with O1 ahead of D, as first built, q35_t8k and
+ * q35_t32k were 2-3% slower). H200, under ncu, q35_t8k's fused pass
+ * 178 -> 169 us against the pair form; but the whole T and P tiles that
+ * the products run need zeros above the diagonal blocks, which prep then
+ * writes (tp_zeros: prep 80 -> 84-86 us), so the forward gains less: one
+ * job, the same binary, ms, off -> on: q35_t8k 0.2459 -> 0.2431, q35_t32k
+ * 0.9329 -> 0.9122, tp8_t2k (whose split wrote the zeros already) 0.0500
+ * -> 0.0495. A warp of its own writing the zeros into each landed stage,
+ * in place of prep, was much slower (q35_t8k 0.35 ms; not understood).
+ * Every accumulator sums the same 16-deep k-steps in the same order as the
+ * other forms, so the bits are theirs (for finite values: a non-finite
+ * value in a chunk's T reaches more of that chunk's o through the zero
+ * blocks than in the pair form, still within the chunk).
+ * Accumulators: warp w holds M rows 16 w + gid (+ 8), N columns 8 j +
+ * 2 tig (+ 1), as the mma.sync C fragments. */
+template <int KP> struct Wg32Layout { /* in the pair form's compute bytes */
+    static constexpr int KT = KP / 64, S = 0, U = KT * 4096, D = U + 4096, DP = D + 4096, O = DP + 4096;
+    static_assert(O + 4096 <= FusedLayout<KP, 4, false, false, true>::COMPUTE_BYTES, "fits");
+};
+
+/* a warp's 16 x 32 accumulator block a (M index from xw, N index r) into
+ * a K-major [32 r][64 x] bf16 tile, 128-byte swizzled */
+__device__ __forceinline__ void wg32_put(uint8_t *tile, const float (&a)[4][4], int xw, int lane) {
+    const int m = lane >> 3, i = lane & 7;
+#pragma unroll
+    for (int p = 0; p < 2; p++) {
+        const int r = 8 * (2 * p + (m >> 1)) + i, x = xw + 8 * (m & 1);
+        stmatrix_x4_trans(tile + sw128_offset(r, x), pack_bf16x2(a[2 * p][0], a[2 * p][1]),
+                          pack_bf16x2(a[2 * p][2], a[2 * p][3]), pack_bf16x2(a[2 * p + 1][0], a[2 * p + 1][1]),
+                          pack_bf16x2(a[2 * p + 1][2], a[2 * p + 1][3]));
+    }
+}
+
+template <int KP>
+__device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem, uint64_t *full, uint64_t *empty,
+                                            int stages, const SeqSpan &sq, int h, int r0,
+                                            const SegmentPlan &sp, uint8_t *xb, int warp, int lane) {
+    using L = FusedLayout<KP, 4, false, false, true>;
+    using W = Wg32Layout<KP>;
+    constexpr int KT = W::KT;
+    const int gid = lane >> 2, tig = lane & 3;
+    uint8_t *sS = xb + W::S, *sU = xb + W::U, *sD = xb + W::D, *sDp = xb + W::DP;
+    __nv_bfloat16 *sO = reinterpret_cast<__nv_bfloat16 *>(xb + W::O); /* two [64][16], the o map's swizzle */
+    const uint32_t aS = smem_addr(sS), aU = smem_addr(sU), aD = smem_addr(sD), aDp = smem_addr(sDp);
+    auto kdesc = [](uint32_t a) { return wgmma_desc(a, 16, 1024); };
+
+    /* S^T: ST[mh][j][e] at k = 64 mh + 16 warp + gid + 8 (e >> 1), row 8 j + 2 tig + (e & 1) */
+    float ST[KT][4][4];
+    auto st_k = [&](int mh, int e) { return 64 * mh + 16 * warp + gid + 8 * (e >> 1); };
+    auto st_v = [&](int j, int e) { return r0 + 8 * j + 2 * tig + (e & 1); };
+#pragma unroll
+    for (int mh = 0; mh < KT; mh++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int k = st_k(mh, e), v = st_v(j, e);
+                ST[mh][j][e] = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
+            }
+    auto store_st = [&](float *dst, int kv, int rows) {
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int k = st_k(mh, e), v = st_v(j, e);
+                    if (v < rows && k < P.K) dst[state_index(kv, rows, P.K, v, k)] = ST[mh][j][e];
+                }
+    };
+    auto put_s = [&]() {
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++) wg32_put(sS + mh * 4096, ST[mh], 16 * warp, lane);
+    };
+    put_s();
+    fence_proxy_async_smem();
+    named_barrier(1, 128);
+
+    Ring ring;
+    for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
+        const int slot = ring.slot;
+        const uint8_t *st = smem + slot * L::STAGE;
+        const uint32_t sb = smem_addr(st);
+        const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
+        const float *wd = reinterpret_cast<const float *>(st + L::WD);
+        const float *wk = reinterpret_cast<const float *>(st + L::WK);
+        const float *wq = reinterpret_cast<const float *>(st + L::WQ);
+        const int64_t t0 = sq.bos + (int64_t)c * BT;
+        const int len = (int)min((int64_t)BT, sq.eos - t0);
+        const bool tma = P.tma_o && len == BT;
+        if (P.chunk_states) store_st(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, P.kv, P.V);
+        mbar_wait(full + slot, ring.phase);
+
+        /* X^T = k S^T */
+        float X[4][4], O[4][4];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KP / 16; kk++) {
+            const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
+            WgmmaSS32<0>::run(X, kdesc(sb + L::KC + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
+        }
+        wgmma_commit();
+        /* this thread's per-token factors and v pairs, read while it runs */
+        float fk[2], fq[2], fd[2];
+        __nv_bfloat162 vv[2][4];
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++) {
+            const int t = 16 * warp + gid + 8 * e2;
+            fk[e2] = wk[t], fq[e2] = wq[t], fd[e2] = wd[t];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                vv[e2][j] = *reinterpret_cast<const __nv_bfloat162 *>(vs + t * L::LDV + 8 * j + 2 * tig);
+        }
+        const float gL = __fdividef(wk[len - 1], wd[len - 1]); /* as in the other forms */
+        wgmma_wait<0>();
+        wgmma_fence_acc(X);
+
+        /* U'^T = v - diag(wk) X^T, into its tile */
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 v2 = __bfloat1622float2(vv[e2][j]);
+                X[j][2 * e2] = v2.x - X[j][2 * e2] * fk[e2];
+                X[j][2 * e2 + 1] = v2.y - X[j][2 * e2 + 1] * fk[e2];
+            }
+        wg32_put(sU, X, 16 * warp, lane);
+        fence_proxy_async_smem();
+        named_barrier(1, 128);
+
+        /* D = (T lo + T hi) U'^T, lo then hi each k-step; then O1^T = q S^T
+         * behind it in the tensor pipe */
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            WgmmaSS32<0>::run(X, kdesc(sb + L::TL + kk * 32), kdesc(aU + kk * 32), kk > 0);
+            WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < KP / 16; kk++) {
+            const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
+            WgmmaSS32<0>::run(O, kdesc(sb + L::Q + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<1>(); /* D */
+        wgmma_fence_acc(X);
+
+        /* D and D' = diag(wd) D into their tiles */
+        float Dp[4][4];
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int b = 0; b < 2; b++) Dp[j][2 * e2 + b] = X[j][2 * e2 + b] * fd[e2];
+        wg32_put(sD, X, 16 * warp, lane);
+        wg32_put(sDp, Dp, 16 * warp, lane);
+        fence_proxy_async_smem();
+        if (warp == 0 && lane == 0 && P.tma_o) bulk_wait_read<0>(); /* the o staging is free */
+        named_barrier(1, 128);
+
+        /* S^T = gamma_L S^T + k^T D' (k read M-major); then, once O1 is
+         * in, O1 scaled and O^T += P D */
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) ST[mh][j][e] *= gL;
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++) wgmma_fence_acc(ST[mh]); /* (the scaling before the fence) */
+        wgmma_fence();
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++)
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                WgmmaSS32<1>::run(ST[mh], wgmma_desc(sb + L::KC + mh * (BT * 128) + kk * 2048, BT * 128, 1024),
+                                  kdesc(aDp + kk * 32), 1);
+        wgmma_commit();
+        wgmma_wait<1>(); /* O1 */
+        wgmma_fence_acc(O);
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) O[j][2 * e2] *= fq[e2], O[j][2 * e2 + 1] *= fq[e2];
+        wgmma_fence_acc(O);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(O, kdesc(sb + L::PM + kk * 32), kdesc(aD + kk * 32), 1);
+        wgmma_commit();
+        wgmma_wait<1>(); /* the update: the next chunk's S goes out while O2 runs */
+#pragma unroll
+        for (int mh = 0; mh < KT; mh++) wgmma_fence_acc(ST[mh]);
+        put_s();
+        wgmma_wait<0>();
+        wgmma_fence_acc(O);
+        mbar_arrive(empty + slot); /* the stage is read */
+
+        /* o: a whole chunk staged for two tensor stores, else stored directly */
+        if (tma) {
+            const int m = lane >> 3, i = lane & 7;
+#pragma unroll
+            for (int p = 0; p < 2; p++) {
+                const int t = 16 * warp + 8 * (m & 1) + i, jj = 2 * p + (m >> 1);
+                const int half = (jj & 1) ^ ((t >> 2) & 1);
+                stmatrix_x4(sO + p * 1024 + t * 16 + half * 8, pack_bf16x2(O[2 * p][0], O[2 * p][1]),
+                            pack_bf16x2(O[2 * p][2], O[2 * p][3]), pack_bf16x2(O[2 * p + 1][0], O[2 * p + 1][1]),
+                            pack_bf16x2(O[2 * p + 1][2], O[2 * p + 1][3]));
+            }
+        } else {
+            __nv_bfloat16 *og = P.o + (t0 * P.Hv + h) * P.V + r0;
+#pragma unroll
+            for (int e2 = 0; e2 < 2; e2++) {
+                const int t = 16 * warp + gid + 8 * e2;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int r = 8 * j + 2 * tig;
+                    if (t < len && r0 + r < P.V)
+                        *reinterpret_cast<uint32_t *>(og + t * (int64_t)P.Hv * P.V + r) =
+                            pack_bf16x2(O[j][2 * e2], O[j][2 * e2 + 1]);
+                }
+            }
+        }
+        fence_proxy_async_smem();
+        named_barrier(1, 128); /* the S tile and the o staging */
+        if (tma && warp == 0 && lane == 0) {
+#pragma unroll
+            for (int p = 0; p < 2; p++)
+                if (r0 + 16 * p < P.V) tma_store_3d(&P.tmap_o, sO + p * 1024, r0 + 16 * p, h, (int)t0);
+            bulk_commit();
+        }
+    }
+    if (warp == 0 && lane == 0 && P.tma_o) bulk_wait<0>(); /* the block's tensor stores are done */
+    if (sp.end) store_st(sp.end, sp.end_kv, sp.end_rows);
+}
+
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GDN_FUSED_WGMMA 1 /* this compilation has the wgmma form's products */
 #else
 #define GDN_FUSED_WGMMA 0
@@ -836,6 +1095,13 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
     }
 
     if constexpr (PAIR) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+        if constexpr (KP <= 128)
+            if (P.wg32 && P.tp_zeros) { /* (the host sets both: fused_final_wg32) */
+                wg32_chunks<KP>(P, smem, full, empty, stages, sq, h, row0, sp, smem + stages * L::STAGE, warp, lane);
+                return;
+            }
+#endif
         PairCtx pc{P, smem, full, empty, stages, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
                    smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
         if (warp & 1) pair_chunks<KP, 1>(pc, sp);
@@ -1154,18 +1420,13 @@ bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p) {
 
 namespace {
 
-template <bool SUM>
-gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows,
-                       cudaStream_t stream) {
-    if (P.K > 128) { /* (chunk_fused_supported) unsplit only: no summary form holds K > 128 rows */
-        if constexpr (SUM)
-            return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no split form for K = %d > 128", P.K);
-        else
-            return launch<256, 4, false, false, true>(ctx, P, N, segs, rows, stream);
-    }
-    const bool k64 = P.K <= 64;
+/* The fused pass's form for a launch of N segments' chains over `rows`
+ * rows (V, or V + K in a summary), K <= 128. */
+enum class Form { WG2, WG1, PAIR, MMA4, MMA2 };
+template <bool SUM> Form choose_form(const gdn_context *ctx, int K, int64_t N, int Hv, int rows) {
+    const bool k64 = K <= 64;
     const int sms = sm_count(ctx);
-    const int64_t heads = N * P.Hv; /* chains of row tiles (N: the launch's segments) */
+    const int64_t heads = N * Hv; /* chains of row tiles (N: the launch's segments) */
     /* The wgmma form (Hopper) where its 64-row blocks fill at least 3/4 of
      * the multiprocessors: it reads each B operand from shared memory once
      * per 64 rows where the mma.sync form reads it once per warp, and ran
@@ -1184,36 +1445,64 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
     const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
     const int64_t tiles64 = heads * ((rows + 63) / 64), tiles128 = heads * ((rows + 127) / 128);
     const bool wg_fills = 4 * tiles64 >= 3 * (int64_t)sms;
-    const bool wg2_ok = wg2_built(ctx, P.K);
+    const bool wg2_ok = wg2_built(ctx, K);
     const bool wg2 = wg2_ok && rows > 64 && 4 * tiles128 >= 3 * (int64_t)sms && (SUM || tiles64 > sms);
     const int wg = env_override("GDN_CUDA_FUSED_WGMMA", wg2 ? 2 : wg_fills ? 1 : 0, {0, 1, 2});
-    if (wg == 2 && wg2_ok)
-        return k64 ? launch<64, 8, true, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 8, true, SUM>(ctx, P, N, segs, rows, stream);
-    if (wg >= 1 && wg_ok)
-        return k64 ? launch<64, 4, true, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 4, true, SUM>(ctx, P, N, segs, rows, stream);
+    if (wg == 2 && wg2_ok) return Form::WG2;
+    if (wg >= 1 && wg_ok) return Form::WG1;
     /* rows a block: 32 (2 compute warps) unless that leaves too many blocks
      * for one wave and 64 still fill the machine; bits do not depend on it */
     int nws = heads * ((rows + 31) / 32) > sms && heads * ((rows + 63) / 64) >= sms ? 4 : 2;
     if (nws == 4 && !(k64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
-    if constexpr (!SUM) { /* 32-row blocks: the pair form where it fits */
+    if (!SUM && nws == 2) { /* 32-row blocks: the pair form where it fits */
         const bool pair_fits = (size_t)(k64 ? FusedLayout<64, 4, false, false, true>::bytes(2)
                                             : FusedLayout<128, 4, false, false, true>::bytes(2)) <=
                                ctx->smem_optin;
-        if (nws == 2 && pair_fits && env_override("GDN_CUDA_FUSED_PAIRS", 1, {0, 1}) == 1)
+        if (pair_fits && env_override("GDN_CUDA_FUSED_PAIRS", 1, {0, 1}) == 1) return Form::PAIR;
+    }
+    return nws == 4 ? Form::MMA4 : Form::MMA2;
+}
+
+template <bool SUM>
+gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int segs, int rows,
+                       cudaStream_t stream) {
+    if (P.K > 128) { /* (chunk_fused_supported) unsplit only: no summary form holds K > 128 rows */
+        if constexpr (SUM)
+            return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no split form for K = %d > 128", P.K);
+        else
+            return launch<256, 4, false, false, true>(ctx, P, N, segs, rows, stream);
+    }
+    const bool k64 = P.K <= 64;
+    switch (choose_form<SUM>(ctx, P.K, N, P.Hv, rows)) {
+    case Form::WG2:
+        return k64 ? launch<64, 8, true, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 8, true, SUM>(ctx, P, N, segs, rows, stream);
+    case Form::WG1:
+        return k64 ? launch<64, 4, true, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 4, true, SUM>(ctx, P, N, segs, rows, stream);
+    case Form::PAIR:
+        if constexpr (!SUM)
             return k64 ? launch<64, 4, false, SUM, true>(ctx, P, N, segs, rows, stream)
                        : launch<128, 4, false, SUM, true>(ctx, P, N, segs, rows, stream);
+        break;
+    case Form::MMA4:
+        return k64 ? launch<64, 4, false, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 4, false, SUM>(ctx, P, N, segs, rows, stream);
+    case Form::MMA2:
+        return k64 ? launch<64, 2, false, SUM>(ctx, P, N, segs, rows, stream)
+                   : launch<128, 2, false, SUM>(ctx, P, N, segs, rows, stream);
     }
-    if (k64)
-        return nws == 4 ? launch<64, 4, false, SUM>(ctx, P, N, segs, rows, stream)
-                        : launch<64, 2, false, SUM>(ctx, P, N, segs, rows, stream);
-    return nws == 4 ? launch<128, 4, false, SUM>(ctx, P, N, segs, rows, stream)
-                    : launch<128, 2, false, SUM>(ctx, P, N, segs, rows, stream);
+    return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no form");
 }
 
 } // namespace
+
+bool fused_final_wg32(const gdn_context *ctx, int K, int V, int Hv, int64_t units) {
+    return ctx->cc_major == 9 && wgmma_built(ctx) && K <= 128 &&
+           env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1 &&
+           choose_form<false>(ctx, K, units, Hv, V) == Form::PAIR;
+}
 
 /* The summary launch covers segments 0 .. S-2, over V + K rows (segment
  * 0's blocks past V return at once); the final one every segment.

@@ -282,6 +282,16 @@ __device__ __forceinline__ void stmatrix_x4_trans(void *p, uint32_t r0, uint32_t
 }
 #endif
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/* stmatrix (sm_90) without the transpose: lanes 8i .. 8i + 7 give the
+ * row addresses of matrix i, r[i] its fragment */
+__device__ __forceinline__ void stmatrix_x4(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)),
+                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+#endif
+
 /* D = A(16x16, row) * B(16x8, col) + D, bf16 inputs, f32 accumulators. */
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4],
                                                const uint32_t b[2]) {

@@ -66,6 +66,21 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+/* d (+)= A B for a 64 x 32 tile, one k-step of 16, both operands from
+ * shared memory by descriptor (the 32-row wgmma form's products); acc = 0
+ * overwrites d; TA = 1 for an M-major A. */
+template <int TA> struct WgmmaSS32 {
+    static __device__ __forceinline__ void run(float (&d)[4][4], uint64_t da, uint64_t db, int acc) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1, %19, 0;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+                       "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+                     : "l"(da), "l"(db), "r"(acc), "n"(TA));
+    }
+};
+
 /* d (+)= A B for a 64 x N tile, N = 8 NG (64 or 128), one k-step of 16;
  * acc = 0 overwrites d; TB = 1 for an N-major B. */
 template <int NG, int TB> struct WgmmaRS;
