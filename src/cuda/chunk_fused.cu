@@ -441,7 +441,7 @@ __device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const f
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int m = lane >> 3; /* the matrix this lane addresses: (group, v half) */
     const int half = pitch == 16 ? (m & 1) ^ ((lane >> 2) & 1) : m & 1; /* (ta, tb multiples of 8) */
-    stmatrix_x4_trans(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + half * 8, pack_bf16x2(xa[0], xa[1]),
+    stmatrix_x4<true>(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + half * 8, pack_bf16x2(xa[0], xa[1]),
                       pack_bf16x2(xa[2], xa[3]), pack_bf16x2(xb[0], xb[1]), pack_bf16x2(xb[2], xb[3]));
 #else
     const int gid = lane >> 2, tig = lane & 3;
@@ -792,7 +792,7 @@ __device__ __forceinline__ void wg32_put(uint8_t *tile, const float (&a)[4][4], 
 #pragma unroll
     for (int p = 0; p < 2; p++) {
         const int r = 8 * (2 * p + (m >> 1)) + i, x = xw + 8 * (m & 1);
-        stmatrix_x4_trans(tile + sw128_offset(r, x), pack_bf16x2(a[2 * p][0], a[2 * p][1]),
+        stmatrix_x4<true>(tile + sw128_offset(r, x), pack_bf16x2(a[2 * p][0], a[2 * p][1]),
                           pack_bf16x2(a[2 * p][2], a[2 * p][3]), pack_bf16x2(a[2 * p + 1][0], a[2 * p + 1][1]),
                           pack_bf16x2(a[2 * p + 1][2], a[2 * p + 1][3]));
     }
@@ -811,29 +811,24 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
     const uint32_t aS = smem_addr(sS), aU = smem_addr(sU), aD = smem_addr(sD), aDp = smem_addr(sDp);
     auto kdesc = [](uint32_t a) { return wgmma_desc(a, 16, 1024); };
 
-    /* S^T: ST[mh][j][e] at k = 64 mh + 16 warp + gid + 8 (e >> 1), row 8 j + 2 tig + (e & 1) */
+    /* S^T: ST[mh][j][e] at k = 64 mh + 16 warp + gid + 8 (e >> 1), row v = r0 + 8 j + 2 tig + (e & 1) */
     float ST[KT][4][4];
-    auto st_k = [&](int mh, int e) { return 64 * mh + 16 * warp + gid + 8 * (e >> 1); };
-    auto st_v = [&](int j, int e) { return r0 + 8 * j + 2 * tig + (e & 1); };
-#pragma unroll
-    for (int mh = 0; mh < KT; mh++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int k = st_k(mh, e), v = st_v(j, e);
-                ST[mh][j][e] = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
-            }
-    auto store_st = [&](float *dst, int kv, int rows) {
+    auto each_st = [&](auto &&f) { /* f(element, k, v) over this thread's */
 #pragma unroll
         for (int mh = 0; mh < KT; mh++)
 #pragma unroll
             for (int j = 0; j < 4; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int k = st_k(mh, e), v = st_v(j, e);
-                    if (v < rows && k < P.K) dst[state_index(kv, rows, P.K, v, k)] = ST[mh][j][e];
-                }
+                for (int e = 0; e < 4; e++)
+                    f(ST[mh][j][e], 64 * mh + 16 * warp + gid + 8 * (e >> 1), r0 + 8 * j + 2 * tig + (e & 1));
+    };
+    each_st([&](float &x, int k, int v) {
+        x = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
+    });
+    auto store_st = [&](float *dst, int kv, int rows) {
+        each_st([&](float &x, int k, int v) {
+            if (v < rows && k < P.K) dst[state_index(kv, rows, P.K, v, k)] = x;
+        });
     };
     auto put_s = [&]() {
 #pragma unroll
@@ -858,15 +853,20 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         if (P.chunk_states) store_st(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, P.kv, P.V);
         mbar_wait(full + slot, ring.phase);
 
+        /* acc = x S^T for the chunk's k or q tile (at byte x_at of the
+         * stage), as one group */
+        auto s_group = [&](float(&acc)[4][4], int x_at) {
+#pragma unroll
+            for (int kk = 0; kk < KP / 16; kk++) {
+                const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
+                WgmmaSS32<0>::run(acc, kdesc(sb + x_at + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
+            }
+            wgmma_commit();
+        };
         /* X^T = k S^T */
         float X[4][4], O[4][4];
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KP / 16; kk++) {
-            const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
-            WgmmaSS32<0>::run(X, kdesc(sb + L::KC + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
-        }
-        wgmma_commit();
+        s_group(X, L::KC);
         /* this thread's per-token factors and v pairs, read while it runs */
         float fk[2], fq[2], fd[2];
         __nv_bfloat162 vv[2][4];
@@ -904,12 +904,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
             WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
         }
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < KP / 16; kk++) {
-            const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
-            WgmmaSS32<0>::run(O, kdesc(sb + L::Q + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
-        }
-        wgmma_commit();
+        s_group(O, L::Q);
         wgmma_wait<1>(); /* D */
         wgmma_fence_acc(X);
 
@@ -971,7 +966,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
             for (int p = 0; p < 2; p++) {
                 const int t = 16 * warp + 8 * (m & 1) + i, jj = 2 * p + (m >> 1);
                 const int half = (jj & 1) ^ ((t >> 2) & 1);
-                stmatrix_x4(sO + p * 1024 + t * 16 + half * 8, pack_bf16x2(O[2 * p][0], O[2 * p][1]),
+                stmatrix_x4<false>(sO + p * 1024 + t * 16 + half * 8, pack_bf16x2(O[2 * p][0], O[2 * p][1]),
                             pack_bf16x2(O[2 * p][2], O[2 * p][3]), pack_bf16x2(O[2 * p + 1][0], O[2 * p + 1][1]),
                             pack_bf16x2(O[2 * p + 1][2], O[2 * p + 1][3]));
             }
@@ -1423,6 +1418,11 @@ namespace {
 /* The fused pass's form for a launch of N segments' chains over `rows`
  * rows (V, or V + K in a summary), K <= 128. */
 enum class Form { WG2, WG1, PAIR, MMA4, MMA2 };
+/* a form's kernel arguments (launch_form) */
+template <int NWS_, bool WG_, bool PAIR_ = false> struct FormArgs {
+    static constexpr int NWS = NWS_;
+    static constexpr bool WG = WG_, PAIR = PAIR_;
+};
 template <bool SUM> Form choose_form(const gdn_context *ctx, int K, int64_t N, int Hv, int rows) {
     const bool k64 = K <= 64;
     const int sms = sm_count(ctx);
@@ -1473,25 +1473,20 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
         else
             return launch<256, 4, false, false, true>(ctx, P, N, segs, rows, stream);
     }
-    const bool k64 = P.K <= 64;
+    /* the form's launch at KP = 64 or 128 */
+    auto at_k = [&](auto form) {
+        using F = decltype(form);
+        return P.K <= 64 ? launch<64, F::NWS, F::WG, SUM, F::PAIR>(ctx, P, N, segs, rows, stream)
+                         : launch<128, F::NWS, F::WG, SUM, F::PAIR>(ctx, P, N, segs, rows, stream);
+    };
     switch (choose_form<SUM>(ctx, P.K, N, P.Hv, rows)) {
-    case Form::WG2:
-        return k64 ? launch<64, 8, true, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 8, true, SUM>(ctx, P, N, segs, rows, stream);
-    case Form::WG1:
-        return k64 ? launch<64, 4, true, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 4, true, SUM>(ctx, P, N, segs, rows, stream);
+    case Form::WG2: return at_k(FormArgs<8, true>{});
+    case Form::WG1: return at_k(FormArgs<4, true>{});
     case Form::PAIR:
-        if constexpr (!SUM)
-            return k64 ? launch<64, 4, false, SUM, true>(ctx, P, N, segs, rows, stream)
-                       : launch<128, 4, false, SUM, true>(ctx, P, N, segs, rows, stream);
+        if constexpr (!SUM) return at_k(FormArgs<4, false, true>{});
         break;
-    case Form::MMA4:
-        return k64 ? launch<64, 4, false, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 4, false, SUM>(ctx, P, N, segs, rows, stream);
-    case Form::MMA2:
-        return k64 ? launch<64, 2, false, SUM>(ctx, P, N, segs, rows, stream)
-                   : launch<128, 2, false, SUM>(ctx, P, N, segs, rows, stream);
+    case Form::MMA4: return at_k(FormArgs<4, false>{});
+    case Form::MMA2: return at_k(FormArgs<2, false>{});
     }
     return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no form");
 }

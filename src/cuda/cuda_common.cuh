@@ -272,24 +272,19 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p) 
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-/* stmatrix (sm_90): four 8x8 b16 matrices stored transposed; lanes 8i ..
- * 8i + 7 give the row addresses of matrix i, r[i] its fragment (the
- * ldmatrix layout, before the transpose). */
-__device__ __forceinline__ void stmatrix_x4_trans(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)),
-                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
-                 : "memory");
-}
-#endif
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-/* stmatrix (sm_90) without the transpose: lanes 8i .. 8i + 7 give the
- * row addresses of matrix i, r[i] its fragment */
+/* stmatrix (sm_90): four 8x8 b16 matrices, each stored transposed with
+ * TRANS; lanes 8i .. 8i + 7 give the row addresses of matrix i, r[i] its
+ * fragment (the ldmatrix layout, before any transpose). */
+#define GDN_STMATRIX_X4(T)                                                                                 \
+    asm volatile("stmatrix.sync.aligned.m8n8.x4" T ".shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)), \
+                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)                                                        \
+                 : "memory")
+template <bool TRANS>
 __device__ __forceinline__ void stmatrix_x4(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(p)),
-                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
-                 : "memory");
+    if constexpr (TRANS) GDN_STMATRIX_X4(".trans");
+    else GDN_STMATRIX_X4("");
 }
+#undef GDN_STMATRIX_X4
 #endif
 
 /* D = A(16x16, row) * B(16x8, col) + D, bf16 inputs, f32 accumulators. */
