@@ -189,16 +189,10 @@ gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward
     return GDN_SUCCESS;
 }
 
-/* fused_final_wg32 for this call's final launch: a varlen split's
- * segments, else N x S chains */
-bool final_wg32(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
-    const gdn_problem *p = a->p;
-    const int64_t units = l.vs.segments > a->N ? l.vs.segments : (int64_t)a->N * (l.segments > 1 ? l.segments : 1);
-    return fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv, units);
-}
-
-/* Whether prep writes zeros above T's and P's diagonal blocks so that the
- * fused pass's wgmma forms take whole tiles by tensor copies (Hopper),
+/* The fused path's choices that prep and the pass must agree on, made
+ * once a call (fused_plan).
+ * tp_zeros: whether prep writes zeros above T's and P's diagonal blocks
+ * so that the fused pass's wgmma forms take whole tiles by tensor copies (Hopper),
  * where they copy the lower blocks per lane otherwise. That pays where the
  * sequence is split (H100, ms: tp8_t64k 0.605 -> 0.551, its summary launch
  * 248 -> 193 us; Hk 4, Hv 16, T 32768 0.634 -> 0.571), and loses where
@@ -206,16 +200,27 @@ bool final_wg32(const gdn_context *ctx, const gdn_chunk_forward_args *a, const F
  * 0.373, q35_b4_t8k 0.742 -> 0.803): 60% more T and P bytes each way.
  * And where the final launch takes the 32-row wgmma form, which needs
  * them (fused_final_wg32). The bits do not change.
- * GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it (0 also turns that form off). */
-bool fused_tp_zeros(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
-    const bool split = l.segments > 1 || l.vs.segments > a->N;
-    const bool on = (split && ctx->cc_major == 9) || final_wg32(ctx, a, l);
-    return env_override("GDN_CUDA_FUSED_TP_ZEROS", on ? 1 : 0, {0, 1}) == 1;
+ * GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it (0 also turns that form off).
+ * wg32: the final launch takes that form (over a varlen split's segments,
+ * else N x S chains). */
+struct FusedPlan {
+    bool tp_zeros, wg32;
+};
+FusedPlan fused_plan(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
+    const gdn_problem *p = a->p;
+    const bool vsplit = l.vs.segments > a->N, split = l.segments > 1 || vsplit;
+    const int64_t units = vsplit ? l.vs.segments : (int64_t)a->N * (l.segments > 1 ? l.segments : 1);
+    const bool wg32 = fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv, units);
+    FusedPlan f;
+    f.tp_zeros = env_override("GDN_CUDA_FUSED_TP_ZEROS", (split && ctx->cc_major == 9) || wg32 ? 1 : 0, {0, 1}) == 1;
+    f.wg32 = f.tp_zeros && wg32;
+    return f;
 }
 
-/* Stage 1 for either operation. */
+/* Stage 1 for either operation: fp, the fused path's T/P form (NULL: w
+ * and u for the three stages). */
 gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
-                    const FwdLayout &l, uint8_t *ws, cudaStream_t stream, bool fused = false) {
+                    const FwdLayout &l, uint8_t *ws, cudaStream_t stream, const FusedPlan *fp) {
     const gdn_problem *p = a->p;
     PrepParams P{};
     P.map = m;
@@ -236,14 +241,14 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
     P.gcum = reinterpret_cast<float *>(ws + l.gcum);
     P.qscale = a->q && a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.qscale) : nullptr;
     P.kscale = a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.kscale) : nullptr;
-    if (fused) { /* the T/P form: the per-token factors in the same arrays */
+    if (fp) { /* the T/P form: the per-token factors in the same arrays */
         P.qscale = reinterpret_cast<float *>(ws + l.qscale);
         P.kscale = reinterpret_cast<float *>(ws + l.kscale);
         P.tmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.tmat);
         P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
         P.scale = a->opts.scale;
-        P.tp_zeros = fused_tp_zeros(ctx, a, l);
+        P.tp_zeros = fp->tp_zeros;
     }
     return launch_chunk_prep(ctx, P, stream);
 }
@@ -252,11 +257,11 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
  * and stage 1 when there are tokens. */
 gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forward_args *a,
                         const FwdLayout &l, uint8_t *ws, cudaStream_t stream, ChunkMap *m,
-                        bool fused = false) {
+                        const FusedPlan *fp = nullptr) {
     gdn_status st = check_sizes(ctx, op, a);
     if (st != GDN_SUCCESS) return st;
     if ((st = chunk_map(ctx, a->p, l, ws, stream, m)) != GDN_SUCCESS) return st;
-    return a->NT > 0 ? run_prep(ctx, a, *m, l, ws, stream, fused) : GDN_SUCCESS;
+    return a->NT > 0 ? run_prep(ctx, a, *m, l, ws, stream, fp) : GDN_SUCCESS;
 }
 
 /* The fused path (prep's T/P form, then one pass for state and output)
@@ -285,7 +290,7 @@ bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
 }
 
 gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
-                     const FwdLayout &l, uint8_t *ws, cudaStream_t stream) {
+                     const FwdLayout &l, const FusedPlan &fp, uint8_t *ws, cudaStream_t stream) {
     const gdn_problem *p = a->p;
     FusedParams F{};
     F.map = m;
@@ -303,8 +308,8 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.chunk_states = a->chunk_states;
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     F.kv = p->state_layout == GDN_STATE_KV;
-    F.tp_zeros = fused_tp_zeros(ctx, a, l);
-    F.wg32 = F.tp_zeros && final_wg32(ctx, a, l);
+    F.tp_zeros = fp.tp_zeros;
+    F.wg32 = fp.wg32;
     set_heads(F, p);
     /* sm_90: o of whole chunks by tensor stores (GDN_CUDA_FUSED_TMA_O=0 | 1) */
     const int64_t tokens = p->B * p->T;
@@ -517,10 +522,11 @@ extern "C" gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_f
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
     const bool fused = use_fused(ctx, a);
-    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m, fused);
+    const FusedPlan fp = fused ? fused_plan(ctx, a, l) : FusedPlan{};
+    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m, fused ? &fp : nullptr);
     if (st != GDN_SUCCESS) return st;
     if (a->NT == 0) return final_is_start(ctx, a, stream);
-    if (fused) return run_fused(ctx, a, m, l, ws, stream);
+    if (fused) return run_fused(ctx, a, m, l, fp, ws, stream);
     return run_state_output(ctx, a, m, l, ws, stream);
 }
 

@@ -268,10 +268,10 @@ struct FusedParams {
      * output (the combine's start states) must not set it. */
     int pdl;
     /* prep wrote zeros above T's and P's diagonal blocks (PrepParams): the
-     * wgmma forms take whole tiles by tensor copies as well (fused_tp_zeros) */
+     * wgmma forms take whole tiles by tensor copies as well (fused_plan) */
     int tp_zeros;
     /* sm_90a: the pair form's blocks (K <= 128) by the 32-row wgmma form
-     * (chunk_fused.cu, wg32_chunks; set with tp_zeros: fused_final_wg32) */
+     * (chunk_fused.cu, wg32_chunks; set only with tp_zeros: fused_plan) */
     int wg32;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);

@@ -765,8 +765,9 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
  * read each fragment once a warp (its two pairs read the same q, k, T and
  * P fragments), and the tensor pipe's order is chosen so that the chain
  * X -> D -> S^T does not wait behind O's products: O1 goes in after D, O2
- * after the update (with O1 ahead of D, as first built, q35_t8k and
- * q35_t32k were 2-3% slower). H200, under ncu, q35_t8k's fused pass
+ * after the update (with O1 ahead of D, as first built, q35_t8k was about
+ * 1% slower, an A/B confounded by prep's zeros: RESULTS, session 28).
+ * H200, under ncu, q35_t8k's fused pass
  * 178 -> 169 us against the pair form; but the whole T and P tiles that
  * the products run need zeros above the diagonal blocks, which prep then
  * writes (tp_zeros: prep 80 -> 84-86 us), so the forward gains less: one
@@ -924,12 +925,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
 
         /* S^T = gamma_L S^T + k^T D' (k read M-major); then, once O1 is
          * in, O1 scaled and O^T += P D */
-#pragma unroll
-        for (int mh = 0; mh < KT; mh++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) ST[mh][j][e] *= gL;
+        each_st([&](float &x, int, int) { x *= gL; });
 #pragma unroll
         for (int mh = 0; mh < KT; mh++) wgmma_fence_acc(ST[mh]); /* (the scaling before the fence) */
         wgmma_fence();
@@ -1092,7 +1088,7 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
     if constexpr (PAIR) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
         if constexpr (KP <= 128)
-            if (P.wg32 && P.tp_zeros) { /* (the host sets both: fused_final_wg32) */
+            if (P.wg32 && P.tp_zeros) { /* (the host sets both: fused_plan) */
                 wg32_chunks<KP>(P, smem, full, empty, stages, sq, h, row0, sp, smem + stages * L::STAGE, warp, lane);
                 return;
             }
