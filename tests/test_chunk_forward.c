@@ -796,13 +796,12 @@ static void check_row_tiles(gdn_context *ctx) {
  * cases would not get), checked with both head maps and with six value
  * heads to a key head (more than prep's gate slots); nor the
  * programmatic launch after prep (GDN_CUDA_FUSED_PDL) or a two-deep ring
- * where three fit (GDN_CUDA_FUSED_STAGES=2); nor prep's zeros above T's
- * and P's diagonal blocks (GDN_CUDA_FUSED_TP_ZEROS, the split's default
- * on Hopper), with which the wgmma forms take whole tiles by tensor
- * copies: checked off and on, and every product form with them on; nor
- * the 32-row wgmma form that takes the pair form's blocks on Hopper
- * (GDN_CUDA_FUSED_WG32), checked off and on at K = 128 and 64, with
- * prep's zeros (else its producer writes them) and with per-lane copies.
+ * where three fit (GDN_CUDA_FUSED_STAGES=2); nor the wgmma forms' T and P
+ * by tensor copies (GDN_CUDA_FUSED_TP_TMA, the split's default on
+ * Hopper; the copies write the zeros above the diagonal blocks): checked
+ * off and on, and every product form with them on; nor the 32-row wgmma
+ * form that takes the pair form's blocks on Hopper (GDN_CUDA_FUSED_WG32),
+ * checked off and on at K = 128 and 64, and with per-lane copies.
  * Forced through GDN_CUDA_FUSED=1, unless the runner has set it. */
 static void check_fused_knobs(gdn_context *ctx) {
     if (getenv("GDN_CUDA_FUSED")) return;
@@ -829,14 +828,13 @@ static void check_fused_knobs(gdn_context *ctx) {
     check_env_bits(ctx, &g6, 4358, "GDN_CUDA_PREP_SHARE", off_on, 2);
     check_env_bits(ctx, &tiled, 4352, "GDN_CUDA_FUSED_PDL", off_on, 2);
     check_env_bits(ctx, &tiled, 4353, "GDN_CUDA_FUSED_STAGES", two, 1);
-    check_env_bits(ctx, &c, 4354, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
-    check_env_bits(ctx, &tiled, 4355, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
-    if (!getenv("GDN_CUDA_FUSED_TP_ZEROS")) {
-        setenv("GDN_CUDA_FUSED_TP_ZEROS", "1", 1);
+    check_env_bits(ctx, &c, 4354, "GDN_CUDA_FUSED_TP_TMA", off_on, 2);
+    check_env_bits(ctx, &tiled, 4355, "GDN_CUDA_FUSED_TP_TMA", off_on, 2);
+    if (!getenv("GDN_CUDA_FUSED_TP_TMA")) {
+        setenv("GDN_CUDA_FUSED_TP_TMA", "1", 1);
         check_env_bits(ctx, &c, 4356, "GDN_CUDA_FUSED_WGMMA", wg, 3);
         check_env_bits(ctx, &tiled, 4357, "GDN_CUDA_FUSED_WGMMA", wg, 3);
-        check_env_bits(ctx, &c, 4359, "GDN_CUDA_FUSED_WG32", off_on, 2);
-        unsetenv("GDN_CUDA_FUSED_TP_ZEROS");
+        unsetenv("GDN_CUDA_FUSED_TP_TMA");
     }
     check_env_bits(ctx, &c, 4360, "GDN_CUDA_FUSED_WG32", off_on, 2);
     check_env_bits(ctx, &tiled, 4361, "GDN_CUDA_FUSED_WG32", off_on, 2);
@@ -854,9 +852,9 @@ static void check_fused_knobs(gdn_context *ctx) {
  * partial) against the oracle with every output, h0 from the caller; a row
  * tile that holds both value rows and transition rows (V = 96, K = 128);
  * no h0; both product forms, which must agree bitwise here too, as must
- * prep's zeros above the diagonal blocks off and on (on by default here
- * on Hopper) and the 32-row wgmma form off and on; leaving out final_state and chunk_states changes nothing
- * else. And a varlen
+ * the wgmma forms' T and P by tensor copies off and on (on by default
+ * here on Hopper) and the 32-row wgmma form off and on; leaving out
+ * final_state and chunk_states changes nothing else. And a varlen
  * batch's split, each sequence by its own length (GDN_CUDA_FUSED_MIN_SEG=2
  * lets 8 chunks split): empty, unsplit and split sequences side by side
  * against the oracle, both product forms, each sequence alone. */
@@ -877,7 +875,7 @@ static void check_fused_split(gdn_context *ctx) {
         check_case(ctx, &b, 4410 + (uint64_t)i, 1);
         check_case(ctx, &c, 4430 + (uint64_t)i, 1);
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
-        check_env_bits(ctx, &c, 4434 + (uint64_t)i, "GDN_CUDA_FUSED_TP_ZEROS", off_on, 2);
+        check_env_bits(ctx, &c, 4434 + (uint64_t)i, "GDN_CUDA_FUSED_TP_TMA", off_on, 2);
         check_env_bits(ctx, &c, 4437 + (uint64_t)i, "GDN_CUDA_FUSED_WG32", off_on, 2);
         if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
             check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);

@@ -189,38 +189,10 @@ gdn_status check_sizes(gdn_context *ctx, const char *op, const gdn_chunk_forward
     return GDN_SUCCESS;
 }
 
-/* The fused path's choices that prep and the pass must agree on, made
- * once a call (fused_plan).
- * tp_zeros: whether prep writes zeros above T's and P's diagonal blocks
- * so that the fused pass's wgmma forms take whole tiles by tensor copies (Hopper),
- * where they copy the lower blocks per lane otherwise. That pays where the
- * sequence is split (H100, ms: tp8_t64k 0.605 -> 0.551, its summary launch
- * 248 -> 193 us; Hk 4, Hv 16, T 32768 0.634 -> 0.571), and loses where
- * many heads make the pass move more bytes than it can (q397_t8k 0.352 ->
- * 0.373, q35_b4_t8k 0.742 -> 0.803): 60% more T and P bytes each way.
- * And where the final launch takes the 32-row wgmma form, which needs
- * them (fused_final_wg32). The bits do not change.
- * GDN_CUDA_FUSED_TP_ZEROS=0 | 1 forces it (0 also turns that form off).
- * wg32: the final launch takes that form (over a varlen split's segments,
- * else N x S chains). */
-struct FusedPlan {
-    bool tp_zeros, wg32;
-};
-FusedPlan fused_plan(const gdn_context *ctx, const gdn_chunk_forward_args *a, const FwdLayout &l) {
-    const gdn_problem *p = a->p;
-    const bool vsplit = l.vs.segments > a->N, split = l.segments > 1 || vsplit;
-    const int64_t units = vsplit ? l.vs.segments : (int64_t)a->N * (l.segments > 1 ? l.segments : 1);
-    const bool wg32 = fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv, units);
-    FusedPlan f;
-    f.tp_zeros = env_override("GDN_CUDA_FUSED_TP_ZEROS", (split && ctx->cc_major == 9) || wg32 ? 1 : 0, {0, 1}) == 1;
-    f.wg32 = f.tp_zeros && wg32;
-    return f;
-}
-
-/* Stage 1 for either operation: fp, the fused path's T/P form (NULL: w
+/* Stage 1 for either operation: tp, the fused path's T/P form (else w
  * and u for the three stages). */
 gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
-                    const FwdLayout &l, uint8_t *ws, cudaStream_t stream, const FusedPlan *fp) {
+                    const FwdLayout &l, uint8_t *ws, cudaStream_t stream, bool tp) {
     const gdn_problem *p = a->p;
     PrepParams P{};
     P.map = m;
@@ -241,14 +213,13 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
     P.gcum = reinterpret_cast<float *>(ws + l.gcum);
     P.qscale = a->q && a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.qscale) : nullptr;
     P.kscale = a->opts.l2norm_qk ? reinterpret_cast<float *>(ws + l.kscale) : nullptr;
-    if (fp) { /* the T/P form: the per-token factors in the same arrays */
+    if (tp) { /* the T/P form: the per-token factors in the same arrays */
         P.qscale = reinterpret_cast<float *>(ws + l.qscale);
         P.kscale = reinterpret_cast<float *>(ws + l.kscale);
         P.tmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.tmat);
         P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
         P.scale = a->opts.scale;
-        P.tp_zeros = fp->tp_zeros;
     }
     return launch_chunk_prep(ctx, P, stream);
 }
@@ -257,11 +228,11 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
  * and stage 1 when there are tokens. */
 gdn_status map_and_prep(gdn_context *ctx, const char *op, const gdn_chunk_forward_args *a,
                         const FwdLayout &l, uint8_t *ws, cudaStream_t stream, ChunkMap *m,
-                        const FusedPlan *fp = nullptr) {
+                        bool tp = false) {
     gdn_status st = check_sizes(ctx, op, a);
     if (st != GDN_SUCCESS) return st;
     if ((st = chunk_map(ctx, a->p, l, ws, stream, m)) != GDN_SUCCESS) return st;
-    return a->NT > 0 ? run_prep(ctx, a, *m, l, ws, stream, fp) : GDN_SUCCESS;
+    return a->NT > 0 ? run_prep(ctx, a, *m, l, ws, stream, tp) : GDN_SUCCESS;
 }
 
 /* The fused path (prep's T/P form, then one pass for state and output)
@@ -290,7 +261,7 @@ bool use_fused(const gdn_context *ctx, const gdn_chunk_forward_args *a) {
 }
 
 gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const ChunkMap &m,
-                     const FwdLayout &l, const FusedPlan &fp, uint8_t *ws, cudaStream_t stream) {
+                     const FwdLayout &l, uint8_t *ws, cudaStream_t stream) {
     const gdn_problem *p = a->p;
     FusedParams F{};
     F.map = m;
@@ -308,8 +279,6 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.chunk_states = a->chunk_states;
     F.o = reinterpret_cast<__nv_bfloat16 *>(a->o);
     F.kv = p->state_layout == GDN_STATE_KV;
-    F.tp_zeros = fp.tp_zeros;
-    F.wg32 = fp.wg32;
     set_heads(F, p);
     /* sm_90: o of whole chunks by tensor stores (GDN_CUDA_FUSED_TMA_O=0 | 1) */
     const int64_t tokens = p->B * p->T;
@@ -323,13 +292,24 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
         const int64_t tiles = gdn_problem_num_chunks(p) * p->Hv;
         F.tma_in = encode_tile_map(&F.tmap_q, a->q, tokens, p->Hk, (int)p->K) &&
                    encode_tile_map(&F.tmap_k, a->k, tokens, p->Hk, (int)p->K) &&
-                   encode_tp_map(&F.tmap_t, F.tmat, tiles) && encode_tp_map(&F.tmap_tl, F.tlo, tiles) &&
-                   encode_tp_map(&F.tmap_p, F.pmat, tiles);
+                   encode_tp_maps(F.tmap_tp, F.tmat, tiles, (int64_t)(l.tlo - l.tmat));
     }
     /* a split (fwd_layout's): the summary launch, the combine, then the
      * final launch; a varlen batch's by the device's segment offsets */
     F.segments = l.segments;
     const bool varlen = l.vs.segments > a->N;
+    /* The wgmma forms' T and P by tensor copies as well (a copy a 16-row
+     * block: encode_tp_maps), where else they copy the lower blocks per
+     * lane: a split sequence (GDN_CUDA_FUSED_TP_TMA=0 | 1 forces it). It
+     * pays there and loses where many heads load the pass (H100, ms,
+     * against per-lane copies: q397_t8k 0.328 -> 0.358, q35_b4_t8k 0.712 ->
+     * 0.751; with whole tiles and prep writing zeros above the diagonal
+     * blocks, session 27: tp8_t64k 0.605 -> 0.551). The bits do not change. */
+    F.tp_tma = env_override("GDN_CUDA_FUSED_TP_TMA", varlen || F.segments > 1 ? 1 : 0, {0, 1}) == 1;
+    /* the final launch's blocks in the 32-row wgmma form (over a varlen
+     * split's segments, else N x S chains) */
+    F.wg32 = fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv,
+                              varlen ? l.vs.segments : (int64_t)a->N * (F.segments > 1 ? F.segments : 1));
     /* the first fused launch follows prep directly (a varlen batch has the
      * chunk-offset scan between them): a programmatic dependent launch,
      * sm_90 (GDN_CUDA_FUSED_PDL=0 | 1) */
@@ -522,11 +502,10 @@ extern "C" gdn_status gdn_cuda_chunk_forward(gdn_context *ctx, const gdn_chunk_f
     uint8_t *ws = static_cast<uint8_t *>(a->workspace);
     ChunkMap m;
     const bool fused = use_fused(ctx, a);
-    const FusedPlan fp = fused ? fused_plan(ctx, a, l) : FusedPlan{};
-    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m, fused ? &fp : nullptr);
+    gdn_status st = map_and_prep(ctx, OP, a, l, ws, stream, &m, fused);
     if (st != GDN_SUCCESS) return st;
     if (a->NT == 0) return final_is_start(ctx, a, stream);
-    if (fused) return run_fused(ctx, a, m, l, fp, ws, stream);
+    if (fused) return run_fused(ctx, a, m, l, ws, stream);
     return run_state_output(ctx, a, m, l, ws, stream);
 }
 

@@ -164,7 +164,7 @@ struct PrepParams {
     /* The fused path's form (tmat set): instead of w and u (and without
      * reading v), per (chunk c, head h) two [64][64] bf16 tiles at
      * ((c * Hv + h) * 64 + t) * 64 + s, lower 16x16 blocks only (s / 16
-     * <= t / 16; the others are left unwritten, or zero with tp_zeros),
+     * <= t / 16; the others are left unwritten: encode_tp_maps),
      * rows t >= len zero:
      *   tmat  T[t][s] = (I + A)^-1[t][s] beta_s, as bf16 hi (tmat) and
      *         lo (tlo) with T = hi + lo to about 16 bits: T's rounding
@@ -179,10 +179,6 @@ struct PrepParams {
      *   gcum    ks_t exp(G_L - G_t) */
     __nv_bfloat16 *tmat, *tlo, *pmat;
     float scale;
-    /* T/P form: the blocks above the diagonal written too, as zeros, so
-     * that the fused pass's wgmma forms can take whole tiles by tensor
-     * copies (FusedParams::tp_zeros) */
-    int tp_zeros;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
 
@@ -258,20 +254,20 @@ struct FusedParams {
     int tma_o;
     CUtensorMap tmap_o;
     /* sm_90: whole chunks' q, k (and, mma.sync form, T hi, T lo and P) by
-     * tensor copies (encode_tile_map, encode_tp_map) */
+     * tensor copies (encode_tile_map, encode_tp_maps) */
     int tma_in;
-    CUtensorMap tmap_q, tmap_k, tmap_t, tmap_tl, tmap_p;
+    CUtensorMap tmap_q, tmap_k, tmap_tp[4];
     /* host: launch as prep's programmatic dependent (sm_90). The kernel's
      * producers wait for prep before their first copy in any case (a
      * no-op without the launch attribute); no other warp reads prep's
      * output, so a launch whose compute warps read an earlier kernel's
      * output (the combine's start states) must not set it. */
     int pdl;
-    /* prep wrote zeros above T's and P's diagonal blocks (PrepParams): the
-     * wgmma forms take whole tiles by tensor copies as well (fused_plan) */
-    int tp_zeros;
+    /* the wgmma forms take T and P by tensor copies too (with tma_in;
+     * else their lower blocks per lane): fused_plan */
+    int tp_tma;
     /* sm_90a: the pair form's blocks (K <= 128) by the 32-row wgmma form
-     * (chunk_fused.cu, wg32_chunks; set only with tp_zeros: fused_plan) */
+     * (chunk_fused.cu, wg32_chunks; fused_final_wg32) */
     int wg32;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
@@ -284,11 +280,15 @@ bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
  * one head, 128-byte swizzled, zeros past K and past the last token */
 bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K);
 /* prep's [tiles][64][64] bf16 T or P tiles as whole swizzled tiles */
-bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles);
+/* prep's T hi, T lo and P tiles ([tiles][64][64] bf16 each, the three
+ * arrays kind_bytes apart) as four maps, one a 16-row block rb of a tile:
+ * box {64 columns, 16 rows, 1 kind} at (0, 64 tile + 16 rb, kind), 128-byte
+ * swizzled; the map of block rb holds columns < 16 (rb + 1) only, so a copy
+ * writes zeros above the diagonal blocks, whatever prep left there. */
+bool encode_tp_maps(CUtensorMap m[4], const void *base, int64_t tiles, int64_t kind_bytes);
 /* Whether the final (or only) launch of the fused pass, over `units`
  * segments' chains of V rows, takes the 32-row wgmma form (WG32: Hopper,
- * pair-form blocks, K <= 128; GDN_CUDA_FUSED_WG32=0 | 1), which needs
- * prep's zeros above T's and P's diagonal blocks (PrepParams::tp_zeros). */
+ * pair-form blocks, K <= 128; GDN_CUDA_FUSED_WG32=0 | 1). */
 bool fused_final_wg32(const gdn_context *ctx, int K, int V, int Hv, int64_t units);
 /* summary: the split path's first launch (see FusedParams) */
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,

@@ -72,11 +72,14 @@
  * tensor copies that one producer lane issues into 128-byte swizzled
  * tiles; the per-lane cp.async copies before that kept the producer warp
  * issuing about 120 copies a chunk and bounded the pair form (q35_t8k
- * 0.430 ms with them, 0.309 without). The wgmma form takes q and k
- * so, and T and P too where prep wrote zeros above their diagonal blocks
- * (tp_zeros: a split sequence; H100, tp8_t64k's summary launch 248 -> 193
- * us); else it copies their lower blocks per lane and keeps the zeros
- * it put there at the start. Prep's per-token factors
+ * 0.430 ms with them, 0.309 without). T and P come a 16-row block a
+ * copy from maps whose columns end at the diagonal block
+ * (encode_tp_maps), so that the copies write zeros above it, which the
+ * wgmma forms' products need (prep leaves those blocks unwritten; when
+ * it wrote zeros there instead, for whole-tile copies, it took 6 us more
+ * at q35_t8k, H100). The wgmma form takes T and P so where the sequence
+ * is split (tp_tma); else it copies their lower blocks per lane and keeps
+ * the zeros the kernel put there at the start. Prep's per-token factors
  * are one 256-byte row a tile (16-byte copies). As [tokens, Hv], each
  * value a sector of its own, they took 192 four-byte copies a stage,
  * which likely held the L1 pipe that the compute warps' ldmatrix reads
@@ -224,14 +227,12 @@ __host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
  * its end would be the next sequence's: those keep the per-lane copies,
  * which zero them); that lane is then one more arrival (kernel's init
  * count).
- * Prep leaves T's and P's blocks above the diagonal unwritten (unless
- * P.tp_zeros). The mma.sync form loads whole tiles and never reads those
- * blocks (loading only the others made it 13% slower at q35_t8k,
- * unexplained); the wgmma form needs zeros there (its products run whole
- * rows: trimming them was slower), so it loads whole tiles only with
- * P.tp_zeros and otherwise the lower blocks, keeping the zeros that the
- * kernel wrote at its start. A partial chunk's per-lane copies skip those
- * blocks in either case: a stage holds zeros there from either source. */
+ * Prep leaves T's and P's blocks above the diagonal unwritten. The
+ * wgmma forms (and WG32) need zeros there (their products run whole rows:
+ * trimming them was slower); the tensor copies write zeros there (the
+ * maps end at the diagonal block), and per-lane copies skip those blocks,
+ * keeping the zeros that the kernel wrote at its start or a tensor copy
+ * left. The wgmma form takes T and P per lane unless P.tp_tma. */
 template <int KP, int NWS, bool WG, bool SUM, bool PAIR>
 __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const FusedParams &P, const SeqSpan &sq,
                                            int c, int h, int kh, int row0, int lane, int part, int nparts) {
@@ -249,17 +250,19 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
 #endif
     if (part == 0 && P.tma_in && lane == 0) {
         if (tma) {
-            const uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG && !P.tp_zeros ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
+            const uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG && !P.tp_tma ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
             mbar_arrive_expect_tx(bar, bytes);
 #pragma unroll
             for (int b = 0; b < KP / 64; b++) {
                 if (!SUM) tma_load_3d(st + L::Q + b * BT * 128, &P.tmap_q, bar, 64 * b, kh, (int)t0);
                 tma_load_3d(st + L::KC + b * BT * 128, &P.tmap_k, bar, 64 * b, kh, (int)t0);
             }
-            if (!WG || P.tp_zeros) { /* (else the wgmma form's T, P per lane below, keeping its zeros) */
-                tma_load_3d(st + L::TM, &P.tmap_t, bar, 0, 0, (int)(ti * BT));
-                tma_load_3d(st + L::TL, &P.tmap_tl, bar, 0, 0, (int)(ti * BT));
-                if (!SUM) tma_load_3d(st + L::PM, &P.tmap_p, bar, 0, 0, (int)(ti * BT));
+#pragma unroll
+            for (int rb = 0; rb < 4 && (!WG || P.tp_tma); rb++) { /* 16 rows a copy, zeros above the diagonal blocks */
+                const int row = (int)(ti * BT) + 16 * rb;
+                tma_load_3d(st + L::TM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 0);
+                tma_load_3d(st + L::TL + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 1);
+                if (!SUM) tma_load_3d(st + L::PM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 2);
             }
         } else {
             mbar_arrive(bar);
@@ -296,9 +299,9 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
     }
     const int64_t tile = ti * (BT * BT);
 #pragma unroll 4
-    for (int r = 0; r < BT * 8 / DI && (!tma || (WG && !P.tp_zeros)); r++) {
+    for (int r = 0; r < BT * 8 / DI && (!tma || (WG && !P.tp_tma)); r++) {
         const int t = (i0 >> 3) + r * (DI / 8), cc = (i0 & 7) * 8;
-        if (WG && (cc >> 4) > (t >> 4)) continue; /* the wgmma form: zeros there */
+        if ((cc >> 4) > (t >> 4)) continue; /* zeros there (the kernel's start, or a tensor copy) */
         const uint32_t at = L::tp_at(t, cc);
         const int64_t g = tile + t * BT + cc;
         cp_async16(st + L::TM + at, P.tmat + g, 16);
@@ -436,11 +439,15 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
  * the same banks, two wavefronts a matrix (H200, three rounds: q397_t8k
  * and tp8_t64k -0.9%, whose warps stage four times a chunk; the pair
  * form's rows unchanged). */
+/* The 16-byte half (0 or 1) of an o staging row t ([64][16] bf16) that
+ * holds values 8 half .. 8 half + 7 in the o map's 32-byte swizzle. */
+__device__ __forceinline__ int o_swz32(int half, int t) { return half ^ ((t >> 2) & 1); }
+
 __device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const float (&xa)[4], const float (&xb)[4],
                                          int ta, int tb, int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int m = lane >> 3; /* the matrix this lane addresses: (group, v half) */
-    const int half = pitch == 16 ? (m & 1) ^ ((lane >> 2) & 1) : m & 1; /* (ta, tb multiples of 8) */
+    const int half = pitch == 16 ? o_swz32(m & 1, lane & 7) : m & 1; /* (ta, tb multiples of 8) */
     stmatrix_x4<true>(tile + ((m < 2 ? ta : tb) + (lane & 7)) * pitch + half * 8, pack_bf16x2(xa[0], xa[1]),
                       pack_bf16x2(xa[2], xa[3]), pack_bf16x2(xb[0], xb[1]), pack_bf16x2(xb[2], xb[3]));
 #else
@@ -768,13 +775,13 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
  * after the update (with O1 ahead of D, as first built, q35_t8k was about
  * 1% slower, an A/B confounded by prep's zeros: RESULTS, session 28).
  * H200, under ncu, q35_t8k's fused pass
- * 178 -> 169 us against the pair form; but the whole T and P tiles that
- * the products run need zeros above the diagonal blocks, which prep then
- * writes (tp_zeros: prep 80 -> 84-86 us), so the forward gains less: one
- * job, the same binary, ms, off -> on: q35_t8k 0.2459 -> 0.2431, q35_t32k
- * 0.9329 -> 0.9122, tp8_t2k (whose split wrote the zeros already) 0.0500
- * -> 0.0495. A warp of its own writing the zeros into each landed stage,
- * in place of prep, was much slower (q35_t8k 0.35 ms; not understood).
+ * 178 -> 169 us against the pair form. The whole T and P tiles that the
+ * products run need zeros above the diagonal blocks: the tensor copies
+ * write them (encode_tp_maps). Tried and slower for those zeros: prep
+ * writing them (prep 80 -> 84-86 us), a warp of its own writing them into
+ * each landed stage (q35_t8k 0.35 ms; not understood), and the compute
+ * warps doing so while X runs (H100: the pass 169 -> 185 us; not
+ * understood either).
  * Every accumulator sums the same 16-deep k-steps in the same order as the
  * other forms, so the bits are theirs (for finite values: a non-finite
  * value in a chunk's T reaches more of that chunk's o through the zero
@@ -961,7 +968,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
 #pragma unroll
             for (int p = 0; p < 2; p++) {
                 const int t = 16 * warp + 8 * (m & 1) + i, jj = 2 * p + (m >> 1);
-                const int half = (jj & 1) ^ ((t >> 2) & 1);
+                const int half = o_swz32(jj & 1, t);
                 stmatrix_x4<false>(sO + p * 1024 + t * 16 + half * 8, pack_bf16x2(O[2 * p][0], O[2 * p][1]),
                             pack_bf16x2(O[2 * p][2], O[2 * p][3]), pack_bf16x2(O[2 * p + 1][0], O[2 * p + 1][1]),
                             pack_bf16x2(O[2 * p + 1][2], O[2 * p + 1][3]));
@@ -1052,19 +1059,20 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
             mbar_init(full + i, 32 * npw + (P.tma_in ? 1 : 0)); /* + the tensor copies' lane */
             mbar_init(empty + i, 32 * NWS);
         }
-    if (WG) { /* zeros above T's and P's diagonal blocks, never loaded */
-        for (int i = threadIdx.x; i < stages * BT * 8; i += blockDim.x) {
-            const int slot = i / (BT * 8), t = (i >> 3) % BT, cc = (i & 7) * 8;
-            if ((cc >> 4) <= (t >> 4)) continue;
-            uint8_t *st = smem + slot * L::STAGE;
-            const uint32_t at = L::tp_at(t, cc);
-            const uint4 z = make_uint4(0, 0, 0, 0);
-            *reinterpret_cast<uint4 *>(st + L::TM + at) = z;
-            *reinterpret_cast<uint4 *>(st + L::TL + at) = z;
-            if (!SUM) *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
-        }
-        fence_proxy_async_smem(); /* for the products' reads */
+    /* zeros above T's and P's diagonal blocks of every stage, for the
+     * per-lane copies (which skip those blocks; a tensor copy writes zeros
+     * there itself): the wgmma forms' products run whole tiles over them */
+    for (int i = threadIdx.x; i < stages * BT * 8; i += blockDim.x) {
+        const int slot = i / (BT * 8), t = (i >> 3) % BT, cc = (i & 7) * 8;
+        if ((cc >> 4) <= (t >> 4)) continue;
+        uint8_t *st = smem + slot * L::STAGE;
+        const uint32_t at = L::tp_at(t, cc);
+        const uint4 z = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4 *>(st + L::TM + at) = z;
+        *reinterpret_cast<uint4 *>(st + L::TL + at) = z;
+        if (!SUM) *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
     }
+    fence_proxy_async_smem(); /* for the products' reads */
     __syncthreads();
 
     if (warp >= NWS) { /* the producer(s) */
@@ -1088,7 +1096,7 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
     if constexpr (PAIR) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
         if constexpr (KP <= 128)
-            if (P.wg32 && P.tp_zeros) { /* (the host sets both: fused_plan) */
+            if (P.wg32) {
                 wg32_chunks<KP>(P, smem, full, empty, stages, sq, h, row0, sp, smem + stages * L::STAGE, warp, lane);
                 return;
             }

@@ -460,12 +460,6 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                 *reinterpret_cast<uint4 *>(pm + i * BT + col) =
                     *reinterpret_cast<const uint4 *>(Ps + i * LDP + col);
             }
-            if (P.tp_zeros) /* the 192 pieces above the diagonal blocks */
-                for (int x = tid - 160; x < 512; x += 64) {
-                    const int i = x >> 3, col = (x & 7) * 8;
-                    if ((col >> 4) > (i >> 4))
-                        *reinterpret_cast<uint4 *>(pm + i * BT + col) = make_uint4(0, 0, 0, 0);
-                }
         }
         if (tid < 160) {
             const int i = tid < 16 ? 0 : tid < 48 ? 1 : tid < 96 ? 2 : 3;
@@ -592,9 +586,6 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                     split_pair(t.z * b4.z, t.w * b4.w, hi.y, lo.y);
                     *reinterpret_cast<uint2 *>(th + i * BT) = hi;
                     *reinterpret_cast<uint2 *>(tl + i * BT) = lo;
-                } else if (P.tp_zeros) {
-                    *reinterpret_cast<uint2 *>(th + i * BT) = make_uint2(0, 0);
-                    *reinterpret_cast<uint2 *>(tl + i * BT) = make_uint2(0, 0);
                 }
             }
         }

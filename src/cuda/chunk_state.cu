@@ -1361,12 +1361,22 @@ bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t h
                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-/* prep's T / P tiles ([tiles][64][64] bf16) as a map of whole swizzled
- * tiles (the fused pass's inputs); box row 64 i is tile i's. */
-bool encode_tp_map(CUtensorMap *m, const void *base, int64_t tiles) {
-    if (tiles > INT32_MAX / BT) return false; /* row coordinates are int32 */
-    return encode_bf16_map(m, base, tiles * BT, 1, BT, BT, CU_TENSOR_MAP_SWIZZLE_128B,
-                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+bool encode_tp_maps(CUtensorMap m[4], const void *base, int64_t tiles, int64_t kind_bytes) {
+    if (tiles > INT32_MAX / BT || kind_bytes % 16) return false; /* row coordinates are int32 */
+    const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+    if (!enc) return false;
+    for (int rb = 0; rb < 4; rb++) {
+        /* columns past 16 (rb + 1) lie outside the tensor: the copy fills them with zeros */
+        const cuuint64_t dims[3] = {(cuuint64_t)(16 * (rb + 1)), (cuuint64_t)(tiles * BT), 3};
+        const cuuint64_t strides[2] = {BT * 2, (cuuint64_t)kind_bytes};
+        const cuuint32_t box[3] = {BT, 16, 1};
+        const cuuint32_t elem_strides[3] = {1, 1, 1};
+        if (enc(&m[rb], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(base), dims, strides, box,
+                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+            return false;
+    }
+    return true;
 }
 
 bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V) {
