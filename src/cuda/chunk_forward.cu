@@ -135,7 +135,7 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     const size_t tpb = align256(NT * Hv * GDN_CHUNK * GDN_CHUNK * 2);
     l.w = take(wb + ub > 3 * tpb ? wb + ub : 3 * tpb);
     l.u = l.w + wb;
-    l.tmat = l.w;
+    l.tmat = l.w; /* the three equally spaced: one tensor map spans them (encode_tp_maps) */
     l.tlo = l.w + tpb;
     l.pmat = l.w + 2 * tpb;
     /* [tokens, Hv], or the fused path's factors as [NT Hv][64] (PrepParams) */
