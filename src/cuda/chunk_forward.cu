@@ -306,10 +306,6 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
      * 0.751; with whole tiles and prep writing zeros above the diagonal
      * blocks, session 27: tp8_t64k 0.605 -> 0.551). The bits do not change. */
     F.tp_tma = env_override("GDN_CUDA_FUSED_TP_TMA", varlen || F.segments > 1 ? 1 : 0, {0, 1}) == 1;
-    /* the final launch's blocks in the 32-row wgmma form (over a varlen
-     * split's segments, else N x S chains) */
-    F.wg32 = fused_final_wg32(ctx, (int)p->K, (int)p->V, (int)p->Hv,
-                              varlen ? l.vs.segments : (int64_t)a->N * (F.segments > 1 ? F.segments : 1));
     /* the first fused launch follows prep directly (a varlen batch has the
      * chunk-offset scan between them): a programmatic dependent launch,
      * sm_90 (GDN_CUDA_FUSED_PDL=0 | 1) */

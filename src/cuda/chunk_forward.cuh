@@ -253,8 +253,9 @@ struct FusedParams {
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
-    /* sm_90: whole chunks' q, k (and, mma.sync form, T hi, T lo and P) by
-     * tensor copies (encode_tile_map, encode_tp_maps) */
+    /* sm_90: whole chunks' q, k, T hi, T lo and P by tensor copies
+     * (encode_tile_map, encode_tp_maps; the wgmma forms' T and P only with
+     * tp_tma) */
     int tma_in;
     CUtensorMap tmap_q, tmap_k, tmap_tp[4];
     /* host: launch as prep's programmatic dependent (sm_90). The kernel's
@@ -264,10 +265,11 @@ struct FusedParams {
      * output (the combine's start states) must not set it. */
     int pdl;
     /* the wgmma forms take T and P by tensor copies too (with tma_in;
-     * else their lower blocks per lane): fused_plan */
+     * else their lower blocks per lane): run_fused */
     int tp_tma;
     /* sm_90a: the pair form's blocks (K <= 128) by the 32-row wgmma form
-     * (chunk_fused.cu, wg32_chunks; fused_final_wg32) */
+     * (chunk_fused.cu, wg32_chunks); set by launch_form where it launches
+     * that form (GDN_CUDA_FUSED_WG32=0 | 1) */
     int wg32;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
@@ -286,10 +288,6 @@ bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t h
  * swizzled; the map of block rb holds columns < 16 (rb + 1) only, so a copy
  * writes zeros above the diagonal blocks, whatever prep left there. */
 bool encode_tp_maps(CUtensorMap m[4], const void *base, int64_t tiles, int64_t kind_bytes);
-/* Whether the final (or only) launch of the fused pass, over `units`
- * segments' chains of V rows, takes the 32-row wgmma form (WG32: Hopper,
- * pair-form blocks, K <= 128; GDN_CUDA_FUSED_WG32=0 | 1). */
-bool fused_final_wg32(const gdn_context *ctx, int K, int V, int Hv, int64_t units);
 /* summary: the split path's first launch (see FusedParams) */
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
                               int64_t varlen_segments = 0);

@@ -222,8 +222,8 @@ __host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
  * slot, arriving on its full barrier bar; with more than one, part 0 loads
  * q and k, the others (rest_parts) the rest. Rows past the chunk's end and
  * columns past K, V are zero-filled (never read from global). With
- * P.tma_in (sm_90), a whole chunk's q and k (and T and P, mma.sync form)
- * come by tensor copies that one lane issues (a partial chunk's rows past
+ * P.tma_in (sm_90), a whole chunk's q and k (and T and P: the mma.sync
+ * forms and WG32, the wgmma forms with P.tp_tma) come by tensor copies that one lane issues (a partial chunk's rows past
  * its end would be the next sequence's: those keep the per-lane copies,
  * which zero them); that lane is then one more arrival (kernel's init
  * count).
@@ -257,13 +257,14 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
                 if (!SUM) tma_load_3d(st + L::Q + b * BT * 128, &P.tmap_q, bar, 64 * b, kh, (int)t0);
                 tma_load_3d(st + L::KC + b * BT * 128, &P.tmap_k, bar, 64 * b, kh, (int)t0);
             }
+            if (!WG || P.tp_tma) /* (else the wgmma form's T, P per lane below) */
 #pragma unroll
-            for (int rb = 0; rb < 4 && (!WG || P.tp_tma); rb++) { /* 16 rows a copy, zeros above the diagonal blocks */
-                const int row = (int)(ti * BT) + 16 * rb;
-                tma_load_3d(st + L::TM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 0);
-                tma_load_3d(st + L::TL + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 1);
-                if (!SUM) tma_load_3d(st + L::PM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 2);
-            }
+                for (int rb = 0; rb < 4; rb++) { /* 16 rows a copy, zeros above the diagonal blocks */
+                    const int row = (int)(ti * BT) + 16 * rb;
+                    tma_load_3d(st + L::TM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 0);
+                    tma_load_3d(st + L::TL + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 1);
+                    if (!SUM) tma_load_3d(st + L::PM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 2);
+                }
         } else {
             mbar_arrive(bar);
         }
@@ -430,6 +431,10 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
     return s;
 }
 
+/* The 16-byte half (0 or 1) of an o staging row t ([64][16] bf16) that
+ * holds values 8 half .. 8 half + 7 in the o map's 32-byte swizzle. */
+__device__ __forceinline__ int o_swz32(int half, int t) { return half ^ ((t >> 2) & 1); }
+
 /* Two 8-token groups of a warp's O^T fragments (rows v = gid, gid + 8;
  * columns the tokens ta + 2 tig, + 1 and tb + ...) into a [t][pitch] bf16
  * tile, transposed: one stmatrix on sm_90 where 16 two-byte stores were.
@@ -439,10 +444,6 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
  * the same banks, two wavefronts a matrix (H200, three rounds: q397_t8k
  * and tp8_t64k -0.9%, whose warps stage four times a chunk; the pair
  * form's rows unchanged). */
-/* The 16-byte half (0 or 1) of an o staging row t ([64][16] bf16) that
- * holds values 8 half .. 8 half + 7 in the o map's 32-byte swizzle. */
-__device__ __forceinline__ int o_swz32(int half, int t) { return half ^ ((t >> 2) & 1); }
-
 __device__ __forceinline__ void stage_ot(__nv_bfloat16 *tile, int pitch, const float (&xa)[4], const float (&xb)[4],
                                          int ta, int tb, int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1478,30 +1479,28 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
             return launch<256, 4, false, false, true>(ctx, P, N, segs, rows, stream);
     }
     /* the form's launch at KP = 64 or 128 */
-    auto at_k = [&](auto form) {
+    auto at_k = [&](auto form, const FusedParams &Q) {
         using F = decltype(form);
-        return P.K <= 64 ? launch<64, F::NWS, F::WG, SUM, F::PAIR>(ctx, P, N, segs, rows, stream)
-                         : launch<128, F::NWS, F::WG, SUM, F::PAIR>(ctx, P, N, segs, rows, stream);
+        return Q.K <= 64 ? launch<64, F::NWS, F::WG, SUM, F::PAIR>(ctx, Q, N, segs, rows, stream)
+                         : launch<128, F::NWS, F::WG, SUM, F::PAIR>(ctx, Q, N, segs, rows, stream);
     };
     switch (choose_form<SUM>(ctx, P.K, N, P.Hv, rows)) {
-    case Form::WG2: return at_k(FormArgs<8, true>{});
-    case Form::WG1: return at_k(FormArgs<4, true>{});
+    case Form::WG2: return at_k(FormArgs<8, true>{}, P);
+    case Form::WG1: return at_k(FormArgs<4, true>{}, P);
     case Form::PAIR:
-        if constexpr (!SUM) return at_k(FormArgs<4, false, true>{});
+        if constexpr (!SUM) { /* its blocks as the 32-row wgmma form (WG32) on sm_90a */
+            FusedParams Q = P;
+            Q.wg32 = ctx->cc_major == 9 && wgmma_built(ctx) && env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1;
+            return at_k(FormArgs<4, false, true>{}, Q);
+        }
         break;
-    case Form::MMA4: return at_k(FormArgs<4, false>{});
-    case Form::MMA2: return at_k(FormArgs<2, false>{});
+    case Form::MMA4: return at_k(FormArgs<4, false>{}, P);
+    case Form::MMA2: return at_k(FormArgs<2, false>{}, P);
     }
     return gdn_fail(ctx, GDN_ERROR_INTERNAL, "chunk_fused: no form");
 }
 
 } // namespace
-
-bool fused_final_wg32(const gdn_context *ctx, int K, int V, int Hv, int64_t units) {
-    return ctx->cc_major == 9 && wgmma_built(ctx) && K <= 128 &&
-           env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1 &&
-           choose_form<false>(ctx, K, units, Hv, V) == Form::PAIR;
-}
 
 /* The summary launch covers segments 0 .. S-2, over V + K rows (segment
  * 0's blocks past V return at once); the final one every segment.
