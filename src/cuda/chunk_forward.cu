@@ -3,7 +3,7 @@
  * context's stream, their intermediates in the caller's workspace.
  *
  * Fused (use_fused):
- *   prep    q, k, g, beta        -> T (hi, lo), P, per-token factors
+ *   prep    q, k, g, beta        -> T (strictly lower), P, per-token factors
  *   fused   q, k, v, T, P, ...   -> o, final_state, chunk_states
  * and where a sequence is split into segments (fused_segments), before
  * that pass (which then runs each segment from its start state):
@@ -108,7 +108,7 @@ size_t fused_split_bytes(const gdn_problem *p, int S, size_t *summary_at, int64_
 /* Byte offsets of the intermediates in the workspace, and the fused
  * path's split they were sized for (decided once a call). */
 struct FwdLayout {
-    size_t offsets, cu, w, u, tmat, tlo, pmat, gcum, qscale, kscale, v_new, h, scratch, total;
+    size_t offsets, cu, w, u, tmat, pmat, gcum, qscale, kscale, tbeta, v_new, h, scratch, total;
     size_t seg_summary; /* the split's segment summaries (h_start at scratch) */
     size_t seg_off;     /* the varlen split's [N+1] segment offsets (if it splits) */
     int segments;       /* fused_segments */
@@ -133,16 +133,16 @@ FwdLayout fwd_layout(const gdn_context *ctx, const gdn_problem *p, bool summary)
     /* w and u, or the fused path's T and P tiles in the same bytes */
     const size_t wb = align256(tokens * Hv * K * 2), ub = align256(tokens * Hv * V * 2);
     const size_t tpb = align256(NT * Hv * GDN_CHUNK * GDN_CHUNK * 2);
-    l.w = take(wb + ub > 3 * tpb ? wb + ub : 3 * tpb);
+    l.w = take(wb + ub > 2 * tpb ? wb + ub : 2 * tpb);
     l.u = l.w + wb;
-    l.tmat = l.w; /* the three equally spaced: one tensor map spans them (encode_tp_maps) */
-    l.tlo = l.w + tpb;
-    l.pmat = l.w + 2 * tpb;
+    l.tmat = l.w; /* the two one tile array apart: one tensor map spans them (encode_tp_maps) */
+    l.pmat = l.w + tpb;
     /* [tokens, Hv], or the fused path's factors as [NT Hv][64] (PrepParams) */
     const size_t fac = (tokens > NT * GDN_CHUNK ? tokens : NT * GDN_CHUNK) * Hv * sizeof(float);
     l.gcum = take(fac);
     l.qscale = take(summary ? 0 : fac);
     l.kscale = take(fac);
+    l.tbeta = take(fac); /* the fused path's beta row (PrepParams::tbeta) */
     l.v_new = take(summary ? 0 : tokens * Hv * V * 2);
     l.h = take(summary ? 0 : NT * Hv * V * K * 2);
     l.segments = summary ? 1 : fused_segments(ctx, p);
@@ -217,8 +217,8 @@ gdn_status run_prep(gdn_context *ctx, const gdn_chunk_forward_args *a, const Chu
         P.qscale = reinterpret_cast<float *>(ws + l.qscale);
         P.kscale = reinterpret_cast<float *>(ws + l.kscale);
         P.tmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.tmat);
-        P.tlo = reinterpret_cast<__nv_bfloat16 *>(ws + l.tlo);
         P.pmat = reinterpret_cast<__nv_bfloat16 *>(ws + l.pmat);
+        P.tbeta = reinterpret_cast<float *>(ws + l.tbeta);
         P.scale = a->opts.scale;
     }
     return launch_chunk_prep(ctx, P, stream);
@@ -269,11 +269,11 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
     F.k = reinterpret_cast<const __nv_bfloat16 *>(a->k);
     F.v = reinterpret_cast<const __nv_bfloat16 *>(a->v);
     F.tmat = reinterpret_cast<const __nv_bfloat16 *>(ws + l.tmat);
-    F.tlo = reinterpret_cast<const __nv_bfloat16 *>(ws + l.tlo);
     F.pmat = reinterpret_cast<const __nv_bfloat16 *>(ws + l.pmat);
     F.wq = reinterpret_cast<const float *>(ws + l.qscale);
     F.wk = reinterpret_cast<const float *>(ws + l.kscale);
     F.wd = reinterpret_cast<const float *>(ws + l.gcum);
+    F.wb = reinterpret_cast<const float *>(ws + l.tbeta);
     F.h0 = a->h0;
     F.final_state = a->final_state;
     F.chunk_states = a->chunk_states;
@@ -292,7 +292,7 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
         const int64_t tiles = gdn_problem_num_chunks(p) * p->Hv;
         F.tma_in = encode_tile_map(&F.tmap_q, a->q, tokens, p->Hk, (int)p->K) &&
                    encode_tile_map(&F.tmap_k, a->k, tokens, p->Hk, (int)p->K) &&
-                   encode_tp_maps(F.tmap_tp, F.tmat, tiles, (int64_t)(l.tlo - l.tmat));
+                   encode_tp_maps(F.tmap_tp, F.tmat, tiles, (int64_t)(l.pmat - l.tmat));
     }
     /* a split (fwd_layout's): the summary launch, the combine, then the
      * final launch; a varlen batch's by the device's segment offsets */

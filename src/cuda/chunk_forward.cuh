@@ -166,18 +166,20 @@ struct PrepParams {
      * ((c * Hv + h) * 64 + t) * 64 + s, lower 16x16 blocks only (s / 16
      * <= t / 16; the others are left unwritten: encode_tp_maps),
      * rows t >= len zero:
-     *   tmat  T[t][s] = (I + A)^-1[t][s] beta_s, as bf16 hi (tmat) and
-     *         lo (tlo) with T = hi + lo to about 16 bits: T's rounding
-     *         alone put o past SPEC's bound
+     *   tmat  T[t][s] = (I + A)^-1[t][s] beta_s for s < t, bf16, and 0 on
+     *         the diagonal: the pass adds the diagonal term U'[:, t] beta_t
+     *         in f32 (see FusedParams), so only the off-diagonal part, far
+     *         smaller, takes bf16's rounding
      *   pmat  P[t][s] = scale qs_t ks_s (q_t . k_s) exp(G_t - G_s), s <= t
      * and, instead of the norms and the cumsum, the fused pass's per-token
      * factors (qs, ks = 1 without l2norm; G_L the cumsum at the chunk's
-     * last token), all three arrays required, each [tile][64] by the
+     * last token), all four arrays required, each [tile][64] by the
      * tiles' index (chunk, value head) and zero past a chunk's end, so
      * that a chunk's factors are one 256-byte row (fwd_layout sizes them):
      *   qscale  scale qs_t exp(G_t)     kscale  ks_t exp(G_t)
-     *   gcum    ks_t exp(G_L - G_t) */
-    __nv_bfloat16 *tmat, *tlo, *pmat;
+     *   gcum    ks_t exp(G_L - G_t)     tbeta   beta_t */
+    __nv_bfloat16 *tmat, *pmat;
+    float *tbeta;
     float scale;
 };
 gdn_status launch_chunk_prep(gdn_context *ctx, const PrepParams &P, cudaStream_t stream);
@@ -209,7 +211,9 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
  * (sequence, value head, tile of 16 NWS rows of V) the state lives in f32
  * registers for the whole sequence; per chunk, with gamma_t = exp(G_t):
  *   U' = V^T - (S k^T) diag(ks gamma)         (S bf16 as the operand)
- *   D^T = U' T^T                               (the chunk's new values)
+ *   D^T = U' diag(beta) + U' T^T               (the chunk's new values;
+ *         the first term f32, the second on the tensor cores with U' as
+ *         bf16 and T prep's strictly lower part of (I + A)^-1 diag(beta))
  *   O^T = (S q^T) diag(scale qs gamma) + D^T P^T  -> o
  *   S   = gamma_L S + D^T diag(ks exp(G_L - G)) k
  * with G_L the gate cumsum at the chunk's last token. Nothing but o and
@@ -239,8 +243,8 @@ gdn_status launch_chunk_output(gdn_context *ctx, const OutputParams &P, cudaStre
 struct FusedParams {
     ChunkMap map;
     const __nv_bfloat16 *q, *k, *v;   /* raw inputs */
-    const __nv_bfloat16 *tmat, *tlo, *pmat; /* prep's tiles */
-    const float *wq, *wk, *wd;        /* [tile][64]: prep's per-token factors (PrepParams) */
+    const __nv_bfloat16 *tmat, *pmat; /* prep's tiles */
+    const float *wq, *wk, *wd, *wb;   /* [tile][64]: prep's per-token factors (PrepParams) */
     const float *h0;                  /* [N, Hv, V, K] (layout kv) or NULL */
     float *final_state, *chunk_states; /* or NULL */
     __nv_bfloat16 *o;
@@ -253,7 +257,7 @@ struct FusedParams {
     /* sm_90: o of whole chunks by tensor stores, tmap_o (encode_o_map) set */
     int tma_o;
     CUtensorMap tmap_o;
-    /* sm_90: whole chunks' q, k, T hi, T lo and P by tensor copies
+    /* sm_90: whole chunks' q, k, T and P by tensor copies
      * (encode_tile_map, encode_tp_maps; the wgmma forms' T and P only with
      * tp_tma) */
     int tma_in;
@@ -281,9 +285,8 @@ bool encode_o_map(CUtensorMap *m, void *o, int64_t tokens, int64_t Hv, int V);
 /* a bf16 [tokens][heads][K] tensor as boxes of 64 columns x 64 tokens of
  * one head, 128-byte swizzled, zeros past K and past the last token */
 bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int K);
-/* prep's [tiles][64][64] bf16 T or P tiles as whole swizzled tiles */
-/* prep's T hi, T lo and P tiles ([tiles][64][64] bf16 each, the three
- * arrays kind_bytes apart) as four maps, one a 16-row block rb of a tile:
+/* prep's T and P tiles ([tiles][64][64] bf16 each, the two arrays
+ * kind_bytes apart) as four maps, one a 16-row block rb of a tile:
  * box {64 columns, 16 rows, 1 kind} at (0, 64 tile + 16 rb, kind), 128-byte
  * swizzled; the map of block rb holds columns < 16 (rb + 1) only, so a copy
  * writes zeros above the diagonal blocks, whatever prep left there. */

@@ -14,7 +14,8 @@
  *                  fragments of two n-tiles are the A fragment of one
  *                  k-step), B = q, k rows from shared memory
  *   U' T^T         A = U' packed from those accumulators, B = T rows
- *                  (T as bf16 hi + lo: two products)
+ *                  (T's strictly lower part, onto U' diag(beta) in f32:
+ *                  dt_diagonal)
  *   D^T P^T        A = D^T likewise, B = P rows
  *   D'^T k         A = D'^T, B = k columns (ldmatrix.trans)
  * T and P are lower triangular: the blocks above the diagonal are skipped.
@@ -30,7 +31,8 @@
  * waits. Clocked by phase (clock64, one warp, cycles a chunk): S q^T with
  * S k^T 1000 (128 products, about 8 cycles each), the update 840, o's
  * staging and stores 585, D^T 305, O2 265, U' 230, waiting for a stage 180.
- * Not the fills: leaving T lo unloaded (13% of the bytes) changed nothing.
+ * Not the fills: leaving a second T tile unloaded (13% of the bytes, when
+ * T came as bf16 hi + lo) changed nothing.
  * Tried and slower or no faster (RESULTS): output warps beside state warps,
  * two warps splitting S's columns, stmatrix for o's staging.
  * The per-token factors come from prep (they were computed here by every
@@ -150,11 +152,11 @@ __device__ __forceinline__ LaneOffsets lane_offsets(int lane) {
     return lo;
 }
 
-/* One stage: q, k as KP / 64 swizzled [64][64] tiles, T hi, T lo, P one
+/* One stage: q, k as KP / 64 swizzled [64][64] tiles, T and P one
  * swizzled [64][64] tile each (wgmma.cuh's 128-byte swizzle: conflict-free
  * ldmatrix rows, the wgmma form's operands, and the tensor copies' layout),
  * every tile 1024-byte aligned; then v [64][ROWS + 8] bf16 and prep's
- * per-token factors wd, wk, wq [64] f32. After the stages: per compute
+ * per-token factors wd, wk, wb, wq [64] f32. After the stages: per compute
  * warp (per pair in the pair form) its o staging [64][LDO] bf16; then the
  * mbarriers. A summary (SUM) has no q, P, wq or o staging: its stages are
  * about 40% smaller. */
@@ -166,12 +168,12 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
     static constexpr int Q = 0;
     static constexpr int KC = Q + (SUM ? 0 : QK_BYTES);
     static constexpr int TM = KC + QK_BYTES;
-    static constexpr int TL = TM + TP_BYTES;
-    static constexpr int PM = TL + TP_BYTES;
+    static constexpr int PM = TM + TP_BYTES;
     static constexpr int VS = PM + (SUM ? 0 : TP_BYTES);
     static constexpr int WD = VS + BT * LDV * 2;
     static constexpr int WK = WD + BT * 4;
-    static constexpr int WQ = WK + BT * 4;
+    static constexpr int WB = WK + BT * 4;
+    static constexpr int WQ = WB + BT * 4;
     static constexpr int ALIGN = 1024;
     static constexpr int STAGE = (WQ + (SUM ? 0 : BT * 4) + ALIGN - 1) / ALIGN * ALIGN;
     static constexpr int WARP_BYTES = SUM ? 0 : BT * LDO * 2;
@@ -250,7 +252,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
 #endif
     if (part == 0 && P.tma_in && lane == 0) {
         if (tma) {
-            const uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG && !P.tp_tma ? 0 : SUM ? 2 : 3) * L::TP_BYTES;
+            const uint32_t bytes = (SUM ? 1 : 2) * L::QK_BYTES + (WG && !P.tp_tma ? 0 : SUM ? 1 : 2) * L::TP_BYTES;
             mbar_arrive_expect_tx(bar, bytes);
 #pragma unroll
             for (int b = 0; b < KP / 64; b++) {
@@ -262,8 +264,7 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
                 for (int rb = 0; rb < 4; rb++) { /* 16 rows a copy, zeros above the diagonal blocks */
                     const int row = (int)(ti * BT) + 16 * rb;
                     tma_load_3d(st + L::TM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 0);
-                    tma_load_3d(st + L::TL + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 1);
-                    if (!SUM) tma_load_3d(st + L::PM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 2);
+                    if (!SUM) tma_load_3d(st + L::PM + rb * 2048, &P.tmap_tp[rb], bar, 0, row, 1);
                 }
         } else {
             mbar_arrive(bar);
@@ -306,17 +307,17 @@ __device__ __forceinline__ void load_stage(uint8_t *st, uint64_t *bar, const Fus
         const uint32_t at = L::tp_at(t, cc);
         const int64_t g = tile + t * BT + cc;
         cp_async16(st + L::TM + at, P.tmat + g, 16);
-        cp_async16(st + L::TL + at, P.tlo + g, 16);
         if (!SUM) cp_async16(st + L::PM + at, P.pmat + g, 16);
     }
     float *wd = reinterpret_cast<float *>(st + L::WD), *wk = reinterpret_cast<float *>(st + L::WK);
-    float *wq = reinterpret_cast<float *>(st + L::WQ);
+    float *wq = reinterpret_cast<float *>(st + L::WQ), *wb = reinterpret_cast<float *>(st + L::WB);
     /* the factors: a 256-byte row of each array, 16 bytes a lane (prep
      * zeroed them past the end) */
     if (i0 < BT / 4) {
         const int64_t g = ti * BT + 4 * i0;
         cp_async16(wd + 4 * i0, P.wd + g, 16);
         cp_async16(wk + 4 * i0, P.wk + g, 16);
+        cp_async16(wb + 4 * i0, P.wb + g, 16);
         if (!SUM) cp_async16(wq + 4 * i0, P.wq + g, 16);
     }
 }
@@ -330,22 +331,28 @@ __device__ __forceinline__ void acc_to_a(uint32_t a[4], const float (&c0)[4], co
     a[3] = pack_bf16x2(c1[2], c1[3]);
 }
 
-/* D^T's n-tiles 2 jj, 2 jj + 1 (x0, x1) = U' (T lo + T hi)^T over the
- * k-steps kk <= jj (T lower triangular), lo then hi each k-step: the
- * order both mma.sync forms sum in (the wgmma form's too). */
+/* D^T's diagonal term on a C fragment x (columns t, t + 1 with factors
+ * b0, b1): U'[:, t] beta_t, in f32. T's diagonal is exactly beta (the
+ * inverse of I + A, A strictly lower, has a unit diagonal), so adding it
+ * here instead of through bf16 leaves only T's off-diagonal part, which is
+ * far smaller, to the operand rounding (see PrepParams::tmat). */
+__device__ __forceinline__ void dt_diagonal(float (&x)[4], const float (&u)[4], float b0, float b1) {
+    x[0] = u[0] * b0;
+    x[1] = u[1] * b1;
+    x[2] = u[2] * b0;
+    x[3] = u[3] * b1;
+}
+
+/* D^T's n-tiles 2 jj, 2 jj + 1 (x0, x1, holding U' diag(beta) there) +=
+ * U' T^T over the k-steps kk <= jj (T strictly lower triangular), in
+ * k-step order: the order every form sums in. */
 template <class L>
 __device__ __forceinline__ void dt_block(float (&x0)[4], float (&x1)[4], const uint32_t (&ua)[4][4],
-                                         const uint8_t *tl, const uint8_t *ts, const LaneOffsets &lo, int jj) {
-#pragma unroll
-    for (int e = 0; e < 4; e++) x0[e] = x1[e] = 0.f;
+                                         const uint8_t *ts, const LaneOffsets &lo, int jj) {
 #pragma unroll
     for (int kk = 0; kk <= jj; kk++) {
-        uint32_t bt[4], bl[4];
-        const uint32_t off = L::b_at(lo, jj, kk);
-        ldmatrix_x4(bl, tl + off);
-        ldmatrix_x4(bt, ts + off);
-        mma_bf16_16816(x0, ua[kk], bl);
-        mma_bf16_16816(x1, ua[kk], bl + 2);
+        uint32_t bt[4];
+        ldmatrix_x4(bt, ts + L::b_at(lo, jj, kk));
         mma_bf16_16816(x0, ua[kk], bt);
         mma_bf16_16816(x1, ua[kk], bt + 2);
     }
@@ -584,10 +591,10 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         const uint8_t *ks = st + L::KC;
         const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
         const uint8_t *ts = st + L::TM;
-        const uint8_t *tl = st + L::TL;
         const uint8_t *ps = st + L::PM;
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
+        const float *wb = reinterpret_cast<const float *>(st + L::WB);
         const float *wq = reinterpret_cast<const float *>(st + L::WQ);
         const int64_t t0 = C.sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, C.sq.eos - t0);
@@ -644,6 +651,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
                 u[s][1] = lo.y - X[b][s][1] * k1;
                 u[s][2] = hi.x - X[b][s][2] * k0;
                 u[s][3] = hi.y - X[b][s][3] * k1;
+                dt_diagonal(X[b][s], u[s], wb[t], wb[t + 1]);
                 O[b][s][0] *= q0;
                 O[b][s][1] *= q1;
                 O[b][s][2] *= q0;
@@ -656,9 +664,9 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
         get(ua[O0], xu, (1 - R) * 2 + 0);
         get(ua[O1], xu, (1 - R) * 2 + 1);
 
-        /* D^T = U' (T lo + T hi)^T for the own blocks (k-steps kk <= jj) */
+        /* D^T += U' T^T for the own blocks (k-steps kk <= jj) */
 #pragma unroll
-        for (int b = 0; b < 2; b++) dt_block<L>(X[b][0], X[b][1], ua, tl, ts, lo, b ? J1 : J0);
+        for (int b = 0; b < 2; b++) dt_block<L>(X[b][0], X[b][1], ua, ts, lo, b ? J1 : J0);
         /* D and D' = D diag(ks exp(G_L - G)) fragments, own blocks; then
          * the partner's */
         uint32_t da[4][4], dp[4][4];
@@ -766,7 +774,7 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
  * the other forms so that M is the chunk's 64 tokens and N the block's 32
  * rows: X^T = k S^T and O1^T = q S^T (A = the k, q tiles as loaded, B =
  * bf16(S) as a [32][K] tile that the warps write after every update),
- * D = (T lo + T hi) U'^T (B = U'^T written likewise), O^T += P D, and the
+ * D = diag(beta) U'^T + T U'^T (B = U'^T written likewise), O^T += P D, and the
  * update as S^T = gamma_L S^T + k^T D' (M = K: A is the k tile read
  * M-major). The state lives as S^T accumulators, 32 f32 a thread at
  * K = 128. A B operand is read once a block, where the pair form's mma.sync
@@ -856,6 +864,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
         const float *wq = reinterpret_cast<const float *>(st + L::WQ);
+        const float *wb = reinterpret_cast<const float *>(st + L::WB);
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
         const bool tma = P.tma_o && len == BT;
@@ -877,12 +886,12 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         wgmma_fence();
         s_group(X, L::KC);
         /* this thread's per-token factors and v pairs, read while it runs */
-        float fk[2], fq[2], fd[2];
+        float fk[2], fq[2], fd[2], fb[2];
         __nv_bfloat162 vv[2][4];
 #pragma unroll
         for (int e2 = 0; e2 < 2; e2++) {
             const int t = 16 * warp + gid + 8 * e2;
-            fk[e2] = wk[t], fq[e2] = wq[t], fd[e2] = wd[t];
+            fk[e2] = wk[t], fq[e2] = wq[t], fd[e2] = wd[t], fb[e2] = wb[t];
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 vv[e2][j] = *reinterpret_cast<const __nv_bfloat162 *>(vs + t * L::LDV + 8 * j + 2 * tig);
@@ -902,16 +911,18 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
             }
         wg32_put(sU, X, 16 * warp, lane);
         fence_proxy_async_smem();
+        /* D = diag(beta) U'^T (f32) + T U'^T, as the other forms sum it */
+#pragma unroll
+        for (int e2 = 0; e2 < 2; e2++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) X[j][2 * e2] *= fb[e2], X[j][2 * e2 + 1] *= fb[e2];
+        wgmma_fence_acc(X);
         named_barrier(1, 128);
 
-        /* D = (T lo + T hi) U'^T, lo then hi each k-step; then O1^T = q S^T
-         * behind it in the tensor pipe */
+        /* then O1^T = q S^T behind it in the tensor pipe */
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            WgmmaSS32<0>::run(X, kdesc(sb + L::TL + kk * 32), kdesc(aU + kk * 32), kk > 0);
-            WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
-        }
+        for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
         wgmma_commit();
         s_group(O, L::Q);
         wgmma_wait<1>(); /* D */
@@ -1070,7 +1081,6 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
         const uint32_t at = L::tp_at(t, cc);
         const uint4 z = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4 *>(st + L::TM + at) = z;
-        *reinterpret_cast<uint4 *>(st + L::TL + at) = z;
         if (!SUM) *reinterpret_cast<uint4 *>(st + L::PM + at) = z;
     }
     fence_proxy_async_smem(); /* for the products' reads */
@@ -1141,10 +1151,10 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
         const uint8_t *ks = st + L::KC;
         const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
         const uint8_t *ts = st + L::TM;
-        const uint8_t *tl = st + L::TL;
         const uint8_t *ps = st + L::PM;
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
+        const float *wb = reinterpret_cast<const float *>(st + L::WB);
         const float *wq = reinterpret_cast<const float *>(st + L::WQ);
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
@@ -1219,6 +1229,7 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
                 u[s][1] = lo.y - X[j][1] * k1;
                 u[s][2] = hi.x - X[j][2] * k0;
                 u[s][3] = hi.y - X[j][3] * k1;
+                dt_diagonal(X[j], u[s], wb[t], wb[t + 1]);
                 if (!SUM) {
                     const float q0 = wq[t], q1 = wq[t + 1];
                     O[j][0] *= q0;
@@ -1230,23 +1241,22 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
             acc_to_a(ua[jj], u[0], u[1]);
         }
 
-        /* D^T = U' (T lo + T hi)^T (T lower triangular: k-steps kk <= jj;
+        /* D^T += U' T^T (T strictly lower triangular: k-steps kk <= jj;
          * the wgmma form runs whole rows over the zeros above the diagonal
          * blocks: trimming each k-step's N to the blocks below was slower,
          * q397_t8k 0.495 -> 0.532 ms) */
         if constexpr (WG) {
 #if GDN_FUSED_WGMMA
+            wgmma_fence_acc(X); /* (the diagonal term before the fence) */
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TL + kk * 32, 16, 1024), kk > 0);
+            for (int kk = 0; kk < 4; kk++)
                 WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TM + kk * 32, 16, 1024), 1);
-            }
             wgmma_complete(X);
 #endif
         } else {
 #pragma unroll
-            for (int jj = 0; jj < 4; jj++) dt_block<L>(X[2 * jj], X[2 * jj + 1], ua, tl, ts, lo, jj);
+            for (int jj = 0; jj < 4; jj++) dt_block<L>(X[2 * jj], X[2 * jj + 1], ua, ts, lo, jj);
         }
 
         /* A fragments of D^T (for O2) and of D'^T = D^T diag(ks exp(G_L - G)) */

@@ -372,16 +372,18 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
             if (tid < BT) {
                 const int t = tid;
                 const int64_t at = (c * Hv + h) * (int64_t)BT + t;
-                float fq = 0.f, fk = 0.f, fd = 0.f; /* past the end: those tokens add nothing */
+                float fq = 0.f, fk = 0.f, fd = 0.f, fb = 0.f; /* past the end: those tokens add nothing */
                 if (t < len) {
                     const float G = Gv[t], eg = expf(G);
                     fq = P.scale * dws[t] * eg;
                     fk = kss[t] * eg;
                     fd = kss[t] * expf(Gv[len - 1] - G);
+                    fb = bv[t];
                 }
                 P.qscale[at] = fq;
                 P.kscale[at] = fk;
                 P.gcum[at] = fd;
+                P.tbeta[at] = fb;
             }
         }
 
@@ -497,9 +499,9 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
 
         /* ---- 5. off-diagonal blocks of Tinv: T_ij = -sum_{k=j}^{i-1} Y_ik
          * T_kj, 16 x 16 block products on tensor cores in split tf32 (see
-         * split_tf32: about 2^-20 relative, far below the bf16 hi + lo that
-         * T is stored as). Written out, T_30 and T_31 need T_20 and T_21
-         * first, a chain of six block products down column block 0; with
+         * split_tf32: about 2^-20 relative, far below the bf16 that T is
+         * stored as, hi + lo in the three-kernel form). Written out, T_30
+         * and T_31 need T_20 and T_21 first, a chain of six block products down column block 0; with
          * Z_3k = Y_3k - Y_32 Y_2k (k = 0, 1) they are T_30 = -(Z_31 T_10 +
          * Z_30 T_00) and T_31 = -Z_31 T_11, so the work goes in two rounds
          * of at most two products a warp (H100: q35_t8k -0.9%, q397_t8k
@@ -570,22 +572,22 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
         }
         __syncthreads();
 
-        if constexpr (TP) { /* T = Tinv diag(beta) as bf16 hi + lo, lower blocks, all 64
-                             * rows: 4 columns a lane, two rows a warp at a time */
+        if constexpr (TP) { /* T = Tinv diag(beta) strictly below the diagonal as bf16 (the
+                             * pass adds the diagonal's beta in f32), lower blocks, all
+                             * 64 rows: 4 columns a lane, two rows a warp at a time */
             const int j = (lane & 15) * 4;
             const float4 b4 = *reinterpret_cast<const float4 *>(bv + j); /* hoisted: see step 3 */
-            const int64_t tile = (c * Hv + h) * (int64_t)(BT * BT) + j;
-            __nv_bfloat16 *th = P.tmat + tile, *tl = P.tlo + tile;
+            __nv_bfloat16 *th = P.tmat + (c * Hv + h) * (int64_t)(BT * BT) + j;
 #pragma unroll
             for (int r = 0; r < BT / (2 * NW); r++) {
                 const int i = 2 * warp + (lane >> 4) + 2 * NW * r;
                 if ((j >> 4) <= (i >> 4)) {
                     const float4 t = *reinterpret_cast<const float4 *>(Ti + i * LDF + j);
-                    uint2 hi, lo;
-                    split_pair(t.x * b4.x, t.y * b4.y, hi.x, lo.x);
-                    split_pair(t.z * b4.z, t.w * b4.w, hi.y, lo.y);
+                    auto off = [&](float x, int col) { return col < i ? x : 0.f; };
+                    uint2 hi;
+                    hi.x = pack_bf16x2(off(t.x * b4.x, j), off(t.y * b4.y, j + 1));
+                    hi.y = pack_bf16x2(off(t.z * b4.z, j + 2), off(t.w * b4.w, j + 3));
                     *reinterpret_cast<uint2 *>(th + i * BT) = hi;
-                    *reinterpret_cast<uint2 *>(tl + i * BT) = lo;
                 }
             }
         }

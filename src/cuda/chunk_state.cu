@@ -1367,7 +1367,7 @@ bool encode_tp_maps(CUtensorMap m[4], const void *base, int64_t tiles, int64_t k
     if (!enc) return false;
     for (int rb = 0; rb < 4; rb++) {
         /* columns past 16 (rb + 1) lie outside the tensor: the copy fills them with zeros */
-        const cuuint64_t dims[3] = {(cuuint64_t)(16 * (rb + 1)), (cuuint64_t)(tiles * BT), 3};
+        const cuuint64_t dims[3] = {(cuuint64_t)(16 * (rb + 1)), (cuuint64_t)(tiles * BT), 2};
         const cuuint64_t strides[2] = {BT * 2, (cuuint64_t)kind_bytes};
         const cuuint32_t box[3] = {BT, 16, 1};
         const cuuint32_t elem_strides[3] = {1, 1, 1};
