@@ -102,7 +102,9 @@
  * The 32-row wgmma form (WG32, wg32_chunks): on sm_90a the pair form's
  * blocks at K <= 128 run as one warpgroup whose products are wgmmas
  * transposed (M = the chunk's tokens, N = the block's 32 rows), every B
- * operand read once a block; same bits (GDN_CUDA_FUSED_WG32=0 | 1).
+ * operand read once a block; same bits (GDN_CUDA_FUSED_WG32=0 | 1). A
+ * summary's 32-row blocks (few heads, short segments: tp8_t2k) run as WG32
+ * too, where they were two mma.sync warps (MMA2).
  *
  * Launch (sm_90): as prep's programmatic dependent (FusedParams::pdl), so
  * blocks start on multiprocessors that prep's last blocks leave; only the
@@ -183,7 +185,7 @@ template <int KP, int NWS, bool WG, bool SUM = false, bool PAIR = false> struct 
     static constexpr int PAIR_X = (2 * (KP / 32) + 4 + 8) * 32 * 16;
     static constexpr int PAIR_BYTES = BT * LDO * 2 + PAIR_X;
     static constexpr int COMPUTE_BYTES = PAIR ? NWS / 2 * PAIR_BYTES : NWS * WARP_BYTES;
-    static_assert(!PAIR || (NWS == 4 && !WG && !SUM), "pairs: 4 mma.sync compute warps");
+    static_assert(!PAIR || (NWS == 4 && !WG), "pairs: 4 mma.sync compute warps (WG32 alone in a summary)");
     static_assert(STAGE % 16 == 0 && WARP_BYTES % 16 == 0 && VS % 16 == 0, "16-byte pieces");
     static_assert(KP % 64 == 0 && TM % 1024 == 0 && VS % 1024 == 0, "1024-byte aligned tiles");
     static_assert(!WG || NWS == 4 || NWS == 8, "wgmma: one or two warpgroups");
@@ -815,11 +817,11 @@ __device__ __forceinline__ void wg32_put(uint8_t *tile, const float (&a)[4][4], 
     }
 }
 
-template <int KP>
+template <int KP, bool SUM>
 __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem, uint64_t *full, uint64_t *empty,
                                             int stages, const SeqSpan &sq, int h, int r0,
-                                            const SegmentPlan &sp, uint8_t *xb, int warp, int lane) {
-    using L = FusedLayout<KP, 4, false, false, true>;
+                                            const SegmentPlan &sp, bool unit, uint8_t *xb, int warp, int lane) {
+    using L = FusedLayout<KP, 4, false, SUM, true>;
     using W = Wg32Layout<KP>;
     constexpr int KT = W::KT;
     const int gid = lane >> 2, tig = lane & 3;
@@ -839,8 +841,10 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
                 for (int e = 0; e < 4; e++)
                     f(ST[mh][j][e], 64 * mh + 16 * warp + gid + 8 * (e >> 1), r0 + 8 * j + 2 * tig + (e & 1));
     };
-    each_st([&](float &x, int k, int v) {
-        x = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)] : 0.f;
+    each_st([&](float &x, int k, int v) { /* (unit: a summary's transition rows past V) */
+        x = sp.start && v < P.V && k < P.K ? sp.start[state_index(sp.start_kv, P.V, P.K, v, k)]
+            : unit && k < P.K && v - P.V == k ? 1.f
+                                              : 0.f;
     });
     auto store_st = [&](float *dst, int kv, int rows) {
         each_st([&](float &x, int k, int v) {
@@ -863,12 +867,12 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
-        const float *wq = reinterpret_cast<const float *>(st + L::WQ);
+        const float *wq = reinterpret_cast<const float *>(st + L::WQ); /* (not in a summary) */
         const float *wb = reinterpret_cast<const float *>(st + L::WB);
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
-        const bool tma = P.tma_o && len == BT;
-        if (P.chunk_states) store_st(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, P.kv, P.V);
+        const bool tma = !SUM && P.tma_o && len == BT;
+        if (!SUM && P.chunk_states) store_st(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, P.kv, P.V);
         mbar_wait(full + slot, ring.phase);
 
         /* acc = x S^T for the chunk's k or q tile (at byte x_at of the
@@ -891,7 +895,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
 #pragma unroll
         for (int e2 = 0; e2 < 2; e2++) {
             const int t = 16 * warp + gid + 8 * e2;
-            fk[e2] = wk[t], fq[e2] = wq[t], fd[e2] = wd[t], fb[e2] = wb[t];
+            fk[e2] = wk[t], fd[e2] = wd[t], fb[e2] = wb[t];
+            fq[e2] = SUM ? 0.f : wq[t];
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 vv[e2][j] = *reinterpret_cast<const __nv_bfloat162 *>(vs + t * L::LDV + 8 * j + 2 * tig);
@@ -924,8 +929,12 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
         wgmma_commit();
-        s_group(O, L::Q);
-        wgmma_wait<1>(); /* D */
+        if constexpr (SUM) {
+            wgmma_wait<0>(); /* D */
+        } else {
+            s_group(O, L::Q);
+            wgmma_wait<1>(); /* D */
+        }
         wgmma_fence_acc(X);
 
         /* D and D' = diag(wd) D into their tiles */
@@ -936,10 +945,10 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
             for (int j = 0; j < 4; j++)
 #pragma unroll
                 for (int b = 0; b < 2; b++) Dp[j][2 * e2 + b] = X[j][2 * e2 + b] * fd[e2];
-        wg32_put(sD, X, 16 * warp, lane);
+        if (!SUM) wg32_put(sD, X, 16 * warp, lane);
         wg32_put(sDp, Dp, 16 * warp, lane);
         fence_proxy_async_smem();
-        if (warp == 0 && lane == 0 && P.tma_o) bulk_wait_read<0>(); /* the o staging is free */
+        if (!SUM && warp == 0 && lane == 0 && P.tma_o) bulk_wait_read<0>(); /* the o staging is free */
         named_barrier(1, 128);
 
         /* S^T = gamma_L S^T + k^T D' (k read M-major); then, once O1 is
@@ -955,6 +964,16 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
                 WgmmaSS32<1>::run(ST[mh], wgmma_desc(sb + L::KC + mh * (BT * 128) + kk * 2048, BT * 128, 1024),
                                   kdesc(aDp + kk * 32), 1);
         wgmma_commit();
+        if constexpr (SUM) { /* the state only: no o */
+            wgmma_wait<0>();
+#pragma unroll
+            for (int mh = 0; mh < KT; mh++) wgmma_fence_acc(ST[mh]);
+            put_s();
+            mbar_arrive(empty + slot); /* the stage is read */
+            fence_proxy_async_smem();
+            named_barrier(1, 128); /* the S tile */
+            continue;
+        }
         wgmma_wait<1>(); /* O1 */
         wgmma_fence_acc(O);
 #pragma unroll
@@ -1008,7 +1027,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
             bulk_commit();
         }
     }
-    if (warp == 0 && lane == 0 && P.tma_o) bulk_wait<0>(); /* the block's tensor stores are done */
+    if (!SUM && warp == 0 && lane == 0 && P.tma_o) bulk_wait<0>(); /* the block's tensor stores are done */
     if (sp.end) store_st(sp.end, sp.end_kv, sp.end_rows);
 }
 
@@ -1108,14 +1127,19 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
         if constexpr (KP <= 128)
             if (P.wg32) {
-                wg32_chunks<KP>(P, smem, full, empty, stages, sq, h, row0, sp, smem + stages * L::STAGE, warp, lane);
+                wg32_chunks<KP, SUM>(P, smem, full, empty, stages, sq, h, row0, sp, SUM && seg > 0,
+                                     smem + stages * L::STAGE, warp, lane);
                 return;
             }
 #endif
-        PairCtx pc{P, smem, full, empty, stages, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
-                   smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
-        if (warp & 1) pair_chunks<KP, 1>(pc, sp);
-        else pair_chunks<KP, 0>(pc, sp);
+        if constexpr (SUM) { /* a summary's 32-row blocks are WG32 only (launch_form) */
+            __trap();
+        } else {
+            PairCtx pc{P, smem, full, empty, stages, sq, h, row0 + 16 * (warp >> 1), warp >> 1, lane,
+                       smem + stages * L::STAGE + (warp >> 1) * L::PAIR_BYTES};
+            if (warp & 1) pair_chunks<KP, 1>(pc, sp);
+            else pair_chunks<KP, 0>(pc, sp);
+        }
         return;
     }
 
@@ -1354,11 +1378,15 @@ gdn_status launch(gdn_context *ctx, const FusedParams &P, int64_t units, int seg
      * (H100, three rounds in one job, ms: q35_t32k 1.319-1.322 -> 1.299-
      * 1.300, q35_t8k 0.348-0.349 -> 0.346-0.349; the 64-row wgmma blocks
      * lose with two, q397_t8k 0.455 -> 0.469; the pair form gains with
-     * three, four rounds: q35_t8k 0.287 -> 0.282, q35_t32k 1.074 -> 1.071)
-     * and for a summary, so that two of its blocks share a multiprocessor
-     * (its launch bounds ask for that) */
+     * three, four rounds: q35_t8k 0.287 -> 0.282, q35_t32k 1.074 -> 1.071),
+     * for a one-warpgroup summary, so that two of its blocks share a
+     * multiprocessor (its launch bounds ask for that), and for the
+     * two-warpgroup pass since T came in one tile (H100, two rounds, ms:
+     * q35_b4_t8k 0.680 / 0.682 -> 0.641 / 0.639, B 2 x 64 heads at T 8192
+     * 0.581 -> 0.567 / 0.563, B 8 x 32 heads at T 4096 0.671 -> 0.652 /
+     * 0.651) */
     int stages = 2;
-    if ((!SUM || NWS == 8) && (WG || NWS == 4) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
+    if ((SUM ? NWS == 8 : (WG || NWS == 4) && NWS != 8) && (size_t)L::bytes(3) <= ctx->smem_optin) stages = 3;
     stages = env_override("GDN_CUDA_FUSED_STAGES", stages, 2, 4);
     const int bytes = L::bytes(stages);
     if ((size_t)bytes > ctx->smem_optin)
@@ -1409,6 +1437,11 @@ bool wgmma_built(const gdn_context *ctx) {
         return fa.binaryVersion == 90;
     }();
     return built;
+}
+
+/* Whether the pair form's blocks run as WG32 (GDN_CUDA_FUSED_WG32=0 | 1) */
+bool wg32_on(const gdn_context *ctx) {
+    return ctx->cc_major == 9 && wgmma_built(ctx) && env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1;
 }
 
 /* Whether the two-warpgroup form (128-row blocks) runs K on this device. */
@@ -1470,11 +1503,12 @@ template <bool SUM> Form choose_form(const gdn_context *ctx, int K, int64_t N, i
     int nws = heads * ((rows + 31) / 32) > sms && heads * ((rows + 63) / 64) >= sms ? 4 : 2;
     if (nws == 4 && !(k64 ? fits<64>(ctx, 4) : fits<128>(ctx, 4))) nws = 2;
     nws = env_override("GDN_CUDA_FUSED_WARPS", nws, {2, 4});
-    if (!SUM && nws == 2) { /* 32-row blocks: the pair form where it fits */
-        const bool pair_fits = (size_t)(k64 ? FusedLayout<64, 4, false, false, true>::bytes(2)
-                                            : FusedLayout<128, 4, false, false, true>::bytes(2)) <=
+    if (nws == 2) { /* 32-row blocks: the pair form where it fits (a summary: as WG32 only) */
+        const bool pair_fits = (size_t)(k64 ? FusedLayout<64, 4, false, SUM, true>::bytes(2)
+                                            : FusedLayout<128, 4, false, SUM, true>::bytes(2)) <=
                                ctx->smem_optin;
-        if (pair_fits && env_override("GDN_CUDA_FUSED_PAIRS", 1, {0, 1}) == 1) return Form::PAIR;
+        if (pair_fits && env_override("GDN_CUDA_FUSED_PAIRS", 1, {0, 1}) == 1 && (!SUM || wg32_on(ctx)))
+            return Form::PAIR;
     }
     return nws == 4 ? Form::MMA4 : Form::MMA2;
 }
@@ -1497,13 +1531,12 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
     switch (choose_form<SUM>(ctx, P.K, N, P.Hv, rows)) {
     case Form::WG2: return at_k(FormArgs<8, true>{}, P);
     case Form::WG1: return at_k(FormArgs<4, true>{}, P);
-    case Form::PAIR:
-        if constexpr (!SUM) { /* its blocks as the 32-row wgmma form (WG32) on sm_90a */
-            FusedParams Q = P;
-            Q.wg32 = ctx->cc_major == 9 && wgmma_built(ctx) && env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1;
-            return at_k(FormArgs<4, false, true>{}, Q);
-        }
-        break;
+    case Form::PAIR: { /* its blocks as the 32-row wgmma form (WG32) on sm_90a (choose_form: always
+                        * in a summary) */
+        FusedParams Q = P;
+        Q.wg32 = wg32_on(ctx);
+        return at_k(FormArgs<4, false, true>{}, Q);
+    }
     case Form::MMA4: return at_k(FormArgs<4, false>{}, P);
     case Form::MMA2: return at_k(FormArgs<2, false>{}, P);
     }
