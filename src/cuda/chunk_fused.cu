@@ -776,9 +776,9 @@ template <int KP, int R> __device__ __forceinline__ void pair_chunks(const PairC
  * the other forms so that M is the chunk's 64 tokens and N the block's 32
  * rows: X^T = k S^T and O1^T = q S^T (A = the k, q tiles as loaded, B =
  * bf16(S) as a [32][K] tile that the warps write after every update),
- * D = diag(beta) U'^T + T U'^T (B = U'^T written likewise), O^T += P D, and the
- * update as S^T = gamma_L S^T + k^T D' (M = K: A is the k tile read
- * M-major). The state lives as S^T accumulators, 32 f32 a thread at
+ * D = diag(beta) U'^T + T U'^T (B = U'^T written likewise), O^T += P D,
+ * and the update as S^T = gamma_L S^T + k^T D' (M = K: A is the k tile
+ * read M-major). The state lives as S^T accumulators, 32 f32 a thread at
  * K = 128. A B operand is read once a block, where the pair form's mma.sync
  * read each fragment once a warp (its two pairs read the same q, k, T and
  * P fragments), and the tensor pipe's order is chosen so that the chain
@@ -924,7 +924,7 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         wgmma_fence_acc(X);
         named_barrier(1, 128);
 
-        /* then O1^T = q S^T behind it in the tensor pipe */
+        /* D += T U'^T; then O1^T = q S^T behind it in the tensor pipe */
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
