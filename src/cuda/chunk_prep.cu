@@ -501,7 +501,8 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
          * T_kj, 16 x 16 block products on tensor cores in split tf32 (see
          * split_tf32: about 2^-20 relative, far below the bf16 that T is
          * stored as, hi + lo in the three-kernel form). Written out, T_30
-         * and T_31 need T_20 and T_21 first, a chain of six block products down column block 0; with
+         * and T_31 need T_20 and T_21 first, a chain of six block products
+         * down column block 0; with
          * Z_3k = Y_3k - Y_32 Y_2k (k = 0, 1) they are T_30 = -(Z_31 T_10 +
          * Z_30 T_00) and T_31 = -Z_31 T_11, so the work goes in two rounds
          * of at most two products a warp (H100: q35_t8k -0.9%, q397_t8k
