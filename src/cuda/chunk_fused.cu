@@ -827,8 +827,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
     const int gid = lane >> 2, tig = lane & 3;
     uint8_t *sS = xb + W::S, *sU = xb + W::U, *sD = xb + W::D, *sDp = xb + W::DP;
     __nv_bfloat16 *sO = reinterpret_cast<__nv_bfloat16 *>(xb + W::O); /* two [64][16], the o map's swizzle */
-    const uint32_t aS = smem_addr(sS), aU = smem_addr(sU), aD = smem_addr(sD), aDp = smem_addr(sDp);
-    auto kdesc = [](uint32_t a) { return wgmma_desc(a, 16, 1024); };
+    /* K-major tiles of the compute bytes (xb: W's offsets) */
+    const WgmmaDescBase dx = wgmma_desc_base(smem_addr(xb), 16, 1024);
 
     /* S^T: ST[mh][j][e] at k = 64 mh + 16 warp + gid + 8 (e >> 1), row v = r0 + 8 j + 2 tig + (e & 1) */
     float ST[KT][4][4];
@@ -863,7 +863,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
     for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
         const int slot = ring.slot;
         const uint8_t *st = smem + slot * L::STAGE;
-        const uint32_t sb = smem_addr(st);
+        const WgmmaDescBase dk = wgmma_desc_base(smem_addr(st), 16, 1024),
+                            dm = wgmma_desc_base(smem_addr(st), BT * 128, 1024);
         const __nv_bfloat16 *vs = reinterpret_cast<const __nv_bfloat16 *>(st + L::VS);
         const float *wd = reinterpret_cast<const float *>(st + L::WD);
         const float *wk = reinterpret_cast<const float *>(st + L::WK);
@@ -881,7 +882,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
 #pragma unroll
             for (int kk = 0; kk < KP / 16; kk++) {
                 const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
-                WgmmaSS32<0>::run(acc, kdesc(sb + x_at + off), kdesc(aS + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
+                WgmmaSS32<0>::run(acc, wgmma_desc_at(dk, x_at + off),
+                                  wgmma_desc_at(dx, W::S + (kk >> 2) * 4096 + (kk & 3) * 32), kk > 0);
             }
             wgmma_commit();
         };
@@ -927,7 +929,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         /* D += T U'^T; then O1^T = q S^T behind it in the tensor pipe */
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(X, kdesc(sb + L::TM + kk * 32), kdesc(aU + kk * 32), 1);
+        for (int kk = 0; kk < 4; kk++)
+            WgmmaSS32<0>::run(X, wgmma_desc_at(dk, L::TM + kk * 32), wgmma_desc_at(dx, W::U + kk * 32), 1);
         wgmma_commit();
         if constexpr (SUM) {
             wgmma_wait<0>(); /* D */
@@ -961,8 +964,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         for (int mh = 0; mh < KT; mh++)
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                WgmmaSS32<1>::run(ST[mh], wgmma_desc(sb + L::KC + mh * (BT * 128) + kk * 2048, BT * 128, 1024),
-                                  kdesc(aDp + kk * 32), 1);
+                WgmmaSS32<1>::run(ST[mh], wgmma_desc_at(dm, L::KC + mh * (BT * 128) + kk * 2048),
+                                  wgmma_desc_at(dx, W::DP + kk * 32), 1);
         wgmma_commit();
         if constexpr (SUM) { /* the state only: no o */
             wgmma_wait<0>();
@@ -983,7 +986,8 @@ __device__ __forceinline__ void wg32_chunks(const FusedParams &P, uint8_t *smem,
         wgmma_fence_acc(O);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) WgmmaSS32<0>::run(O, kdesc(sb + L::PM + kk * 32), kdesc(aD + kk * 32), 1);
+        for (int kk = 0; kk < 4; kk++)
+            WgmmaSS32<0>::run(O, wgmma_desc_at(dk, L::PM + kk * 32), wgmma_desc_at(dx, W::D + kk * 32), 1);
         wgmma_commit();
         wgmma_wait<1>(); /* the update: the next chunk's S goes out while O2 runs */
 #pragma unroll
@@ -1183,7 +1187,9 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
         const int64_t t0 = sq.bos + (int64_t)c * BT;
         const int len = (int)min((int64_t)BT, sq.eos - t0);
         const uint32_t sb = smem_addr(st);
-        (void)sb;
+        /* the stage's K-major and N-major (k by rows) tile descriptors */
+        const WgmmaDescBase dk = wgmma_desc_base(sb, 16, 1024), dm = wgmma_desc_base(sb, BT * 128, 1024);
+        (void)dk, (void)dm;
 
         if (!SUM && P.chunk_states) /* the state at this chunk's start */
             store_rows(P.chunk_states + ((sq.hoff + c) * P.Hv + h) * P.V * P.K, S, P.kv, P.V, P.K, r0, lane);
@@ -1201,8 +1207,8 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
 #pragma unroll
             for (int kk = 0; kk < KP / 16; kk++) {
                 const uint32_t off = (kk >> 2) * (BT * 128) + (kk & 3) * 32;
-                if (!SUM) WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc(sb + L::Q + off, 16, 1024), kk > 0);
-                WgmmaRS<8, 0>::run(X, a[kk], wgmma_desc(sb + L::KC + off, 16, 1024), kk > 0);
+                if (!SUM) WgmmaRS<8, 0>::run(O, a[kk], wgmma_desc_at(dk, L::Q + off), kk > 0);
+                WgmmaRS<8, 0>::run(X, a[kk], wgmma_desc_at(dk, L::KC + off), kk > 0);
             }
             if constexpr (SUM) wgmma_complete(X);
             else wgmma_complete(O, X);
@@ -1275,7 +1281,7 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc(sb + L::TM + kk * 32, 16, 1024), 1);
+                WgmmaRS<8, 0>::run(X, ua[kk], wgmma_desc_at(dk, L::TM + kk * 32), 1);
             wgmma_complete(X);
 #endif
         } else {
@@ -1319,13 +1325,13 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                WgmmaRS<NT, 1>::run(S, dp[kk], wgmma_desc(sb + L::KC + kk * 2048, BT * 128, 1024), 1);
+                WgmmaRS<NT, 1>::run(S, dp[kk], wgmma_desc_at(dm, L::KC + kk * 2048), 1);
             if constexpr (SUM) {
                 wgmma_complete(S);
             } else {
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++)
-                    WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc(sb + L::PM + kk * 32, 16, 1024), 1);
+                    WgmmaRS<8, 0>::run(O, da[kk], wgmma_desc_at(dk, L::PM + kk * 32), 1);
                 wgmma_complete(S, O);
             }
 #endif
