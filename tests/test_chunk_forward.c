@@ -853,7 +853,10 @@ static void check_fused_knobs(gdn_context *ctx) {
  * tile that holds both value rows and transition rows (V = 96, K = 128);
  * no h0; both product forms, which must agree bitwise here too, as must
  * the wgmma forms' T and P by tensor copies off and on (on by default
- * here on Hopper) and the 32-row wgmma form off and on; leaving out
+ * here on Hopper) and the 32-row wgmma form off and on, as must segment 0
+ * run beside the summary or in the final launch (GDN_CUDA_FUSED_SEG0, on
+ * only where the final launch would not fit one wave, forced both ways
+ * here, B rows and varlen); leaving out
  * final_state and chunk_states changes nothing else. And a varlen
  * batch's split, each sequence by its own length (GDN_CUDA_FUSED_MIN_SEG=2
  * lets 8 chunks split): empty, unsplit and split sequences side by side
@@ -877,6 +880,8 @@ static void check_fused_split(gdn_context *ctx) {
         check_env_bits(ctx, &a, 4420 + (uint64_t)i, "GDN_CUDA_FUSED_WGMMA", wg, 3);
         check_env_bits(ctx, &c, 4434 + (uint64_t)i, "GDN_CUDA_FUSED_TP_TMA", off_on, 2);
         check_env_bits(ctx, &c, 4437 + (uint64_t)i, "GDN_CUDA_FUSED_WG32", off_on, 2);
+        check_env_bits(ctx, &a, 4470 + (uint64_t)i, "GDN_CUDA_FUSED_SEG0", off_on, 2);
+        check_env_bits(ctx, &b, 4473 + (uint64_t)i, "GDN_CUDA_FUSED_SEG0", off_on, 2);
         if (i == 1) { /* one combine step: its columns over one block or two, the same bits */
             check_env_bits(ctx, &a, 4424, "GDN_CUDA_COMBINE_COLS", cols, 2);
             check_env_bits(ctx, &c, 4425, "GDN_CUDA_COMBINE_COLS", cols, 2);
@@ -901,6 +906,8 @@ static void check_fused_split(gdn_context *ctx) {
     check_case(ctx, &v, 4450, 1);
     check_case(ctx, &v64, 4451, 1);
     check_env_bits(ctx, &v, 4452, "GDN_CUDA_FUSED_WGMMA", wg, 3);
+    check_env_bits(ctx, &v, 4455, "GDN_CUDA_FUSED_SEG0", off_on, 2);
+    check_env_bits(ctx, &v64, 4456, "GDN_CUDA_FUSED_SEG0", off_on, 2);
     check_each_alone(ctx, &v, 4453, 1);
     unsetenv("GDN_CUDA_FUSED_MIN_SEG");
     unsetenv("GDN_CUDA_FUSED_SEGMENTS");

@@ -10,6 +10,9 @@
  *   summary k, v, T, ...         -> segment 1's start, each segment's
  *                                   affine summary (P_s, b_s)
  *   combine                      -> every segment's start state
+ * (on sm_90, where the final pass would not fit one wave, segment 0's
+ * final pass runs beside the summary and gives segment 1's start:
+ * seg0_beside).
  * Three stages (otherwise):
  *   prep    q, k, v, g, beta -> w, u, gcum (and the L2-norm scales)
  *   state   w, u, k, gcum    -> h (bf16 chunk-start states), v_new,
@@ -28,10 +31,22 @@ namespace gdn {
 namespace {
 
 /* Segments whose 64-row blocks (Hv ceil(V / 64) a segment) fill the
- * multiprocessors: the most a split gives one sequence. */
+ * multiprocessors: the most a split gives one sequence; one more on sm_90,
+ * where segment 0 can run beside the summary (seg0_beside), so that the
+ * final launch has one segment fewer. By the device only, not by that
+ * choice, so that the bits stay the same either way. */
 int split_smax(const gdn_context *ctx, const gdn_problem *p) {
     const int sms = sm_count(ctx);
-    return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64)));
+    return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64))) + (ctx->cc_major >= 9 ? 1 : 0);
+}
+
+/* Whether a split's segment 0 (of every sequence) runs beside the summary
+ * launch instead of in the final one (FusedParams::seg_first): on sm_90
+ * (programmatic launches), where the final launch's 64-row blocks over all
+ * segments would not fit one wave. GDN_CUDA_FUSED_SEG0=0 | 1 forces it. */
+bool seg0_beside(const gdn_context *ctx, const gdn_problem *p, int64_t units) {
+    const bool fill = units * p->Hv * gdn_ceil_div(p->V, 64) > sm_count(ctx);
+    return ctx->cc_major >= 9 && env_override("GDN_CUDA_FUSED_SEG0", fill ? 1 : 0, {0, 1}) == 1;
 }
 
 /* Few heads: one sequence's 32-row tiles (Hv ceil(V / 32)) fill less than
@@ -322,8 +337,21 @@ gdn_status run_fused(gdn_context *ctx, const gdn_chunk_forward_args *a, const Ch
         } else {
             F.seg_chunks = (int)gdn_ceil_div(gdn_ceil_div(p->T, GDN_CHUNK), F.segments);
         }
+        const int64_t units = varlen ? l.vs.segments : a->N * F.segments;
+        if (seg0_beside(ctx, p, units)) {
+            /* segment 0 first, as prep's dependent; the summary as its
+             * dependent, started once prep is done; the final launch later
+             * without segment 0 (FusedParams::seg_first) */
+            FusedParams A = F;
+            A.seg_first = 1;
+            A.pdl_trigger = 1;
+            if ((st = launch_chunk_fused(ctx, A, false, stream)) != GDN_SUCCESS) return st;
+            F.seg_first = 2;
+            F.pdl = 1;
+            F.pdl_nowait = 1;
+        }
         if ((st = launch_chunk_fused(ctx, F, true, stream, l.vs.segments)) != GDN_SUCCESS) return st;
-        F.pdl = 0; /* the final launch reads the combine's start states in every warp */
+        F.pdl = F.pdl_nowait = 0; /* the final launch reads the combine's start states in every warp */
         if ((varlen || F.segments > 2) &&
             (st = launch_segment_combine(ctx, F.seg_summary, F.h_start, (int)a->N, (int)p->Hv, (int)p->K,
                                          (int)p->V, varlen ? 0 : F.segments, stream, F.seg_off)) != GDN_SUCCESS)

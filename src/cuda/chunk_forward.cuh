@@ -275,6 +275,18 @@ struct FusedParams {
      * (chunk_fused.cu, wg32_chunks); set by launch_form where it launches
      * that form (GDN_CUDA_FUSED_WG32=0 | 1) */
     int wg32;
+    /* Segment 0 beside the summary (run_fused, where the final launch would
+     * not fit one wave): 1, the launch of every sequence's segment 0 alone
+     * (one unit a sequence; a split one's end state is segment 1's start,
+     * which the summary's segment-0 blocks wrote before); 2, the summary
+     * and final launches without segment 0 (its blocks return at once).
+     * Same bits: the state rows are summed as in every form. */
+    int seg_first;
+    /* the segment-0 launch lets the next launch (the summary) start once
+     * its blocks have waited for prep (pdl_trigger), and that summary,
+     * launched as its programmatic dependent, does not wait for it: prep
+     * is then done (pdl_nowait). sm_90 only. */
+    int pdl_trigger, pdl_nowait;
 };
 bool chunk_fused_supported(const gdn_context *ctx, const gdn_problem *p);
 /* o [tokens][Hv][V] bf16 (V % 8 == 0, 16-byte aligned) as a map of boxes

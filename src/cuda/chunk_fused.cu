@@ -115,7 +115,10 @@
  * registers 155 (wgmma form, K = 128), and two blocks share a
  * multiprocessor (H100, tp8_t64k, 8 segments of 128 chunks: 208 summary
  * blocks, 297 us under ncu; the forward 0.78 ms, against 0.955 with three
- * stages, one summary block a multiprocessor).
+ * stages, one summary block a multiprocessor). Segment 0 may run as a
+ * launch of its own beside the summary (FusedParams::seg_first), whose
+ * end state is then segment 1's start; the summary and final launches
+ * then skip it.
  *
  * Determinism and batch invariance: every row's arithmetic is fixed by
  * its chunk inputs and its own accumulators, in a fixed order; the plan
@@ -393,6 +396,11 @@ struct SegmentPlan {
  * segments a sequence). Returns S, the sequence's segments. */
 template <bool SUM>
 __device__ __forceinline__ int locate_segment(const FusedParams &P, unsigned b, int segs, int &n, int &seg) {
+    if (P.seg_off && !SUM && P.seg_first == 1) { /* segment 0 of sequence b */
+        n = (int)b;
+        seg = 0;
+        return (int)(P.seg_off[n + 1] - P.seg_off[n]);
+    }
     if (!P.seg_off) {
         seg = (int)(b % (unsigned)segs);
         n = (int)(b / (unsigned)segs);
@@ -433,6 +441,8 @@ __device__ __forceinline__ SegmentPlan segment_plan(const FusedParams &P, int n,
     } else if (SUM) {
         s.end = P.seg_summary + slot(seg) * (VK + (int64_t)P.K * P.K);
         s.end_rows = P.V + P.K;
+    } else if (P.seg_first == 1 && S > 1) { /* segment 0 beside the summary: segment 1's start */
+        s.end = P.h_start + slot(1) * VK;
     } else if (seg >= S - 1 && P.final_state) { /* (S 0 or 1: no split) */
         s.end = P.final_state + head * VK;
         s.end_kv = P.kv;
@@ -1085,6 +1095,7 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
     const int kh = P.tiled ? h % P.Hk : h / P.group;
     const SeqSpan sq = seq_span(P.map.cu_seqlens, P.map.chunk_offsets, P.map.T, n);
     const int nchunks = (int)((sq.eos - sq.bos + BT - 1) / BT);
+    if (P.seg_first == 2 && seg == 0) return; /* (run by the segment-0 launch) */
     const SegmentPlan sp = segment_plan<SUM>(P, n, h, seg, nseg, nchunks);
     const int row0 = slice * L::ROWS;
     if (row0 >= sp.end_rows) return; /* a summary's segment 0 has V rows, not V + K */
@@ -1114,7 +1125,8 @@ __global__ void __launch_bounds__(32 * block_warps(NWS, 1 + rest_parts(NWS, WG, 
         if constexpr (NWS == 8) setmaxnreg_dec<PRODUCER_REGS>();
 #endif
         if (warp - NWS >= npw) return; /* (the producer warpgroup's idle warps) */
-        pdl_wait(); /* prep's tiles and factors (see FusedParams::pdl) */
+        if (!P.pdl_nowait) pdl_wait(); /* prep's tiles and factors (see FusedParams::pdl) */
+        if (P.pdl_trigger) pdl_trigger(); /* prep is done: the summary may start (seg_first) */
         Ring ring;
         for (int c = sp.c0; c < sp.c1; c++, ring.next(stages)) {
             const int slot = ring.slot;
@@ -1534,7 +1546,13 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
         return Q.K <= 64 ? launch<64, F::NWS, F::WG, SUM, F::PAIR>(ctx, Q, N, segs, rows, stream)
                          : launch<128, F::NWS, F::WG, SUM, F::PAIR>(ctx, Q, N, segs, rows, stream);
     };
-    switch (choose_form<SUM>(ctx, P.K, N, P.Hv, rows)) {
+    Form form = choose_form<SUM>(ctx, P.K, N, P.Hv, rows);
+    /* segment 0 beside the summary: 64-row blocks, few enough to fit
+     * beside it, where the plan would take 32-row ones for so few chains */
+    if (!SUM && P.seg_first == 1 && form != Form::WG2 && wgmma_built(ctx) &&
+        (P.K <= 64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true)))
+        form = Form::WG1;
+    switch (form) {
     case Form::WG2: return at_k(FormArgs<8, true>{}, P);
     case Form::WG1: return at_k(FormArgs<4, true>{}, P);
     case Form::PAIR: { /* its blocks as the 32-row wgmma form (WG32) on sm_90a (choose_form: always
@@ -1557,6 +1575,7 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
 gdn_status launch_chunk_fused(gdn_context *ctx, const FusedParams &P, bool summary, cudaStream_t stream,
                               int64_t varlen_segments) {
     const int64_t N = P.map.N;
+    if (!summary && P.seg_first == 1) return launch_form<false>(ctx, P, N, 1, P.V, stream); /* segments 0 */
     if (P.seg_off) {
         if (summary) return launch_form<true>(ctx, P, varlen_segments - N, 1, P.V + P.K, stream);
         return launch_form<false>(ctx, P, varlen_segments, 1, P.V, stream);
