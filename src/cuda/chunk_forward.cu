@@ -30,14 +30,17 @@
 namespace gdn {
 namespace {
 
-/* Segments whose 64-row blocks (Hv ceil(V / 64) a segment) fill the
+/* A segment's 64-row blocks (Hv ceil(V / 64)) */
+int64_t seg_tiles64(const gdn_problem *p) { return p->Hv * gdn_ceil_div(p->V, 64); }
+
+/* Segments whose 64-row blocks (seg_tiles64 a segment) fill the
  * multiprocessors: the most a split gives one sequence; one more on sm_90,
  * where segment 0 can run beside the summary (seg0_beside), so that the
  * final launch has one segment fewer. By the device only, not by that
  * choice, so that the bits stay the same either way. */
 int split_smax(const gdn_context *ctx, const gdn_problem *p) {
     const int sms = sm_count(ctx);
-    return (int)(sms / (p->Hv * gdn_ceil_div(p->V, 64))) + (ctx->cc_major >= 9 ? 1 : 0);
+    return (int)(sms / seg_tiles64(p)) + (ctx->cc_major >= 9 ? 1 : 0);
 }
 
 /* Whether a split's segment 0 (of every sequence) runs beside the summary
@@ -45,7 +48,7 @@ int split_smax(const gdn_context *ctx, const gdn_problem *p) {
  * (programmatic launches), where the final launch's 64-row blocks over all
  * segments would not fit one wave. GDN_CUDA_FUSED_SEG0=0 | 1 forces it. */
 bool seg0_beside(const gdn_context *ctx, const gdn_problem *p, int64_t units) {
-    const bool fill = units * p->Hv * gdn_ceil_div(p->V, 64) > sm_count(ctx);
+    const bool fill = units * seg_tiles64(p) > sm_count(ctx);
     return ctx->cc_major >= 9 && env_override("GDN_CUDA_FUSED_SEG0", fill ? 1 : 0, {0, 1}) == 1;
 }
 

@@ -1462,6 +1462,11 @@ bool wg32_on(const gdn_context *ctx) {
     return ctx->cc_major == 9 && wgmma_built(ctx) && env_override("GDN_CUDA_FUSED_WG32", 1, {0, 1}) == 1;
 }
 
+/* Whether the one-warpgroup form (64-row blocks) runs K on this device. */
+bool wg1_built(const gdn_context *ctx, int K) {
+    return wgmma_built(ctx) && (K <= 64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
+}
+
 /* Whether the two-warpgroup form (128-row blocks) runs K on this device. */
 bool wg2_built(const gdn_context *ctx, int K) {
     return K <= 128 && wgmma_built(ctx) && (K <= 64 ? fits<64>(ctx, 8, true) : fits<128>(ctx, 8, true));
@@ -1508,7 +1513,7 @@ template <bool SUM> Form choose_form(const gdn_context *ctx, int K, int64_t N, i
      * Every form gives the same bits (test_chunk_forward checks), so the
      * choice may follow the batch. GDN_CUDA_FUSED_WGMMA=0 / 1 / 2 forces
      * one (1 and 2 only where built). */
-    const bool wg_ok = wgmma_built(ctx) && (k64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true));
+    const bool wg_ok = wg1_built(ctx, K);
     const int64_t tiles64 = heads * ((rows + 63) / 64), tiles128 = heads * ((rows + 127) / 128);
     const bool wg_fills = 4 * tiles64 >= 3 * (int64_t)sms;
     const bool wg2_ok = wg2_built(ctx, K);
@@ -1549,9 +1554,7 @@ gdn_status launch_form(gdn_context *ctx, const FusedParams &P, int64_t N, int se
     Form form = choose_form<SUM>(ctx, P.K, N, P.Hv, rows);
     /* segment 0 beside the summary: 64-row blocks, few enough to fit
      * beside it, where the plan would take 32-row ones for so few chains */
-    if (!SUM && P.seg_first == 1 && form != Form::WG2 && wgmma_built(ctx) &&
-        (P.K <= 64 ? fits<64>(ctx, 4, true) : fits<128>(ctx, 4, true)))
-        form = Form::WG1;
+    if (!SUM && P.seg_first == 1 && form != Form::WG2 && wg1_built(ctx, P.K)) form = Form::WG1;
     switch (form) {
     case Form::WG2: return at_k(FormArgs<8, true>{}, P);
     case Form::WG1: return at_k(FormArgs<4, true>{}, P);

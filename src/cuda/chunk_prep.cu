@@ -585,10 +585,9 @@ __global__ void __launch_bounds__(NTHREADS, MINB) chunk_prep_kernel(const PrepPa
                 if ((j >> 4) <= (i >> 4)) {
                     const float4 t = *reinterpret_cast<const float4 *>(Ti + i * LDF + j);
                     auto off = [&](float x, int col) { return col < i ? x : 0.f; };
-                    uint2 hi;
-                    hi.x = pack_bf16x2(off(t.x * b4.x, j), off(t.y * b4.y, j + 1));
-                    hi.y = pack_bf16x2(off(t.z * b4.z, j + 2), off(t.w * b4.w, j + 3));
-                    *reinterpret_cast<uint2 *>(th + i * BT) = hi;
+                    const uint2 tt = make_uint2(pack_bf16x2(off(t.x * b4.x, j), off(t.y * b4.y, j + 1)),
+                                                pack_bf16x2(off(t.z * b4.z, j + 2), off(t.w * b4.w, j + 3)));
+                    *reinterpret_cast<uint2 *>(th + i * BT) = tt;
                 }
             }
         }

@@ -1339,19 +1339,27 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     return fn;
 }
 
-/* A bf16 [tokens][heads][width] tensor (width % 8 == 0, 16-byte aligned)
- * as a map of boxes of box_w columns x 64 tokens of one head. */
-static bool encode_bf16_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int width,
-                            int box_w, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+/* A rank-3 bf16 tensor map (dims innermost first, byte strides of the
+ * outer two), boxes read whole: elements past dims are zero-filled. */
+static bool encode_bf16_3d(CUtensorMap *m, const void *base, const cuuint64_t (&dims)[3],
+                           const cuuint64_t (&strides)[2], const cuuint32_t (&box)[3], CUtensorMapSwizzle swizzle,
+                           CUtensorMapL2promotion promotion) {
     const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
     if (!enc) return false;
-    const cuuint64_t dims[3] = {(cuuint64_t)width, (cuuint64_t)heads, (cuuint64_t)tokens};
-    const cuuint64_t strides[2] = {(cuuint64_t)width * 2, (cuuint64_t)(heads * width * 2)};
-    const cuuint32_t box[3] = {(cuuint32_t)box_w, 1, BT};
     const cuuint32_t elem_strides[3] = {1, 1, 1};
     return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(base), dims, strides, box,
                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* A bf16 [tokens][heads][width] tensor (width % 8 == 0, 16-byte aligned)
+ * as a map of boxes of box_w columns x 64 tokens of one head. */
+static bool encode_bf16_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t heads, int width,
+                            int box_w, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion promotion) {
+    const cuuint64_t dims[3] = {(cuuint64_t)width, (cuuint64_t)heads, (cuuint64_t)tokens};
+    const cuuint64_t strides[2] = {(cuuint64_t)width * 2, (cuuint64_t)(heads * width * 2)};
+    const cuuint32_t box[3] = {(cuuint32_t)box_w, 1, BT};
+    return encode_bf16_3d(m, base, dims, strides, box, swizzle, promotion);
 }
 
 /* The state kernel's w and k: boxes of 64 columns, 128-byte swizzled in
@@ -1363,17 +1371,13 @@ bool encode_tile_map(CUtensorMap *m, const void *base, int64_t tokens, int64_t h
 
 bool encode_tp_maps(CUtensorMap m[4], const void *base, int64_t tiles, int64_t kind_bytes) {
     if (tiles > INT32_MAX / BT || kind_bytes % 16) return false; /* row coordinates are int32 */
-    const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
-    if (!enc) return false;
     for (int rb = 0; rb < 4; rb++) {
         /* columns past 16 (rb + 1) lie outside the tensor: the copy fills them with zeros */
         const cuuint64_t dims[3] = {(cuuint64_t)(16 * (rb + 1)), (cuuint64_t)(tiles * BT), 2};
         const cuuint64_t strides[2] = {BT * 2, (cuuint64_t)kind_bytes};
         const cuuint32_t box[3] = {BT, 16, 1};
-        const cuuint32_t elem_strides[3] = {1, 1, 1};
-        if (enc(&m[rb], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(base), dims, strides, box,
-                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+        if (!encode_bf16_3d(&m[rb], base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B))
             return false;
     }
     return true;
