@@ -230,10 +230,10 @@ __host__ __device__ constexpr int rest_parts(int nws, bool wg, bool sum) {
  * q and k, the others (rest_parts) the rest. Rows past the chunk's end and
  * columns past K, V are zero-filled (never read from global). With
  * P.tma_in (sm_90), a whole chunk's q and k (and T and P: the mma.sync
- * forms and WG32, the wgmma forms with P.tp_tma) come by tensor copies that one lane issues (a partial chunk's rows past
- * its end would be the next sequence's: those keep the per-lane copies,
- * which zero them); that lane is then one more arrival (kernel's init
- * count).
+ * forms and WG32, the wgmma forms with P.tp_tma) come by tensor copies
+ * that one lane issues (a partial chunk's rows past its end would be the
+ * next sequence's: those keep the per-lane copies, which zero them); that
+ * lane is then one more arrival (kernel's init count).
  * Prep leaves T's and P's blocks above the diagonal unwritten. The
  * wgmma forms (and WG32) need zeros there (their products run whole rows:
  * trimming them was slower); the tensor copies write zeros there (the
