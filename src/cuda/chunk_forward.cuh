@@ -278,7 +278,7 @@ struct FusedParams {
     /* Segment 0 beside the summary (run_fused, where the final launch would
      * not fit one wave): 1, the launch of every sequence's segment 0 alone
      * (one unit a sequence; a split one's end state is segment 1's start,
-     * which the summary's segment-0 blocks wrote before); 2, the summary
+     * which otherwise the summary's segment-0 blocks write); 2, the summary
      * and final launches without segment 0 (its blocks return at once).
      * Same bits: the state rows are summed as in every form. */
     int seg_first;
